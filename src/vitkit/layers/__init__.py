@@ -1,0 +1,28 @@
+"""Reusable Transformer building blocks (attention, MLP, patch/position embeddings, blocks)."""
+
+from .attention import Attention, CrossAttention, merge_masks, scaled_dot_product
+from .blocks import Block, DecoderBlock, EncoderBlock
+from .drop import DropPath, LayerScale, drop_path
+from .mlp import Mlp, get_act_layer
+from .patch_embed import PatchEmbed, to_2tuple
+from .pos_embed import resample_abs_pos_embed, sincos_1d, sincos_2d
+
+__all__ = [
+    "Attention",
+    "CrossAttention",
+    "merge_masks",
+    "scaled_dot_product",
+    "Block",
+    "DecoderBlock",
+    "EncoderBlock",
+    "DropPath",
+    "LayerScale",
+    "drop_path",
+    "Mlp",
+    "get_act_layer",
+    "PatchEmbed",
+    "to_2tuple",
+    "resample_abs_pos_embed",
+    "sincos_1d",
+    "sincos_2d",
+]

@@ -1,0 +1,177 @@
+"""Multi-head attention: self-attention with a fused qkv projection, and cross-attention.
+
+Mask conventions (the same as PyTorch's own):
+- ``attn_mask``: boolean, ``True`` = "may attend" (as in ``F.scaled_dot_product_attention``), or a float
+  tensor added to the attention scores. Shape broadcastable to ``(B, heads, L_q, L_k)``.
+- ``key_padding_mask``: boolean ``(B, L_k)``, ``True`` marks padding keys to ignore (as in ``nn.MultiheadAttention``).
+- ``is_causal``: query ``i`` may only look at keys ``<= i``.
+
+The fused path calls ``F.scaled_dot_product_attention``; the eager path computes softmax(QK^T/sqrt(d))V by hand
+and can return the attention weights. Both give the same output (to float tolerance).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["Attention", "CrossAttention", "scaled_dot_product", "merge_masks"]
+
+
+def merge_masks(
+    attn_mask: Tensor | None,
+    key_padding_mask: Tensor | None,
+    is_causal: bool,
+    q_len: int,
+    k_len: int,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> Tensor | None:
+    """Combine the three mask forms into one additive float mask broadcastable to (B, H, Lq, Lk), or None."""
+    if attn_mask is None and key_padding_mask is None and not is_causal:
+        return None
+    neg = torch.finfo(dtype).min if dtype.is_floating_point else float("-inf")
+    mask = torch.zeros(1, 1, q_len, k_len, dtype=dtype, device=device)
+    if is_causal:
+        allowed = torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(k_len - q_len)
+        mask = mask.masked_fill(~allowed, neg)
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            mask = mask.masked_fill(~attn_mask, neg)
+        else:
+            mask = mask + attn_mask.to(dtype)
+    if key_padding_mask is not None:
+        if key_padding_mask.dtype != torch.bool:
+            raise TypeError(f"key_padding_mask must be boolean (True = padding), got {key_padding_mask.dtype}")
+        if key_padding_mask.dim() != 2 or key_padding_mask.shape[1] != k_len:
+            raise ValueError(
+                f"key_padding_mask must have shape (batch, {k_len}), got {tuple(key_padding_mask.shape)}"
+            )
+        mask = mask.masked_fill(key_padding_mask[:, None, None, :], neg)
+    return mask
+
+
+def scaled_dot_product(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    attn_mask: Tensor | None = None,
+    key_padding_mask: Tensor | None = None,
+    is_causal: bool = False,
+    dropout_p: float = 0.0,
+    need_weights: bool = False,
+    fused: bool = True,
+) -> tuple[Tensor, Tensor | None]:
+    """Attention over (B, H, L, head_dim) tensors. Returns (output, weights or None).
+
+    ``need_weights=True`` forces the eager path, whose weights have shape (B, H, Lq, Lk) and sum to 1 over keys.
+    """
+    if fused and not need_weights:
+        if key_padding_mask is None and (attn_mask is None or not is_causal):
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal and attn_mask is None
+            )
+            return out, None
+        mask = merge_masks(attn_mask, key_padding_mask, is_causal, q.shape[-2], k.shape[-2], q.dtype, q.device)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p), None
+
+    scale = q.shape[-1] ** -0.5
+    scores = (q * scale) @ k.transpose(-2, -1)  # B, H, Lq, Lk
+    mask = merge_masks(attn_mask, key_padding_mask, is_causal, q.shape[-2], k.shape[-2], scores.dtype, q.device)
+    if mask is not None:
+        scores = scores + mask
+    weights = scores.softmax(dim=-1)
+    out = F.dropout(weights, p=dropout_p) @ v if dropout_p > 0 else weights @ v
+    return out, weights if need_weights else None
+
+
+class _AttentionBase(nn.Module):
+    """Shared head bookkeeping, optional QK-norm and output projection."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        qk_norm: bool = False,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        proj_bias: bool = True,
+        norm_eps: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads != 0:
+            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.fused_attn = True
+        self.q_norm = nn.LayerNorm(self.head_dim, eps=norm_eps) if qk_norm else nn.Identity()
+        self.k_norm = nn.LayerNorm(self.head_dim, eps=norm_eps) if qk_norm else nn.Identity()
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def _attend(self, q, k, v, attn_mask, key_padding_mask, is_causal, need_weights):
+        B, _, Lq, _ = q.shape
+        q, k = self.q_norm(q), self.k_norm(k)
+        x, weights = scaled_dot_product(
+            q,
+            k,
+            v,
+            attn_mask=attn_mask,
+            key_padding_mask=key_padding_mask,
+            is_causal=is_causal,
+            dropout_p=self.attn_drop if self.training else 0.0,
+            need_weights=need_weights,
+            fused=self.fused_attn,
+        )
+        x = x.transpose(1, 2).reshape(B, Lq, -1)  # B, Lq, C
+        x = self.proj_drop(self.proj(x))
+        return (x, weights) if need_weights else x
+
+
+class Attention(_AttentionBase):
+    """Multi-head self-attention with one fused ``qkv`` projection (timm-compatible parameter names)."""
+
+    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = True, **kwargs) -> None:
+        super().__init__(dim, num_heads, **kwargs)
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+
+    def forward(
+        self,
+        x: Tensor,
+        attn_mask: Tensor | None = None,
+        key_padding_mask: Tensor | None = None,
+        is_causal: bool = False,
+        need_weights: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """x: (B, L, C) -> (B, L, C); with ``need_weights`` also the (B, H, L, L) attention weights."""
+        B, L, C = x.shape
+        qkv = self.qkv(x).reshape(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each B, H, L, head_dim
+        return self._attend(q, k, v, attn_mask, key_padding_mask, is_causal, need_weights)
+
+
+class CrossAttention(_AttentionBase):
+    """Multi-head attention from queries ``x`` to a separate ``memory`` sequence (encoder-decoder attention)."""
+
+    def __init__(self, dim: int, num_heads: int = 8, kv_dim: int | None = None, qkv_bias: bool = True, **kwargs):
+        super().__init__(dim, num_heads, **kwargs)
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.kv = nn.Linear(kv_dim or dim, dim * 2, bias=qkv_bias)
+
+    def forward(
+        self,
+        x: Tensor,
+        memory: Tensor,
+        attn_mask: Tensor | None = None,
+        key_padding_mask: Tensor | None = None,
+        need_weights: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """x: (B, Lq, C), memory: (B, Lk, C_kv) -> (B, Lq, C). ``key_padding_mask`` masks memory positions."""
+        B, Lq, _ = x.shape
+        Lk = memory.shape[1]
+        q = self.q(x).reshape(B, Lq, self.num_heads, self.head_dim).transpose(1, 2)
+        kv = self.kv(memory).reshape(B, Lk, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        k, v = kv.unbind(0)
+        return self._attend(q, k, v, attn_mask, key_padding_mask, False, need_weights)

@@ -1,0 +1,116 @@
+"""Transformer blocks: encoder (pre- or post-norm) and decoder with cross-attention."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from .attention import Attention, CrossAttention
+from .drop import DropPath, LayerScale
+from .mlp import Mlp
+
+__all__ = ["EncoderBlock", "DecoderBlock", "Block"]
+
+
+def _scale(dim: int, init_values: float | None) -> nn.Module:
+    return LayerScale(dim, init_values) if init_values else nn.Identity()
+
+
+def _drop(p: float) -> nn.Module:
+    return DropPath(p) if p > 0 else nn.Identity()
+
+
+class EncoderBlock(nn.Module):
+    """Self-attention + MLP, each a residual branch.
+
+    Pre-norm (``norm_first=True``, ViT):  x = x + attn(norm1(x));  x = x + mlp(norm2(x))
+    Post-norm (original Transformer, BERT): x = norm1(x + attn(x)); x = norm2(x + mlp(x))
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        qk_norm: bool = False,
+        proj_drop: float = 0.0,
+        attn_drop: float = 0.0,
+        init_values: float | None = None,
+        drop_path: float = 0.0,
+        act_layer: str = "gelu",
+        norm_eps: float = 1e-6,
+        norm_first: bool = True,
+    ) -> None:
+        super().__init__()
+        self.norm_first = norm_first
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = Attention(
+            dim, num_heads, qkv_bias=qkv_bias, qk_norm=qk_norm, attn_drop=attn_drop, proj_drop=proj_drop,
+            norm_eps=norm_eps,
+        )  # fmt: skip
+        self.ls1 = _scale(dim, init_values)
+        self.drop_path1 = _drop(drop_path)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop)
+        self.ls2 = _scale(dim, init_values)
+        self.drop_path2 = _drop(drop_path)
+
+    def forward(
+        self, x: Tensor, attn_mask: Tensor | None = None, key_padding_mask: Tensor | None = None
+    ) -> Tensor:
+        """x: (B, L, C) -> (B, L, C)."""
+        if self.norm_first:
+            x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), attn_mask, key_padding_mask)))
+            return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        x = self.norm1(x + self.drop_path1(self.ls1(self.attn(x, attn_mask, key_padding_mask))))
+        return self.norm2(x + self.drop_path2(self.ls2(self.mlp(x))))
+
+
+Block = EncoderBlock
+
+
+class DecoderBlock(nn.Module):
+    """Causal self-attention, cross-attention to the encoder output, then MLP; pre- or post-norm."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        proj_drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        act_layer: str = "gelu",
+        norm_eps: float = 1e-6,
+        norm_first: bool = True,
+        memory_dim: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.norm_first = norm_first
+        attn_kw = dict(attn_drop=attn_drop, proj_drop=proj_drop, norm_eps=norm_eps)
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.self_attn = Attention(dim, num_heads, qkv_bias=qkv_bias, **attn_kw)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.cross_attn = CrossAttention(dim, num_heads, kv_dim=memory_dim, qkv_bias=qkv_bias, **attn_kw)
+        self.norm3 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop)
+        self.drop_path = _drop(drop_path)
+
+    def forward(
+        self,
+        x: Tensor,
+        memory: Tensor,
+        self_key_padding_mask: Tensor | None = None,
+        memory_key_padding_mask: Tensor | None = None,
+        is_causal: bool = True,
+    ) -> Tensor:
+        """x: (B, Lt, C) target tokens, memory: (B, Ls, C_mem) -> (B, Lt, C)."""
+        dp = self.drop_path
+        if self.norm_first:
+            x = x + dp(self.self_attn(self.norm1(x), None, self_key_padding_mask, is_causal))
+            x = x + dp(self.cross_attn(self.norm2(x), memory, key_padding_mask=memory_key_padding_mask))
+            return x + dp(self.mlp(self.norm3(x)))
+        x = self.norm1(x + dp(self.self_attn(x, None, self_key_padding_mask, is_causal)))
+        x = self.norm2(x + dp(self.cross_attn(x, memory, key_padding_mask=memory_key_padding_mask)))
+        return self.norm3(x + dp(self.mlp(x)))

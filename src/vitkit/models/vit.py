@@ -1,0 +1,359 @@
+"""Vision Transformer (Dosovitskiy et al. 2021) and DeiT's distilled variant (Touvron et al. 2021).
+
+Read top to bottom: image -> patch tokens -> [cls | dist | registers] prefix tokens -> + position table
+-> pre-norm encoder blocks -> final norm -> pool -> head. Parameter names follow timm, so timm state
+dicts load as they are; HuggingFace and JAX layouts are converted in ``vitkit.weights``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from ..layers import EncoderBlock, PatchEmbed, resample_abs_pos_embed, sincos_2d, to_2tuple
+from ..registry import register_family, register_model
+
+__all__ = ["VisionTransformer"]
+
+PoolType = Literal["token", "avg", "none"]
+
+
+class VisionTransformer(nn.Module):
+    """ViT / DeiT classifier with timm-compatible parameter names.
+
+    Args:
+        img_size, patch_size, in_chans: input geometry; the image must be divisible by the patch.
+        num_classes: head outputs (0 = no head, ``forward`` returns pooled features).
+        global_pool: "token" (class token), "avg" (mean of patch tokens, with ``fc_norm``) or "none".
+        embed_dim, depth, num_heads, mlp_ratio, qkv_bias, qk_norm: encoder shape.
+        class_token, reg_tokens, distilled: prefix tokens (class, register tokens, DeiT distillation token).
+        pos_embed: "learn" (learned table), "sincos" (fixed 2D sin-cos, as MAE) or "none".
+        no_embed_class: the position table covers only patches, not prefix tokens (DeiT-III, big_vision).
+        dynamic_img_size: accept any divisible input size, resampling the position table on the fly.
+        init_values: LayerScale init (None = no LayerScale). drop_path_rate: stochastic depth, linear in depth.
+    """
+
+    def __init__(
+        self,
+        img_size: int | tuple[int, int] = 224,
+        patch_size: int | tuple[int, int] = 16,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        global_pool: PoolType = "token",
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        qk_norm: bool = False,
+        init_values: float | None = None,
+        class_token: bool = True,
+        reg_tokens: int = 0,
+        distilled: bool = False,
+        pos_embed: Literal["learn", "sincos", "none"] = "learn",
+        no_embed_class: bool = False,
+        dynamic_img_size: bool = False,
+        pre_norm: bool = False,
+        fc_norm: bool | None = None,
+        drop_rate: float = 0.0,
+        pos_drop_rate: float = 0.0,
+        proj_drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        act_layer: str = "gelu",
+        norm_eps: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        if global_pool not in ("token", "avg", "none"):
+            raise ValueError(f"global_pool must be 'token', 'avg' or 'none', got {global_pool!r}")
+        if global_pool == "token" and not class_token:
+            raise ValueError("global_pool='token' needs class_token=True")
+        if distilled and not class_token:
+            raise ValueError("a distilled ViT needs its class token")
+        self.config: dict[str, Any] = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        self.config["img_size"] = list(to_2tuple(img_size))
+        self.config["patch_size"] = list(to_2tuple(patch_size))
+
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.num_features = self.embed_dim = embed_dim
+        self.num_prefix_tokens = int(class_token) + int(distilled) + reg_tokens
+        self.num_reg_tokens = reg_tokens
+        self.no_embed_class = no_embed_class
+        self.dynamic_img_size = dynamic_img_size
+        self.distilled = distilled
+        self.distilled_training = False  # DeiT: return (cls_logits, dist_logits) while training
+        self.grad_checkpointing = False
+        use_fc_norm = global_pool == "avg" if fc_norm is None else fc_norm
+
+        self.patch_embed = PatchEmbed(
+            img_size, patch_size, in_chans, embed_dim, bias=not pre_norm, strict_img_size=not dynamic_img_size,
+            flatten=not dynamic_img_size,
+        )  # fmt: skip
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if distilled else None
+        self.reg_token = nn.Parameter(torch.zeros(1, reg_tokens, embed_dim)) if reg_tokens else None
+        embed_len = self.patch_embed.num_patches + (0 if no_embed_class else self.num_prefix_tokens)
+        self.pos_embed_type = pos_embed
+        if pos_embed == "learn":
+            self.pos_embed = nn.Parameter(torch.zeros(1, embed_len, embed_dim))
+        elif pos_embed == "sincos":
+            if not no_embed_class:
+                raise ValueError("pos_embed='sincos' needs no_embed_class=True (the table covers patches only)")
+            self.register_buffer("pos_embed", sincos_2d(self.patch_embed.grid_size, embed_dim)[None], False)
+        elif pos_embed == "none":
+            self.pos_embed = None
+        else:
+            raise ValueError(f"pos_embed must be 'learn', 'sincos' or 'none', got {pos_embed!r}")
+        self.pos_drop = nn.Dropout(pos_drop_rate)
+        self.norm_pre = nn.LayerNorm(embed_dim, eps=norm_eps) if pre_norm else nn.Identity()
+
+        dpr = torch.linspace(0, drop_path_rate, depth).tolist()  # stochastic depth grows with depth
+        self.blocks = nn.Sequential(*[
+            EncoderBlock(
+                embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_norm=qk_norm,
+                proj_drop=proj_drop_rate, attn_drop=attn_drop_rate, init_values=init_values, drop_path=dpr[i],
+                act_layer=act_layer, norm_eps=norm_eps,
+            )
+            for i in range(depth)
+        ])  # fmt: skip
+        self.norm = nn.Identity() if use_fc_norm else nn.LayerNorm(embed_dim, eps=norm_eps)
+        self.fc_norm = nn.LayerNorm(embed_dim, eps=norm_eps) if use_fc_norm else nn.Identity()
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head_dist = (nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()) if distilled else None
+        self.init_weights()
+
+    # ---------------------------------------------------------------- set-up
+    def init_weights(self) -> None:
+        """timm's default ViT init: truncated-normal(0.02) tables and linears, tiny prefix tokens."""
+        if isinstance(self.pos_embed, nn.Parameter):
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        for token in (self.cls_token, self.reg_token):
+            if token is not None:
+                nn.init.normal_(token, std=1e-6)
+        if self.dist_token is not None:
+            nn.init.trunc_normal_(self.dist_token, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        w = self.patch_embed.proj.weight  # init the patch projection like a linear layer (MAE)
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names that should not get weight decay."""
+        return {"pos_embed", "cls_token", "dist_token", "reg_token"}
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute block activations in the backward pass to save memory."""
+        self.grad_checkpointing = enable
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: PoolType | None = None) -> None:
+        """Replace the head (and optionally the pooling) for a new number of classes."""
+        self.num_classes = self.config["num_classes"] = num_classes
+        if global_pool is not None:
+            if global_pool == "token" and self.cls_token is None:
+                raise ValueError("global_pool='token' needs a class token")
+            self.global_pool = self.config["global_pool"] = global_pool
+        device = self.patch_embed.proj.weight.device
+        self.head = nn.Linear(self.embed_dim, num_classes, device=device) if num_classes > 0 else nn.Identity()
+        if self.distilled:
+            self.head_dist = (
+                nn.Linear(self.embed_dim, num_classes, device=device) if num_classes > 0 else nn.Identity()
+            )
+        for head in (self.head, self.head_dist):
+            if isinstance(head, nn.Linear):
+                nn.init.trunc_normal_(head.weight, std=0.02)
+                nn.init.zeros_(head.bias)
+
+    def set_input_size(self, img_size: int | tuple[int, int]) -> None:
+        """Change the expected input size, resampling the learned position table once."""
+        old_grid = self.patch_embed.grid_size
+        self.patch_embed.set_img_size(img_size)
+        self.config["img_size"] = list(self.patch_embed.img_size)
+        new_grid = self.patch_embed.grid_size
+        if isinstance(self.pos_embed, nn.Parameter):
+            prefix = 0 if self.no_embed_class else self.num_prefix_tokens
+            with torch.no_grad():
+                table = resample_abs_pos_embed(self.pos_embed, new_grid, old_grid, num_prefix_tokens=prefix)
+            self.pos_embed = nn.Parameter(table)
+        elif self.pos_embed is not None:
+            self.pos_embed = sincos_2d(new_grid, self.embed_dim)[None].to(self.pos_embed.device)
+
+    # ---------------------------------------------------------------- forward
+    def _prefix_tokens(self, batch: int) -> list[Tensor]:
+        tokens = [t for t in (self.cls_token, self.dist_token, self.reg_token) if t is not None]
+        return [t.expand(batch, -1, -1) for t in tokens]
+
+    def _pos_embed(self, x: Tensor) -> Tensor:
+        """Add position embeddings and the prefix tokens: (B, N, D) or (B, h, w, D) -> (B, prefix + N, D)."""
+        if self.dynamic_img_size:
+            B, h, w, D = x.shape
+            x = x.reshape(B, h * w, D)
+            pos_embed = self.pos_embed
+            if pos_embed is not None and (h, w) != self.patch_embed.grid_size:
+                if isinstance(pos_embed, nn.Parameter):
+                    prefix = 0 if self.no_embed_class else self.num_prefix_tokens
+                    pos_embed = resample_abs_pos_embed(pos_embed, (h, w), self.patch_embed.grid_size, prefix)
+                else:
+                    pos_embed = sincos_2d((h, w), D)[None].to(x)
+        else:
+            pos_embed = self.pos_embed
+        prefix = self._prefix_tokens(x.shape[0])
+        if pos_embed is None:
+            x = torch.cat(prefix + [x], dim=1)
+        elif self.no_embed_class:
+            x = torch.cat(prefix + [x + pos_embed], dim=1)
+        else:
+            x = torch.cat(prefix + [x], dim=1) + pos_embed
+        return self.pos_drop(x)
+
+    def _run_block(self, block: nn.Module, x: Tensor) -> Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(block, x, use_reentrant=False)
+        return block(x)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Images (B, C, H, W) -> normalised tokens (B, prefix + N, D)."""
+        x = self.norm_pre(self._pos_embed(self.patch_embed(x)))
+        for block in self.blocks:
+            x = self._run_block(block, x)
+        return self.norm(x)
+
+    def pool(self, x: Tensor) -> Tensor:
+        """Tokens (B, L, D) -> (B, D) by the class token or the mean of patch tokens."""
+        if self.global_pool == "token":
+            return x[:, 0]
+        if self.global_pool == "avg":
+            return x[:, self.num_prefix_tokens :].mean(dim=1)
+        return x
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """Tokens -> logits (B, num_classes), or pooled features (B, D) with ``pre_logits``."""
+        if self.distilled:
+            cls_feat, dist_feat = self.fc_norm(x[:, 0]), self.fc_norm(x[:, 1])
+            if pre_logits:
+                return (cls_feat + dist_feat) / 2
+            cls_logits, dist_logits = self.head(self.head_drop(cls_feat)), self.head_dist(self.head_drop(dist_feat))
+            if self.distilled_training and self.training:
+                return cls_logits, dist_logits
+            return (cls_logits + dist_logits) / 2  # DeiT inference: average the two heads
+        x = self.head_drop(self.fc_norm(self.pool(x)))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Images (B, C, H, W) -> logits (B, num_classes)."""
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        output_fmt: Literal["NCHW", "NLC"] = "NCHW",
+        return_prefix_tokens: bool = False,
+        intermediates_only: bool = False,
+    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """Per-block features for dense tasks.
+
+        ``indices``: an int n takes the last n blocks, a sequence takes those block indices (negative allowed),
+        None takes all. Patch features come as (B, D, h, w) ("NCHW") or (B, N, D) ("NLC"); with
+        ``return_prefix_tokens`` each item is a (features, prefix tokens (B, P, D)) pair.
+        Returns the intermediates, and unless ``intermediates_only`` the final normalised tokens first.
+        """
+        depth = len(self.blocks)
+        if indices is None:
+            take = list(range(depth))
+        elif isinstance(indices, int):
+            take = list(range(depth - indices, depth))
+        else:
+            take = [i % depth for i in indices]
+        if any(i < 0 or i >= depth for i in take):
+            raise ValueError(f"block indices {indices} out of range for a model of depth {depth}")
+        B, _, H, W = x.shape
+        grid_h, grid_w = H // self.patch_embed.patch_size[0], W // self.patch_embed.patch_size[1]
+        x = self.norm_pre(self._pos_embed(self.patch_embed(x)))
+        outputs = []
+        last = max(take)
+        for i, block in enumerate(self.blocks):
+            x = self._run_block(block, x)
+            if i in take:
+                feat = self.norm(x) if norm else x
+                prefix, patches = feat[:, : self.num_prefix_tokens], feat[:, self.num_prefix_tokens :]
+                if output_fmt == "NCHW":
+                    patches = patches.reshape(B, grid_h, grid_w, -1).permute(0, 3, 1, 2).contiguous()
+                outputs.append((patches, prefix) if return_prefix_tokens else patches)
+            if intermediates_only and i == last:
+                return outputs
+        return self.norm(x), outputs
+
+    def extra_repr(self) -> str:
+        return f"family=vit, params={sum(p.numel() for p in self.parameters()) / 1e6:.2f}M"
+
+
+register_family("vit", VisionTransformer)
+
+
+# ---------------------------------------------------------------- named configs
+# (width, depth, heads) per size; the registry is the cross product of sizes x patches x image sizes.
+VIT_SIZES = {
+    "tiny": (192, 12, 3),
+    "small": (384, 12, 6),
+    "base": (768, 12, 12),
+    "large": (1024, 24, 16),
+    "huge": (1280, 32, 16),
+}
+VIT_PATCHES = (32, 16, 14, 8)
+VIT_IMAGES = (224, 384)
+
+
+def _register_vit_variants() -> None:
+    for size, (dim, depth, heads) in VIT_SIZES.items():
+        shape = dict(embed_dim=dim, depth=depth, num_heads=heads)
+        for patch in VIT_PATCHES:
+            for img in VIT_IMAGES:
+                register_model(f"vit_{size}_patch{patch}_{img}", "vit", img_size=img, patch_size=patch, **shape)
+        if size in ("tiny", "small", "base"):  # DeiT: same shapes, trained with distillation at 224 (B also 384)
+            for img in (224, 384) if size == "base" else (224,):
+                register_model(f"deit_{size}_patch16_{img}", "vit", img_size=img, patch_size=16, **shape)
+                register_model(
+                    f"deit_{size}_distilled_patch16_{img}", "vit", img_size=img, patch_size=16, distilled=True,
+                    **shape,
+                )  # fmt: skip
+    # Small-image models for the datasets vitkit trains on a laptop CPU.
+    register_model("vit_digits", "vit", img_size=8, patch_size=2, in_chans=1, num_classes=10,
+                   embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0, global_pool="avg")  # fmt: skip
+    register_model("vit_mnist", "vit", img_size=28, patch_size=4, in_chans=1, num_classes=10,
+                   embed_dim=128, depth=6, num_heads=4, mlp_ratio=2.0, global_pool="avg")  # fmt: skip
+    register_model("vit_cifar", "vit", img_size=32, patch_size=4, num_classes=10,
+                   embed_dim=192, depth=9, num_heads=3, mlp_ratio=2.0, global_pool="avg")  # fmt: skip
+
+
+_register_vit_variants()
+
+
+def vit_flops(model: VisionTransformer, img_size: tuple[int, int] | None = None) -> int:
+    """Approximate forward FLOPs (2 x multiply-adds) of the encoder and head for one image."""
+    h, w = img_size or model.patch_embed.img_size
+    ph, pw = model.patch_embed.patch_size
+    n = (h // ph) * (w // pw)
+    length = n + model.num_prefix_tokens
+    d = model.embed_dim
+    c_in = model.patch_embed.in_chans
+    hidden = model.blocks[0].mlp.fc1.out_features if len(model.blocks) else 0
+    per_block = 2 * length * (3 * d * d + d * d + 2 * d * hidden) + 2 * 2 * length * length * d
+    head = 2 * d * model.num_classes
+    return int(2 * n * c_in * ph * pw * d + len(model.blocks) * per_block + head)
+
+

@@ -1,0 +1,195 @@
+"""Key remapping from timm, HuggingFace and JAX (.npz) ViT layouts to vitkit's (= timm's) names."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .io import CheckpointError
+
+__all__ = ["detect_layout", "hf_to_vitkit", "jax_to_vitkit", "unwrap_state_dict", "check_state_dict"]
+
+_CONTAINER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "module")
+
+
+def unwrap_state_dict(obj: dict[str, Any]) -> dict[str, Tensor]:
+    """Take the tensors out of training checkpoints ({'model': ...}) and strip DDP / compile prefixes."""
+    for key in _CONTAINER_KEYS:
+        if key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+            break
+    out = {}
+    for k, v in obj.items():
+        if not isinstance(v, Tensor):
+            continue
+        for prefix in ("module.", "_orig_mod."):
+            if k.startswith(prefix):
+                k = k[len(prefix) :]
+        out[k] = v
+    return out
+
+
+def detect_layout(state: dict[str, Tensor]) -> str:
+    """'vitkit' (also timm), 'hf' or 'jax'; a clear error for anything else."""
+    keys = list(state)
+    if any(k.endswith("patch_embed.proj.weight") for k in keys):
+        return "vitkit"
+    if any(k.endswith("embeddings.patch_embeddings.projection.weight") for k in keys):
+        return "hf"
+    if any(k.endswith("embedding/kernel") for k in keys):
+        return "jax"
+    sample = ", ".join(keys[:6]) + (", ..." if len(keys) > 6 else "")
+    raise CheckpointError(
+        f"not a Vision Transformer checkpoint in any known layout (timm/vitkit, HuggingFace ViT/DeiT, JAX .npz): "
+        f"no patch-embedding weight among its {len(keys)} keys ({sample})"
+    )
+
+
+_HF_BLOCK = {  # classic names (checkpoints on disk) and transformers>=5 in-memory names
+    "layernorm_before": "norm1",
+    "attention.o_proj": "attn.proj",
+    "mlp.fc1": "mlp.fc1",
+    "mlp.fc2": "mlp.fc2",
+    "layernorm_after": "norm2",
+    "attention.output.dense": "attn.proj",
+    "intermediate.dense": "mlp.fc1",
+    "output.dense": "mlp.fc2",
+}
+_HF_TOP = {
+    "embeddings.cls_token": "cls_token",
+    "embeddings.distillation_token": "dist_token",
+    "embeddings.position_embeddings": "pos_embed",
+    "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
+    "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
+    "layernorm.weight": "norm.weight",
+    "layernorm.bias": "norm.bias",
+}
+_HF_HEADS = {"classifier": "head", "cls_classifier": "head", "distillation_classifier": "head_dist"}
+_HF_DROPPED = ("embeddings.mask_token", "pooler.")
+
+
+def hf_to_vitkit(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """HuggingFace ``ViT*`` / ``DeiT*`` state dict -> vitkit names (query/key/value fused into qkv)."""
+    out: dict[str, Tensor] = {}
+    qkv: dict[tuple[int, str], dict[str, Tensor]] = {}
+    for key, value in state.items():
+        k = re.sub(r"^(vit|deit)\.", "", key)
+        if k.startswith(_HF_DROPPED):
+            continue
+        head = k.split(".")[0]
+        if head in _HF_HEADS:
+            out[_HF_HEADS[head] + k[len(head) :]] = value
+            continue
+        if k in _HF_TOP:
+            out[_HF_TOP[k]] = value
+            continue
+        m = re.match(r"(?:encoder\.layer|layers)\.(\d+)\.(.+)\.(weight|bias)$", k)
+        if not m:
+            out[k] = value  # left for the key check to report
+            continue
+        i, name, kind = int(m.group(1)), m.group(2), m.group(3)
+        qm = re.match(r"attention\.(?:attention\.(query|key|value)|(q|k|v)_proj)$", name)
+        if qm:
+            part = qm.group(1) or {"q": "query", "k": "key", "v": "value"}[qm.group(2)]
+            qkv.setdefault((i, kind), {})[part] = value
+        elif name in _HF_BLOCK:
+            out[f"blocks.{i}.{_HF_BLOCK[name]}.{kind}"] = value
+        else:
+            out[k] = value
+    for (i, kind), parts in qkv.items():
+        if set(parts) != {"query", "key", "value"}:
+            raise CheckpointError(f"layer {i} has only {sorted(parts)} attention {kind}s, not query/key/value")
+        out[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat([parts["query"], parts["key"], parts["value"]], dim=0)
+    return out
+
+
+_JAX_BLOCK = [
+    (r"LayerNorm_0/scale", "norm1.weight", None),
+    (r"LayerNorm_0/bias", "norm1.bias", None),
+    (r"LayerNorm_[12]/scale", "norm2.weight", None),
+    (r"LayerNorm_[12]/bias", "norm2.bias", None),
+    (r"MlpBlock_\d/Dense_0/kernel", "mlp.fc1.weight", "t"),
+    (r"MlpBlock_\d/Dense_0/bias", "mlp.fc1.bias", None),
+    (r"MlpBlock_\d/Dense_1/kernel", "mlp.fc2.weight", "t"),
+    (r"MlpBlock_\d/Dense_1/bias", "mlp.fc2.bias", None),
+    (r"MultiHeadDotProductAttention_\d/out/kernel", "attn.proj.weight", "out"),
+    (r"MultiHeadDotProductAttention_\d/out/bias", "attn.proj.bias", None),
+]
+
+
+def jax_to_vitkit(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Original Google ViT (vit_jax / big_vision) ``.npz`` arrays -> vitkit names and PyTorch layouts."""
+    state = {re.sub(r"^(opt/target/|params/)", "", k): v for k, v in state.items()}
+    out: dict[str, Tensor] = {}
+    qkv: dict[tuple[int, str], dict[str, Tensor]] = {}
+    for key, v in state.items():
+        if key == "embedding/kernel":  # (ph, pw, C, D) -> (D, C, ph, pw)
+            out["patch_embed.proj.weight"] = v.permute(3, 2, 0, 1)
+        elif key == "embedding/bias":
+            out["patch_embed.proj.bias"] = v
+        elif key == "cls":
+            out["cls_token"] = v
+        elif key in ("Transformer/posembed_input/pos_embedding", "pos_embedding"):
+            out["pos_embed"] = v
+        elif key.startswith("Transformer/encoder_norm/"):
+            out["norm." + ("weight" if key.endswith("scale") else "bias")] = v
+        elif key == "head/kernel":
+            out["head.weight"] = v.t()
+        elif key == "head/bias":
+            out["head.bias"] = v
+        elif key.startswith("pre_logits/"):
+            raise CheckpointError(
+                "this JAX checkpoint has a pre-logits representation layer (an ImageNet-21k model); "
+                "vitkit's ViT has none - use a fine-tuned checkpoint"
+            )
+        else:
+            m = re.match(r"Transformer/encoderblock_(\d+)/(.+)$", key)
+            if not m:
+                out[key] = v
+                continue
+            i, name = int(m.group(1)), m.group(2)
+            am = re.match(r"MultiHeadDotProductAttention_\d/(query|key|value)/(kernel|bias)$", name)
+            if am:
+                part, kind = am.groups()
+                # kernel (D, H, hd) -> (H*hd, D); bias (H, hd) -> (H*hd,)
+                t = v.reshape(v.shape[0], -1).t() if kind == "kernel" else v.reshape(-1)
+                qkv.setdefault((i, "weight" if kind == "kernel" else "bias"), {})[part] = t
+                continue
+            for pattern, target, op in _JAX_BLOCK:
+                if re.fullmatch(pattern, name):
+                    if op == "t":
+                        v = v.t()
+                    elif op == "out":  # (H, hd, D) -> (D, H*hd)
+                        v = v.reshape(-1, v.shape[-1]).t()
+                    out[f"blocks.{i}.{target}"] = v
+                    break
+            else:
+                out[key] = v
+    for (i, kind), parts in qkv.items():
+        out[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat([parts["query"], parts["key"], parts["value"]], dim=0)
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def check_state_dict(model: nn.Module, state: dict[str, Tensor], source: str = "checkpoint") -> None:
+    """Raise a CheckpointError naming every missing, unexpected and wrongly shaped key."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected
+        if k in state and state[k].shape != expected[k].shape
+    ]
+    if not (missing or unexpected or wrong):
+        return
+    lines = [f"{source} does not fit {type(model).__name__}:"]
+    for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", wrong)):
+        if items:
+            shown = items[:12] + ([f"... and {len(items) - 12} more"] if len(items) > 12 else [])
+            lines.append(f"  {title} ({len(items)}): " + ", ".join(shown))
+    if any(k.startswith("head") for k in missing + unexpected) or any(w.startswith("head") for w in wrong):
+        lines.append("  (a different classifier head? pass ignore_head=True to keep the model's own head)")
+    raise CheckpointError("\n".join(lines))

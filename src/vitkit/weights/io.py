@@ -1,0 +1,156 @@
+"""Reading checkpoint files safely, and vitkit's own self-describing safetensors format."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+__all__ = ["read_checkpoint", "save", "load", "atomic_write", "CheckpointError"]
+
+FORMAT_VERSION = "1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the model."""
+
+
+def atomic_write(path: str | os.PathLike, write_fn) -> Path:
+    """Call ``write_fn(tmp_path)`` on a temp file beside ``path``, then rename it into place atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write_fn(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _read_torch(path: Path) -> dict[str, Any]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)  # never runs pickled code
+    except (zipfile.BadZipFile, EOFError, RuntimeError) as e:
+        raise CheckpointError(f"cannot read {path}: corrupt or truncated file ({e})") from e
+    except Exception as e:  # weights_only refuses arbitrary objects
+        raise CheckpointError(f"refusing to load {path}: it holds objects other than tensors ({e})") from e
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict")
+    return obj
+
+
+def _read_npz(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: torch.from_numpy(np.asarray(npz[k]).copy()) for k in npz.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+        raise CheckpointError(f"cannot read {path} as a NumPy .npz archive: {e}") from e
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(path, device="cpu")
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"cannot read {path} as safetensors: corrupt or truncated file ({e})") from e
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Read tensors from a file or HuggingFace model directory. Returns (state dict, HF config or None).
+
+    Supports ``.safetensors``, ``.pth``/``.pt``/``.bin`` (``torch.load(weights_only=True)``), ``.npz``
+    (``allow_pickle=False``) and directories holding ``model.safetensors`` or ``pytorch_model.bin``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    hf_config = None
+    if path.is_dir():
+        config_file = path / "config.json"
+        if config_file.exists():
+            hf_config = json.loads(config_file.read_text())
+        for name in ("model.safetensors", "pytorch_model.bin"):
+            if (path / name).exists():
+                path = path / name
+                break
+        else:
+            raise CheckpointError(f"{path} is a directory without model.safetensors or pytorch_model.bin")
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        return _read_safetensors(path), hf_config
+    if suffix == ".npz":
+        return _read_npz(path), hf_config
+    if suffix in (".pth", ".pt", ".bin", ".ckpt"):
+        return _read_torch(path), hf_config
+    with open(path, "rb") as f:  # unknown suffix: sniff the content
+        head = f.read(8)
+    if head.startswith(b"PK"):
+        try:
+            return _read_torch(path), hf_config
+        except CheckpointError:
+            return _read_npz(path), hf_config
+    return _read_safetensors(path), hf_config
+
+
+def save(model: nn.Module, path: str | os.PathLike) -> Path:
+    """Write ``model``'s weights and the config it was built with to a safetensors file (atomically)."""
+    config = getattr(model, "config", None)
+    family = getattr(model, "family", None)
+    if config is None or family is None:
+        raise TypeError(f"{type(model).__name__} is not a vitkit model (no .config/.family); use safetensors directly")
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    metadata = {
+        "format": "vitkit",
+        "format_version": FORMAT_VERSION,
+        "family": family,
+        "config": json.dumps(config),
+        "model_name": str(getattr(model, "model_name", "")),
+    }
+    return atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"cannot read {path} as safetensors: corrupt or truncated file ({e})") from e
+
+
+def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a model written by :func:`save`, weights included, with no other input."""
+    from ..registry import get_family
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model file not found: {path}")
+    meta = read_metadata(path)
+    if meta.get("format") != "vitkit":
+        raise CheckpointError(
+            f"{path} has no vitkit config in its metadata; build the model with vitkit.create_model(...) and "
+            "use vitkit.load_pretrained(model, path)"
+        )
+    cls = get_family(meta["family"])
+    model = cls(**json.loads(meta["config"]))
+    if meta.get("model_name"):
+        model.model_name = meta["model_name"]
+    state = _read_safetensors(path)
+    from .convert import check_state_dict
+
+    check_state_dict(model, state, source=str(path))
+    model.load_state_dict(state)
+    return model.to(device)
