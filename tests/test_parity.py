@@ -17,8 +17,21 @@ TIMM_CASES = [
     ("deit_tiny_distilled_patch16_224", dict(depth=2), {}, 224),
     ("vit_tiny_patch16_224", dict(depth=2, reg_tokens=4, no_embed_class=True), {}, 224),
     ("vit_tiny_patch16_224", dict(depth=2, qk_norm=True, init_values=1e-2, qkv_bias=False), {}, 224),
-    ("vit_tiny_patch16_224", dict(depth=3, img_size=32, patch_size=4, in_chans=1, num_classes=10, embed_dim=64,
-                                  num_heads=4, mlp_ratio=2.0), {}, 32),  # fmt: skip
+    (
+        "vit_tiny_patch16_224",
+        dict(
+            depth=3,
+            img_size=32,
+            patch_size=4,
+            in_chans=1,
+            num_classes=10,
+            embed_dim=64,
+            num_heads=4,
+            mlp_ratio=2.0,
+        ),
+        {},
+        32,
+    ),  # fmt: skip
 ]
 
 
@@ -177,8 +190,12 @@ def timm_to_jax_npz(state: dict[str, torch.Tensor], num_heads: int, path) -> Non
             out[p + f"MultiHeadDotProductAttention_1/{part}/kernel"] = w[j * D : (j + 1) * D].T.reshape(
                 D, num_heads, hd
             )
-            out[p + f"MultiHeadDotProductAttention_1/{part}/bias"] = bias[j * D : (j + 1) * D].reshape(num_heads, hd)
-        out[p + "MultiHeadDotProductAttention_1/out/kernel"] = a[b + "attn.proj.weight"].T.reshape(num_heads, hd, D)
+            out[p + f"MultiHeadDotProductAttention_1/{part}/bias"] = bias[j * D : (j + 1) * D].reshape(
+                num_heads, hd
+            )
+        out[p + "MultiHeadDotProductAttention_1/out/kernel"] = a[b + "attn.proj.weight"].T.reshape(
+            num_heads, hd, D
+        )
         out[p + "MultiHeadDotProductAttention_1/out/bias"] = a[b + "attn.proj.bias"]
         out[p + "MlpBlock_3/Dense_0/kernel"] = a[b + "mlp.fc1.weight"].T
         out[p + "MlpBlock_3/Dense_0/bias"] = a[b + "mlp.fc1.bias"]
@@ -192,7 +209,11 @@ def test_jax_npz_parity(timm, tmp_path, img_size):
     ref = _randomize(timm.create_model("vit_small_patch16_224", pretrained=False, depth=2, num_classes=11))
     timm_to_jax_npz(ref.state_dict(), num_heads=6, path=tmp_path / "vit.npz")
     model = vitkit.create_model(
-        "vit_small_patch16_224", depth=2, num_classes=11, img_size=img_size, pretrained=str(tmp_path / "vit.npz")
+        "vit_small_patch16_224",
+        depth=2,
+        num_classes=11,
+        img_size=img_size,
+        pretrained=str(tmp_path / "vit.npz"),
     ).eval()
     if img_size != 224:  # compare with timm's own resampling of the same table
         ref.set_input_size(img_size=img_size)

@@ -43,7 +43,9 @@ def merge_masks(
             mask = mask + attn_mask.to(dtype)
     if key_padding_mask is not None:
         if key_padding_mask.dtype != torch.bool:
-            raise TypeError(f"key_padding_mask must be boolean (True = padding), got {key_padding_mask.dtype}")
+            raise TypeError(
+                f"key_padding_mask must be boolean (True = padding), got {key_padding_mask.dtype}"
+            )
         if key_padding_mask.dim() != 2 or key_padding_mask.shape[1] != k_len:
             raise ValueError(
                 f"key_padding_mask must have shape (batch, {k_len}), got {tuple(key_padding_mask.shape)}"
@@ -73,12 +75,16 @@ def scaled_dot_product(
                 q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal and attn_mask is None
             )
             return out, None
-        mask = merge_masks(attn_mask, key_padding_mask, is_causal, q.shape[-2], k.shape[-2], q.dtype, q.device)
+        mask = merge_masks(
+            attn_mask, key_padding_mask, is_causal, q.shape[-2], k.shape[-2], q.dtype, q.device
+        )
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p), None
 
     scale = q.shape[-1] ** -0.5
     scores = (q * scale) @ k.transpose(-2, -1)  # B, H, Lq, Lk
-    mask = merge_masks(attn_mask, key_padding_mask, is_causal, q.shape[-2], k.shape[-2], scores.dtype, q.device)
+    mask = merge_masks(
+        attn_mask, key_padding_mask, is_causal, q.shape[-2], k.shape[-2], scores.dtype, q.device
+    )
     if mask is not None:
         scores = scores + mask
     weights = scores.softmax(dim=-1)
@@ -155,7 +161,9 @@ class Attention(_AttentionBase):
 class CrossAttention(_AttentionBase):
     """Multi-head attention from queries ``x`` to a separate ``memory`` sequence (encoder-decoder attention)."""
 
-    def __init__(self, dim: int, num_heads: int = 8, kv_dim: int | None = None, qkv_bias: bool = True, **kwargs):
+    def __init__(
+        self, dim: int, num_heads: int = 8, kv_dim: int | None = None, qkv_bias: bool = True, **kwargs
+    ):
         super().__init__(dim, num_heads, **kwargs)
         self.q = nn.Linear(dim, dim, bias=qkv_bias)
         self.kv = nn.Linear(kv_dim or dim, dim * 2, bias=qkv_bias)

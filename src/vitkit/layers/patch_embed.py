@@ -36,7 +36,9 @@ class PatchEmbed(nn.Module):
         self.in_chans = in_chans
         self.strict_img_size = strict_img_size
         self.flatten = flatten
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size, bias=bias)
+        self.proj = nn.Conv2d(
+            in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size, bias=bias
+        )
         self.set_img_size(img_size)
 
     def set_img_size(self, img_size: int | tuple[int, int]) -> None:
@@ -55,10 +57,14 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4:
-            raise ValueError(f"expected images of shape (batch, channels, height, width), got {tuple(x.shape)}")
+            raise ValueError(
+                f"expected images of shape (batch, channels, height, width), got {tuple(x.shape)}"
+            )
         _, C, H, W = x.shape
         if C != self.in_chans:
-            raise ValueError(f"expected {self.in_chans} input channels, got {C} (input shape {tuple(x.shape)})")
+            raise ValueError(
+                f"expected {self.in_chans} input channels, got {C} (input shape {tuple(x.shape)})"
+            )
         if self.strict_img_size:
             if (H, W) != self.img_size:
                 raise ValueError(

@@ -49,7 +49,9 @@ def resample_abs_pos_embed(
 ) -> Tensor:
     """Resize a learned (1, prefix + H*W, D) position table to a new (H', W') grid; prefix rows are kept as is."""
     num_pos = posemb.shape[1]
-    if num_pos == new_size[0] * new_size[1] + num_prefix_tokens and (old_size is None or old_size == new_size):
+    if num_pos == new_size[0] * new_size[1] + num_prefix_tokens and (
+        old_size is None or old_size == new_size
+    ):
         return posemb
     if old_size is None:
         side = math.isqrt(num_pos - num_prefix_tokens)

@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
@@ -104,7 +103,9 @@ class VisionTransformer(nn.Module):
             self.pos_embed = nn.Parameter(torch.zeros(1, embed_len, embed_dim))
         elif pos_embed == "sincos":
             if not no_embed_class:
-                raise ValueError("pos_embed='sincos' needs no_embed_class=True (the table covers patches only)")
+                raise ValueError(
+                    "pos_embed='sincos' needs no_embed_class=True (the table covers patches only)"
+                )
             self.register_buffer("pos_embed", sincos_2d(self.patch_embed.grid_size, embed_dim)[None], False)
         elif pos_embed == "none":
             self.pos_embed = None
@@ -126,7 +127,9 @@ class VisionTransformer(nn.Module):
         self.fc_norm = nn.LayerNorm(embed_dim, eps=norm_eps) if use_fc_norm else nn.Identity()
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self.head_dist = (nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()) if distilled else None
+        self.head_dist = (
+            (nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()) if distilled else None
+        )
         self.init_weights()
 
     # ---------------------------------------------------------------- set-up
@@ -167,7 +170,9 @@ class VisionTransformer(nn.Module):
                 raise ValueError("global_pool='token' needs a class token")
             self.global_pool = self.config["global_pool"] = global_pool
         device = self.patch_embed.proj.weight.device
-        self.head = nn.Linear(self.embed_dim, num_classes, device=device) if num_classes > 0 else nn.Identity()
+        self.head = (
+            nn.Linear(self.embed_dim, num_classes, device=device) if num_classes > 0 else nn.Identity()
+        )
         if self.distilled:
             self.head_dist = (
                 nn.Linear(self.embed_dim, num_classes, device=device) if num_classes > 0 else nn.Identity()
@@ -245,7 +250,10 @@ class VisionTransformer(nn.Module):
             cls_feat, dist_feat = self.fc_norm(x[:, 0]), self.fc_norm(x[:, 1])
             if pre_logits:
                 return (cls_feat + dist_feat) / 2
-            cls_logits, dist_logits = self.head(self.head_drop(cls_feat)), self.head_dist(self.head_drop(dist_feat))
+            cls_logits, dist_logits = (
+                self.head(self.head_drop(cls_feat)),
+                self.head_dist(self.head_drop(dist_feat)),
+            )
             if self.distilled_training and self.training:
                 return cls_logits, dist_logits
             return (cls_logits + dist_logits) / 2  # DeiT inference: average the two heads
@@ -278,8 +286,10 @@ class VisionTransformer(nn.Module):
         elif isinstance(indices, int):
             take = list(range(depth - indices, depth))
         else:
+            if any(not -depth <= i < depth for i in indices):
+                raise ValueError(f"block indices {list(indices)} out of range for a model of depth {depth}")
             take = [i % depth for i in indices]
-        if any(i < 0 or i >= depth for i in take):
+        if not take or min(take) < 0:
             raise ValueError(f"block indices {indices} out of range for a model of depth {depth}")
         B, _, H, W = x.shape
         grid_h, grid_w = H // self.patch_embed.patch_size[0], W // self.patch_embed.patch_size[1]
@@ -323,8 +333,14 @@ def _register_vit_variants() -> None:
         shape = dict(embed_dim=dim, depth=depth, num_heads=heads)
         for patch in VIT_PATCHES:
             for img in VIT_IMAGES:
-                register_model(f"vit_{size}_patch{patch}_{img}", "vit", img_size=img, patch_size=patch, **shape)
-        if size in ("tiny", "small", "base"):  # DeiT: same shapes, trained with distillation at 224 (B also 384)
+                register_model(
+                    f"vit_{size}_patch{patch}_{img}", "vit", img_size=img, patch_size=patch, **shape
+                )
+        if size in (
+            "tiny",
+            "small",
+            "base",
+        ):  # DeiT: same shapes, trained with distillation at 224 (B also 384)
             for img in (224, 384) if size == "base" else (224,):
                 register_model(f"deit_{size}_patch16_{img}", "vit", img_size=img, patch_size=16, **shape)
                 register_model(
@@ -355,5 +371,3 @@ def vit_flops(model: VisionTransformer, img_size: tuple[int, int] | None = None)
     per_block = 2 * length * (3 * d * d + d * d + 2 * d * hidden) + 2 * 2 * length * length * d
     head = 2 * d * model.num_classes
     return int(2 * n * c_in * ph * pw * d + len(model.blocks) * per_block + head)
-
-

@@ -101,7 +101,9 @@ def hf_to_vitkit(state: dict[str, Tensor]) -> dict[str, Tensor]:
             out[k] = value
     for (i, kind), parts in qkv.items():
         if set(parts) != {"query", "key", "value"}:
-            raise CheckpointError(f"layer {i} has only {sorted(parts)} attention {kind}s, not query/key/value")
+            raise CheckpointError(
+                f"layer {i} has only {sorted(parts)} attention {kind}s, not query/key/value"
+            )
         out[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat([parts["query"], parts["key"], parts["value"]], dim=0)
     return out
 
@@ -186,7 +188,11 @@ def check_state_dict(model: nn.Module, state: dict[str, Tensor], source: str = "
     if not (missing or unexpected or wrong):
         return
     lines = [f"{source} does not fit {type(model).__name__}:"]
-    for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", wrong)):
+    for title, items in (
+        ("missing keys", missing),
+        ("unexpected keys", unexpected),
+        ("shape mismatches", wrong),
+    ):
         if items:
             shown = items[:12] + ([f"... and {len(items) - 12} more"] if len(items) > 12 else [])
             lines.append(f"  {title} ({len(items)}): " + ", ".join(shown))

@@ -45,8 +45,18 @@ def _read_torch(path: Path) -> dict[str, Any]:
         obj = torch.load(path, map_location="cpu", weights_only=True)  # never runs pickled code
     except (zipfile.BadZipFile, EOFError, RuntimeError) as e:
         raise CheckpointError(f"cannot read {path}: corrupt or truncated file ({e})") from e
-    except Exception as e:  # weights_only refuses arbitrary objects
-        raise CheckpointError(f"refusing to load {path}: it holds objects other than tensors ({e})") from e
+    except Exception as e:  # weights_only's unpickler refuses anything but tensors and plain containers
+        msg = str(e)
+        lines = [ln.strip() for ln in msg.splitlines() if ln.strip()]
+        detail = next((ln for ln in lines if "nsupported" in ln), lines[0] if lines else type(e).__name__)
+        if "GLOBAL" in msg or "Unsupported global" in msg:
+            raise CheckpointError(
+                f"refusing to load {path}: it holds pickled objects other than tensors ({detail}); "
+                "only tensors and plain containers are read, pickled code is never executed"
+            ) from e
+        raise CheckpointError(
+            f"cannot read {path}: corrupt or truncated file, or not a checkpoint ({detail})"
+        ) from e
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict")
     return obj
@@ -104,12 +114,18 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, 
     return _read_safetensors(path), hf_config
 
 
-def save(model: nn.Module, path: str | os.PathLike) -> Path:
-    """Write ``model``'s weights and the config it was built with to a safetensors file (atomically)."""
+def save(model: nn.Module, path: str | os.PathLike, data_config: dict[str, Any] | None = None) -> Path:
+    """Write ``model``'s weights and the config it was built with to a safetensors file (atomically).
+
+    ``data_config`` (default: ``model.data_config`` if set) records how inputs were prepared -- class names,
+    normalisation mean/std, image size, channels -- so that prediction can reproduce it. It must be JSON-able.
+    """
     config = getattr(model, "config", None)
     family = getattr(model, "family", None)
     if config is None or family is None:
-        raise TypeError(f"{type(model).__name__} is not a vitkit model (no .config/.family); use safetensors directly")
+        raise TypeError(
+            f"{type(model).__name__} is not a vitkit model (no .config/.family); use safetensors directly"
+        )
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     metadata = {
         "format": "vitkit",
@@ -118,6 +134,9 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
         "config": json.dumps(config),
         "model_name": str(getattr(model, "model_name", "")),
     }
+    data_config = data_config if data_config is not None else getattr(model, "data_config", None)
+    if data_config:
+        metadata["data_config"] = json.dumps(data_config)
     return atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
 
 
@@ -148,6 +167,8 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Modu
     model = cls(**json.loads(meta["config"]))
     if meta.get("model_name"):
         model.model_name = meta["model_name"]
+    if meta.get("data_config"):
+        model.data_config = json.loads(meta["data_config"])
     state = _read_safetensors(path)
     from .convert import check_state_dict
 

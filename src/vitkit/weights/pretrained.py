@@ -34,7 +34,11 @@ def convert_state_dict(state: dict[str, Any]) -> tuple[dict[str, Tensor], str]:
 def _adapt_pos_embed(model: nn.Module, state: dict[str, Tensor]) -> None:
     """Resample the checkpoint's learned position table to the model's patch grid (prefix-token aware)."""
     target = getattr(model, "pos_embed", None)
-    if "pos_embed" not in state or not isinstance(target, nn.Parameter) or state["pos_embed"].shape == target.shape:
+    if (
+        "pos_embed" not in state
+        or not isinstance(target, nn.Parameter)
+        or state["pos_embed"].shape == target.shape
+    ):
         return
     prefix = 0 if model.no_embed_class else model.num_prefix_tokens
     src = state["pos_embed"]

@@ -1,0 +1,182 @@
+"""The ``vitkit`` command: train, evaluate, predict, list and inspect models."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import typing
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    """One ``--flag`` per TrainConfig field, typed from the dataclass."""
+    from .train.config import config_field_types
+
+    group = p.add_argument_group("training options (override the recipe / config file)")
+    for name, f in config_field_types().items():
+        if name == "recipe":
+            continue  # its own flag, defined by the caller
+        flag = "--" + name.replace("_", "-")
+        tp = f.type if not isinstance(f.type, str) else None
+        hint = str(f.type)
+        if "dict" in hint:
+            group.add_argument(flag, dest=name, type=json.loads, default=None, help="JSON object")
+        elif hint.startswith("bool"):
+            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None)
+        elif "tuple" in hint:
+            group.add_argument(flag, dest=name, type=float, nargs=2, default=None, metavar=("A", "B"))
+        else:
+            caster = {"int": int, "float": float, "str": str}
+            base = next((caster[k] for k in ("float", "int") if k in hint), str)
+            if tp in (int, float, str):
+                base = tp
+            group.add_argument(flag, dest=name, type=_optional(base), default=None)
+
+
+def _optional(base):
+    def cast(value: str):
+        return None if value.lower() in ("none", "null") else base(value)
+
+    cast.__name__ = base.__name__
+    return cast
+
+
+def _train_overrides(args: argparse.Namespace) -> dict[str, typing.Any]:
+    from .train.config import config_field_types
+
+    out = {}
+    for name in config_field_types():
+        value = getattr(args, name, None)
+        if value is not None and name != "recipe":
+            out[name] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import train
+
+    summary = train(recipe=args.recipe, config_file=args.config, resume=args.resume, **_train_overrides(args))
+    print(f"run directory: {summary['run_dir']}")
+    print(
+        f"epochs: {summary['epochs']}  val top-1: {summary['val_acc']:.4f}  best: {summary['best_val_acc']:.4f}  "
+        f"time: {summary['elapsed_s']:.1f}s  params: {summary['params'] / 1e6:.3f}M"
+    )
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate
+    from .metrics import format_metrics_table
+
+    metrics = evaluate(
+        args.checkpoint, dataset=args.data, data_dir=args.data_dir, split=args.split,
+        batch_size=args.batch_size, out_json=args.out, device=args.device,
+    )  # fmt: skip
+    print(format_metrics_table(metrics))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import format_predictions, predict
+
+    results = predict(args.checkpoint, args.images, topk=args.topk)
+    print(json.dumps(results, indent=2) if args.json else format_predictions(results))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from . import list_models
+
+    names = list_models(args.pattern)
+    print("\n".join(names))
+    print(f"({len(names)} models)", file=sys.stderr)
+    return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import create_model
+    from .models import vit_flops
+
+    model = create_model(args.model)
+    cfg = model.config
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"{args.model}: {type(model).__name__}")
+    for key in ("img_size", "patch_size", "in_chans", "num_classes", "embed_dim", "depth", "num_heads",
+                "mlp_ratio", "global_pool"):  # fmt: skip
+        print(f"  {key:12s} {cfg[key]}")
+    print(f"  {'tokens':12s} {model.patch_embed.num_patches} patches + {model.num_prefix_tokens} prefix")
+    print(f"  {'params':12s} {n_params / 1e6:.2f}M")
+    print(f"  {'GFLOPs':12s} {vit_flops(model) / 1e9:.3f} per image")
+    x = torch.zeros(1, cfg["in_chans"], *cfg["img_size"])
+    with torch.inference_mode():
+        print(f"  {'output':12s} {tuple(model.eval()(x).shape)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vitkit", description="Vision Transformers: train, evaluate, predict."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command")
+
+    p = sub.add_parser("train", help="train a model (default: a ViT on the embedded 8x8 digits)")
+    p.add_argument("--recipe", default=None, help="named recipe: digits, mnist, fashion-mnist, cifar10")
+    p.add_argument("--config", default=None, help="YAML config file")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its checkpoint")
+    _add_train_flags(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a run or model file on a dataset split")
+    p.add_argument("checkpoint", help="run directory or model .safetensors")
+    p.add_argument("--data", default=None, help="dataset name (default: the one it was trained on)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--split", default="test")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default=None, help="where to write the metrics JSON")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="top-k classes for images")
+    p.add_argument("checkpoint", help="run directory or model .safetensors")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("models", help="list registered model names")
+    p.add_argument("pattern", nargs="?", default="*")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("summary", help="build a model and print its shape, size and FLOPs")
+    p.add_argument("model")
+    p.set_defaults(func=cmd_summary)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s"
+    )
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, RuntimeError, KeyError) as e:
+        if args.verbose:
+            raise
+        print(f"vitkit {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

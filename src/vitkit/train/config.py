@@ -1,0 +1,175 @@
+"""Training configuration: one dataclass, named recipes, YAML files and command-line overrides.
+
+Precedence (later wins): dataclass defaults < recipe < YAML file < explicit overrides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["TrainConfig", "RECIPES", "resolve_config", "save_config", "load_config_file"]
+
+
+@dataclass
+class TrainConfig:
+    # what to train on
+    model: str = "vit_digits"
+    model_args: dict[str, Any] = field(default_factory=dict)
+    dataset: str = "digits"
+    data_dir: str | None = None
+    val_split: str = "test"
+    on_bad_image: str = "skip"  # "skip" (count and report) or "raise"
+    # schedule
+    epochs: int = 100
+    batch_size: int = 128
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    warmup_epochs: float = 5.0
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)
+    clip_grad: float | None = 1.0
+    accum_steps: int = 1
+    # regularisation
+    label_smoothing: float = 0.1
+    drop_path: float = 0.1
+    ema_decay: float | None = None
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mix_prob: float = 1.0
+    # batch augmentation (kornia): random-resized-crop scale, translate-by-padding crop, flips, RandAugment ops
+    rrc_scale: tuple[float, float] | None = None
+    pad_crop: int = 0
+    hflip: bool = False
+    randaugment: int = 0
+    trivialaugment: bool = False
+    random_erasing: float = 0.0
+    # runtime
+    device: str = "auto"  # auto | cpu | cuda
+    amp: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | off
+    compile: bool = False
+    grad_checkpointing: bool = False
+    seed: int = 0
+    deterministic: bool = True
+    num_workers: int = 0
+    threads: int | None = None
+    # output
+    out_dir: str = "runs"
+    name: str | None = None
+    eval_every: int = 1
+    save_every: int = 1
+    time_limit_min: float | None = None
+    tensorboard: bool = False
+    progress: bool = True
+    recipe: str | None = None
+
+
+RECIPES: dict[str, dict[str, Any]] = {
+    # scikit-learn's 8x8 digits, 1,437 training images: a small ViT on 2x2 patches with shift augmentation
+    "digits": dict(
+        model="vit_digits", dataset="digits", epochs=150, batch_size=64, lr=2e-3, warmup_epochs=5,
+        weight_decay=0.05, label_smoothing=0.1, drop_path=0.1, pad_crop=1, ema_decay=None,
+    ),
+    "mnist": dict(
+        model="vit_mnist", dataset="mnist", epochs=30, batch_size=128, lr=1e-3, warmup_epochs=2,
+        weight_decay=0.05, pad_crop=2, drop_path=0.1, label_smoothing=0.1,
+    ),
+    "fashion-mnist": dict(
+        model="vit_mnist", dataset="fashion-mnist", epochs=40, batch_size=128, lr=1e-3, warmup_epochs=2,
+        weight_decay=0.05, pad_crop=2, hflip=True, drop_path=0.1, label_smoothing=0.1, random_erasing=0.25,
+    ),
+    "cifar10": dict(
+        model="vit_cifar", dataset="cifar10-jpeg", epochs=100, batch_size=128, lr=1e-3, warmup_epochs=5,
+        weight_decay=0.05, pad_crop=4, hflip=True, randaugment=2, drop_path=0.1, label_smoothing=0.1,
+        mixup=0.8, cutmix=1.0, mix_prob=0.5, ema_decay=0.999,
+    ),
+}  # fmt: skip
+
+
+def _field_names() -> list[str]:
+    return [f.name for f in fields(TrainConfig)]
+
+
+def _check_keys(values: dict[str, Any], source: str) -> None:
+    known = _field_names()
+    for key in values:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ValueError(f"unknown training option {key!r} in {source}{hint}")
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file into a dict of overrides, checking the keys."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"config file not found: {path}")
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must hold a mapping of option: value, got {type(values).__name__}")
+    _check_keys(values, str(path))
+    return values
+
+
+def resolve_config(
+    recipe: str | None = None, config_file: str | Path | None = None, **overrides: Any
+) -> TrainConfig:
+    """Build a TrainConfig from a recipe, a YAML file and keyword overrides (``None`` values are ignored)."""
+    values: dict[str, Any] = {}
+    file_values = load_config_file(config_file) if config_file else {}
+    recipe = recipe or file_values.get("recipe") or overrides.get("recipe")
+    if recipe is not None:
+        if recipe not in RECIPES:
+            raise ValueError(f"unknown recipe {recipe!r}; known recipes: {sorted(RECIPES)}")
+        values.update(RECIPES[recipe])
+        values["recipe"] = recipe
+    values.update(file_values)
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    _check_keys(overrides, "overrides")
+    values.update(overrides)
+    cfg = TrainConfig(**values)
+    for name in ("betas", "rrc_scale"):
+        if isinstance(getattr(cfg, name), list):
+            setattr(cfg, name, tuple(getattr(cfg, name)))
+    _validate(cfg)
+    return cfg
+
+
+def _validate(cfg: TrainConfig) -> None:
+    problems = []
+    if cfg.epochs < 1:
+        problems.append(f"epochs must be >= 1, got {cfg.epochs}")
+    if cfg.batch_size < 1:
+        problems.append(f"batch_size must be >= 1, got {cfg.batch_size}")
+    if cfg.lr <= 0:
+        problems.append(f"lr must be > 0, got {cfg.lr}")
+    if cfg.accum_steps < 1:
+        problems.append(f"accum_steps must be >= 1, got {cfg.accum_steps}")
+    if cfg.on_bad_image not in ("skip", "raise"):
+        problems.append(f"on_bad_image must be 'skip' or 'raise', got {cfg.on_bad_image!r}")
+    if cfg.amp not in ("auto", "bf16", "off"):
+        problems.append(f"amp must be 'auto', 'bf16' or 'off', got {cfg.amp!r}")
+    if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
+        problems.append(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {cfg.device!r}")
+    if not 0 <= cfg.label_smoothing < 1:
+        problems.append(f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
+    if problems:
+        raise ValueError("invalid training config: " + "; ".join(problems))
+
+
+def save_config(cfg: TrainConfig, path: str | Path) -> None:
+    data = asdict(cfg)
+    for k, v in data.items():
+        if isinstance(v, tuple):
+            data[k] = list(v)
+    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def config_field_types() -> dict[str, Any]:
+    """Field name -> dataclass field (for building command-line flags)."""
+    return {f.name: f for f in dataclasses.fields(TrainConfig)}

@@ -1,0 +1,453 @@
+"""The training loop: data on device -> batch augmentation -> AdamW + warmup/cosine -> EMA -> checkpoints.
+
+A run directory holds everything a person or a program needs afterwards:
+``config.yaml`` (resolved config), ``metrics.jsonl`` (one line per epoch), ``checkpoint.pt`` (full training
+state, for ``--resume``), ``model.safetensors`` (final weights + data config, for eval/predict/serve),
+``curves.png`` and ``confusion_matrix.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm.auto import tqdm
+
+from .. import create_model
+from ..weights.io import save as save_model
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import TrainConfig, resolve_config, save_config
+from .optim import build_optimizer, warmup_cosine_schedule
+
+__all__ = ["Trainer", "train", "TrainingDivergedError"]
+
+log = logging.getLogger("vitkit.train")
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+# ---------------------------------------------------------------- RNG state (weights_only-safe)
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+    }  # fmt: skip
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_as_tuple(state["python"]))
+    n = state["numpy"]
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"])
+    )
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(x):
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        if torch.cuda.is_available():
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' was asked for but no CUDA device is available")
+    return torch.device(name)
+
+
+class Trainer:
+    """Train a classifier from a :class:`TrainConfig`.
+
+    ``model``, ``train_data`` / ``val_data`` (vitkit datasets) and ``loss_fn(logits, targets, images)`` may be
+    passed in to replace what the config would build (fine-tuning, distillation, custom data).
+    """
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        model: nn.Module | None = None,
+        train_data=None,
+        val_data=None,
+        loss_fn: Callable[..., Tensor] | None = None,
+        run_dir: str | Path | None = None,
+    ) -> None:
+        self.cfg = cfg
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        seed_everything(cfg.seed, cfg.deterministic)
+        self.device = _resolve_device(cfg.device)
+        self.use_bf16 = cfg.amp == "bf16" or (cfg.amp == "auto" and self.device.type == "cuda")
+        self.is_main = True
+
+        from .. import data as vdata
+
+        self.train_data = train_data if train_data is not None else self._build_dataset("train")
+        self.val_data = val_data if val_data is not None else self._build_dataset(cfg.val_split)
+        self.classes = list(self.train_data.classes)
+        in_chans = int(self.train_data.num_channels)
+
+        if model is None:
+            model = create_model(
+                cfg.model, num_classes=len(self.classes), in_chans=in_chans, drop_path_rate=cfg.drop_path,
+                **cfg.model_args,
+            )  # fmt: skip
+        self.model = model.to(self.device)
+        if cfg.grad_checkpointing:
+            self.model.set_grad_checkpointing(True)
+        self.input_size = tuple(self.model.config["img_size"]) if hasattr(self.model, "config") else None
+
+        mean, std = vdata.dataset_stats(cfg.dataset, self.train_data)
+        self.mean, self.std = list(map(float, mean)), list(map(float, std))
+        self.normalize = vdata.Normalize(self.mean, self.std).to(self.device)
+        self.augment = vdata.build_train_augment(
+            self.input_size, rrc_scale=cfg.rrc_scale, hflip=cfg.hflip, pad_crop=cfg.pad_crop,
+            randaugment=cfg.randaugment or None, trivialaugment=cfg.trivialaugment,
+            random_erasing=cfg.random_erasing,
+        ).to(self.device)  # fmt: skip
+        self.mix = (
+            vdata.MixupCutmix(cfg.mixup, cfg.cutmix, cfg.mix_prob, label_smoothing=cfg.label_smoothing,
+                              num_classes=len(self.classes))
+            if cfg.mixup > 0 or cfg.cutmix > 0 else None
+        )  # fmt: skip
+        self.train_loader = vdata.make_loader(
+            self.train_data, cfg.batch_size, shuffle=True, drop_last=True, seed=cfg.seed,
+            num_workers=cfg.num_workers,
+        )  # fmt: skip
+        self.val_loader = vdata.make_loader(
+            self.val_data, max(cfg.batch_size, 256), shuffle=False, drop_last=False, seed=cfg.seed,
+            num_workers=cfg.num_workers,
+        )  # fmt: skip
+        self.loss_fn = loss_fn or self._default_loss
+
+        self.optimizer = build_optimizer(
+            self.model, cfg.lr, cfg.weight_decay, cfg.betas, fused=self.device.type == "cuda"
+        )
+        self.steps_per_epoch = max(1, len(self.train_loader) // cfg.accum_steps)
+        total = cfg.epochs * self.steps_per_epoch
+        self.scheduler = warmup_cosine_schedule(
+            self.optimizer, int(cfg.warmup_epochs * self.steps_per_epoch), total, cfg.min_lr / cfg.lr
+        )
+        self.ema = (
+            AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+            if cfg.ema_decay else None
+        )  # fmt: skip
+        self.step_model = torch.compile(self.model) if cfg.compile else self.model
+
+        self.epoch = 0  # completed epochs
+        self.global_step = 0
+        self.best_acc = 0.0
+        self.history: list[dict[str, Any]] = []
+        name = cfg.name or f"{cfg.model}-{cfg.dataset}-{datetime.now():%Y%m%d-%H%M%S}"
+        self.run_dir = Path(run_dir) if run_dir else Path(cfg.out_dir) / name
+        self._tb = None
+
+    # ---------------------------------------------------------------- set-up helpers
+    def _build_dataset(self, split: str):
+        from ..data import build_dataset
+
+        return build_dataset(
+            self.cfg.dataset, split, data_dir=self.cfg.data_dir, on_error=self.cfg.on_bad_image
+        )
+
+    def _default_loss(self, logits: Tensor, target: Tensor, images: Tensor | None = None) -> Tensor:
+        if target.dtype.is_floating_point:  # soft targets from mixup/cutmix (smoothing already applied)
+            return torch.sum(-target * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+        return F.cross_entropy(logits.float(), target, label_smoothing=self.cfg.label_smoothing)
+
+    def data_config(self) -> dict[str, Any]:
+        return {
+            "dataset": self.cfg.dataset, "classes": self.classes, "mean": self.mean, "std": self.std,
+            "img_size": list(self.input_size) if self.input_size else None,
+            "in_chans": int(self.train_data.num_channels),
+        }  # fmt: skip
+
+    def _prepare(self, x: Tensor, train: bool) -> Tensor:
+        x = x.to(self.device, non_blocking=True)
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255)
+        if self.input_size and tuple(x.shape[-2:]) != self.input_size:
+            x = F.interpolate(x, size=self.input_size, mode="bilinear", antialias=True, align_corners=False)
+        if train:
+            x = self.augment(x)
+        return self.normalize(x)
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16)
+
+    # ---------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "best_acc": self.best_acc,
+            "loader": self.train_loader.state_dict() if hasattr(self.train_loader, "state_dict") else None,
+            "rng": _rng_state(),
+            "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.cfg).items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.epoch, self.global_step, self.best_acc = state["epoch"], state["global_step"], state["best_acc"]
+        if state.get("loader") is not None and hasattr(self.train_loader, "load_state_dict"):
+            self.train_loader.load_state_dict(state["loader"])
+        _set_rng_state(state["rng"])
+
+    def resume(self, path: str | Path | None = None) -> None:
+        """Continue from ``path`` (a checkpoint file or run directory; default this run's checkpoint)."""
+        path = Path(path) if path else self.run_dir
+        if path.is_dir():
+            self.run_dir = path
+            path = path / "checkpoint.pt"
+        self.load_state_dict(load_checkpoint(path))
+        metrics = self.run_dir / "metrics.jsonl"
+        if metrics.exists():  # drop lines written after the checkpoint (a crash between the two writes)
+            lines = [json.loads(ln) for ln in metrics.read_text().splitlines() if ln.strip()]
+            self.history = [m for m in lines if m["epoch"] <= self.epoch]
+            metrics.write_text("".join(json.dumps(m) + "\n" for m in self.history))
+        log.info("resumed from %s at epoch %d", path, self.epoch)
+
+    # ---------------------------------------------------------------- loops
+    def train_one_epoch(self, bar=None) -> dict[str, float]:
+        cfg = self.cfg
+        self.model.train()
+        if hasattr(self.train_loader, "set_epoch"):
+            self.train_loader.set_epoch(self.epoch)
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device)
+        seen = 0
+        start = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        for i, (x, y) in enumerate(self.train_loader):
+            y = y.to(self.device, non_blocking=True)
+            x = self._prepare(x, train=True)
+            target = y
+            if self.mix is not None:
+                x, target = self.mix(x, y)
+            with self._autocast():
+                logits = self.step_model(x)
+            loss = self.loss_fn(logits, target, x)
+            if not torch.isfinite(loss):
+                raise TrainingDivergedError(
+                    f"loss became {loss.item()} at epoch {self.epoch + 1}, step {i + 1}; stopping. The last good "
+                    f"checkpoint is kept at {self.run_dir / 'checkpoint.pt'} (try a lower lr or clip_grad)"
+                )
+            (loss / cfg.accum_steps).backward()
+            if (i + 1) % cfg.accum_steps == 0:
+                if cfg.clip_grad:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scheduler.step()
+                self.global_step += 1
+                if self.ema is not None:
+                    self.ema.update_parameters(self.model)
+            n = y.shape[0]
+            seen += n
+            loss_sum += loss.detach() * n
+            logits_main = logits[0] if isinstance(logits, tuple) else logits
+            correct += (logits_main.detach().argmax(-1) == y).sum()
+            if bar is not None:
+                bar.update(1)
+                if i % 10 == 0:
+                    bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
+                                    img_s=f"{seen / (time.perf_counter() - start):.0f}")  # fmt: skip
+        elapsed = time.perf_counter() - start
+        return {
+            "train_loss": loss_sum.item() / max(seen, 1),
+            "train_acc": correct.item() / max(seen, 1),
+            "images_per_s": seen / elapsed,
+            "train_time": elapsed,
+        }
+
+    @torch.inference_mode()
+    def evaluate(self, model: nn.Module | None = None, return_outputs: bool = False) -> dict[str, Any]:
+        """Loss and top-1 accuracy on the validation split (optionally the logits and targets too)."""
+        model = model or self.model
+        was_training = model.training
+        model.eval()
+        losses, logits_all, targets_all = 0.0, [], []
+        for x, y in self.val_loader:
+            y = y.to(self.device)
+            with self._autocast():
+                logits = model(self._prepare(x, train=False)).float()
+            losses += F.cross_entropy(logits, y, reduction="sum").item()
+            logits_all.append(logits.cpu())
+            targets_all.append(y.cpu())
+        model.train(was_training)
+        logits, targets = torch.cat(logits_all), torch.cat(targets_all)
+        out: dict[str, Any] = {
+            "val_loss": losses / len(targets),
+            "val_acc": (logits.argmax(-1) == targets).float().mean().item(),
+        }
+        if return_outputs:
+            out["logits"], out["targets"] = logits, targets
+        return out
+
+    # ---------------------------------------------------------------- fit
+    def _log_epoch(self, record: dict[str, Any]) -> None:
+        self.history.append(record)
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k != "epoch":
+                    self._tb.add_scalar(k, v, record["epoch"])
+
+    def fit(self) -> dict[str, Any]:
+        """Train for the configured epochs (from where a resume left off); returns a summary dict."""
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.run_dir / "config.yaml")
+        if cfg.tensorboard and self.is_main:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:
+                raise RuntimeError(
+                    "tensorboard=True needs the tensorboard package: pip install tensorboard"
+                ) from e
+            self._tb = SummaryWriter(self.run_dir / "tensorboard")
+        skipped = getattr(self.train_data, "num_skipped", 0) + getattr(self.val_data, "num_skipped", 0)
+        if skipped:
+            log.warning("skipped %d unreadable images (see the dataset's .skipped list)", skipped)
+        t0 = time.perf_counter() - (self.history[-1]["elapsed"] if self.history else 0.0)
+        epochs = tqdm(range(self.epoch, cfg.epochs), desc="epochs", initial=self.epoch, total=cfg.epochs,
+                      disable=not cfg.progress, dynamic_ncols=True)  # fmt: skip
+        stopped_early = False
+        for _ in epochs:
+            steps = tqdm(total=len(self.train_loader), desc=f"epoch {self.epoch + 1}", leave=False,
+                         disable=not cfg.progress, dynamic_ncols=True)  # fmt: skip
+            record: dict[str, Any] = {"epoch": self.epoch + 1}
+            record.update(self.train_one_epoch(steps))
+            steps.close()
+            self.epoch += 1
+            last = self.epoch == cfg.epochs
+            if self.epoch % cfg.eval_every == 0 or last:
+                record.update(self.evaluate())
+                if self.ema is not None:
+                    ema_eval = self.evaluate(self.ema.module)
+                    record["ema_val_loss"], record["ema_val_acc"] = ema_eval["val_loss"], ema_eval["val_acc"]
+                self.best_acc = max(self.best_acc, record.get("ema_val_acc", 0.0), record["val_acc"])
+            record["lr"] = self.optimizer.param_groups[0]["lr"]
+            record["elapsed"] = time.perf_counter() - t0
+            record["skipped_images"] = skipped
+            self._log_epoch(record)
+            epochs.set_postfix(
+                loss=f"{record['train_loss']:.3f}", val_acc=f"{record.get('val_acc', float('nan')):.4f}"
+            )
+            if self.epoch % cfg.save_every == 0 or last:
+                save_checkpoint(self.state_dict(), self.run_dir / "checkpoint.pt")
+            if cfg.time_limit_min and record["elapsed"] > cfg.time_limit_min * 60 and not last:
+                log.warning("time limit of %.1f min reached after epoch %d", cfg.time_limit_min, self.epoch)
+                save_checkpoint(self.state_dict(), self.run_dir / "checkpoint.pt")
+                stopped_early = True
+                break
+        epochs.close()
+        return self.finish(stopped_early)
+
+    def final_model(self) -> nn.Module:
+        """The EMA weights when EMA is on and at least as good, else the raw weights."""
+        if self.ema is not None and self.history:
+            last = self.history[-1]
+            if last.get("ema_val_acc", -1) >= last.get("val_acc", math.inf):
+                return self.ema.module
+        return self.model
+
+    def finish(self, stopped_early: bool = False) -> dict[str, Any]:
+        """Write the final model, evaluation, plots; return the summary."""
+        model = self.final_model()
+        model.data_config = self.data_config()
+        save_model(model, self.run_dir / "model.safetensors", data_config=self.data_config())
+        result = self.evaluate(model, return_outputs=True)
+        summary: dict[str, Any] = {
+            "run_dir": str(self.run_dir),
+            "epochs": self.epoch,
+            "val_acc": result["val_acc"],
+            "val_loss": result["val_loss"],
+            "best_val_acc": max(self.best_acc, result["val_acc"]),
+            "elapsed_s": self.history[-1]["elapsed"] if self.history else 0.0,
+            "params": sum(p.numel() for p in model.parameters()),
+            "stopped_early": stopped_early,
+            "used_ema": model is not self.model,
+        }
+        try:
+            from ..metrics import classification_metrics
+            from ..plots import plot_confusion_matrix, plot_training_curves
+
+            metrics = classification_metrics(result["logits"], result["targets"], self.classes)
+            (self.run_dir / "eval.json").write_text(json.dumps(metrics, indent=2))
+            plot_confusion_matrix(
+                metrics["confusion_matrix"], self.classes, self.run_dir / "confusion_matrix.png"
+            )
+            plot_training_curves(self.run_dir / "metrics.jsonl", self.run_dir / "curves.png")
+            summary.update({k: metrics[k] for k in ("top1", "top5", "macro_f1") if k in metrics})
+        except ImportError as e:  # pragma: no cover - metrics/plots are part of the package
+            log.warning("skipping metrics and plots: %s", e)
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        if self._tb is not None:
+            self._tb.close()
+        return summary
+
+
+def train(
+    recipe: str | None = None,
+    config_file: str | Path | None = None,
+    resume: str | Path | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Python API of ``vitkit train``: resolve the config, train, return the summary dict.
+
+    ``resume`` continues a run directory from its last checkpoint with that run's saved config.
+    """
+    if resume is not None:
+        run_dir = Path(resume)
+        cfg = resolve_config(config_file=run_dir / "config.yaml", **overrides)
+        trainer = Trainer(cfg, run_dir=run_dir)
+        trainer.resume(run_dir)
+    else:
+        if recipe is None and config_file is None and "dataset" not in overrides:
+            recipe = "digits"
+        cfg = resolve_config(recipe, config_file, **overrides)
+        trainer = Trainer(cfg)
+    return trainer.fit()

@@ -1,0 +1,164 @@
+"""Registry-wide checks (timm-style) and the uniform model API."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import vitkit
+from vitkit.models import VisionTransformer
+
+
+def _small(name: str) -> dict:
+    """Overrides that shrink any registered model to a fast test size (depth 1, 4x4 patches)."""
+    cfg = vitkit.model_config(name)
+    patch = cfg["patch_size"]
+    return dict(depth=1, img_size=patch * 4)
+
+
+ALL_MODELS = vitkit.list_models()
+
+
+def test_registry_covers_the_variant_table():
+    for size in ("tiny", "small", "base", "large", "huge"):
+        for patch in (32, 16, 14, 8):
+            for img in (224, 384):
+                assert f"vit_{size}_patch{patch}_{img}" in ALL_MODELS
+    for size in ("tiny", "small", "base"):
+        assert f"deit_{size}_patch16_224" in ALL_MODELS
+        assert f"deit_{size}_distilled_patch16_224" in ALL_MODELS
+    assert vitkit.list_models("deit_*_distilled_*") == sorted(n for n in ALL_MODELS if "distilled" in n)
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_every_model_builds_runs_and_gets_gradients(name):
+    model = vitkit.create_model(name, **_small(name))
+    cfg = model.config
+    x = torch.randn(2, cfg["in_chans"], *cfg["img_size"])
+    out = model(x)
+    assert out.shape == (2, cfg["num_classes"])
+    assert torch.isfinite(out).all()
+    out.square().mean().backward()
+    no_grad = [
+        n
+        for n, p in model.named_parameters()
+        if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)
+    ]
+    assert not no_grad, f"parameters without gradient: {no_grad}"
+
+
+@pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "deit_tiny_distilled_patch16_224", "vit_mnist"])
+def test_gradient_checkpointing_same_output_and_grads(name):
+    model = vitkit.create_model(name, depth=2, drop_path_rate=0.0).train()
+    cfg = model.config
+    x = torch.randn(2, cfg["in_chans"], *cfg["img_size"])
+    out = model(x)
+    out.sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    out2 = model(x)
+    out2.sum().backward()
+    torch.testing.assert_close(out, out2)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, grads[n], msg=n)
+
+
+def test_unknown_model_name_suggests_close_matches():
+    with pytest.raises(ValueError, match="did you mean 'vit_tiny_patch16_224'"):
+        vitkit.create_model("vit_tiny_patch16_22")
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['embed_dims'\]"):
+        vitkit.create_model("vit_tiny_patch16_224", embed_dims=3)
+
+
+def test_wrong_input_is_named():
+    model = vitkit.create_model("vit_mnist")
+    with pytest.raises(ValueError, match="expected 1 input channels, got 3"):
+        model(torch.randn(1, 3, 28, 28))
+    with pytest.raises(ValueError, match="input image size 32x32 does not match the model's 28x28"):
+        model(torch.randn(1, 1, 32, 32))
+    with pytest.raises(ValueError, match="not divisible by the patch size"):
+        vitkit.create_model("vit_mnist", img_size=30)
+    with pytest.raises(ValueError, match=r"expected images of shape \(batch, channels, height, width\)"):
+        model(torch.randn(1, 28, 28))
+
+
+def test_forward_head_pre_logits_and_reset_classifier():
+    model = vitkit.create_model("vit_tiny_patch16_224", depth=1, img_size=64).eval()
+    x = torch.randn(2, 3, 64, 64)
+    feats = model.forward_features(x)
+    assert feats.shape == (2, 1 + 16, 192)
+    assert model.forward_head(feats, pre_logits=True).shape == (2, 192)
+    model.reset_classifier(7)
+    assert model(x).shape == (2, 7) and model.config["num_classes"] == 7
+    model.reset_classifier(0, global_pool="avg")
+    assert model(x).shape == (2, 192)
+
+
+def test_pooling_modes():
+    x = torch.randn(2, 3, 32, 32)
+    for pool in ("token", "avg"):
+        m = vitkit.create_model("vit_tiny_patch16_224", depth=1, img_size=32, patch_size=8, global_pool=pool)
+        assert m(x).shape == (2, 1000)
+    m = vitkit.create_model("vit_tiny_patch16_224", depth=1, img_size=32, patch_size=8, global_pool="none",
+                            num_classes=0)  # fmt: skip
+    assert m(x).shape == (2, 17, 192)
+    with pytest.raises(ValueError, match="global_pool"):
+        vitkit.create_model("vit_tiny_patch16_224", global_pool="max")
+
+
+def test_forward_intermediates():
+    model = vitkit.create_model("vit_tiny_patch16_224", depth=4, img_size=64, reg_tokens=2).eval()
+    x = torch.randn(2, 3, 64, 64)
+    final, inter = model.forward_intermediates(x, indices=2)
+    assert len(inter) == 2 and inter[0].shape == (2, 192, 4, 4)
+    torch.testing.assert_close(final, model.forward_features(x))
+    feats = model.forward_intermediates(x, indices=[0, -1], output_fmt="NLC", return_prefix_tokens=True,
+                                        intermediates_only=True)  # fmt: skip
+    (p0, pre0), (p3, pre3) = feats
+    assert p0.shape == (2, 16, 192) and pre0.shape == (2, 3, 192)
+    with pytest.raises(ValueError, match="out of range"):
+        model.forward_intermediates(x, indices=[7])
+
+
+def test_dynamic_img_size_and_set_input_size():
+    model = vitkit.create_model("vit_tiny_patch16_224", depth=1, img_size=64, dynamic_img_size=True).eval()
+    assert model(torch.randn(1, 3, 96, 48)).shape == (1, 1000)
+    fixed = vitkit.create_model("vit_tiny_patch16_224", depth=1, img_size=64).eval()
+    fixed.load_state_dict(model.state_dict())
+    x = torch.randn(1, 3, 96, 96)
+    expected = model(x)
+    fixed.set_input_size(96)
+    assert fixed.pos_embed.shape == (1, 1 + 36, 192)
+    torch.testing.assert_close(fixed(x), expected)
+
+
+def test_no_weight_decay_names_exist():
+    model = vitkit.create_model("deit_tiny_distilled_patch16_224", depth=1)
+    params = dict(model.named_parameters())
+    assert {"pos_embed", "cls_token", "dist_token"} <= set(params) & model.no_weight_decay()
+
+
+def test_distilled_heads():
+    model = vitkit.create_model("deit_tiny_distilled_patch16_224", depth=1, img_size=32, num_classes=4)
+    x = torch.randn(2, 3, 32, 32)
+    model.distilled_training = True
+    cls_logits, dist_logits = model.train()(x)
+    assert cls_logits.shape == dist_logits.shape == (2, 4)
+    model.eval()
+    feats = model.forward_features(x)
+    expected = (model.head(feats[:, 0]) + model.head_dist(feats[:, 1])) / 2
+    torch.testing.assert_close(model(x), expected)
+
+
+def test_sincos_position_embedding_model():
+    model = vitkit.create_model("vit_tiny_patch16_224", depth=1, img_size=32, patch_size=8, pos_embed="sincos",
+                                no_embed_class=True)  # fmt: skip
+    assert "pos_embed" not in dict(model.named_parameters())
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 1000)
+
+
+def test_direct_construction_is_equivalent():
+    a = vitkit.create_model("vit_mnist")
+    b = VisionTransformer(**a.config)
+    assert b.config == a.config
