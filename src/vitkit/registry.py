@@ -71,7 +71,9 @@ def _lookup(name: str) -> ModelEntry:
     if name not in _MODELS:
         close = difflib.get_close_matches(name, list(_MODELS), n=5, cutoff=0.6)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise ValueError(f"unknown model {name!r}{hint} (vitkit.list_models() lists all {len(_MODELS)} names)")
+        raise ValueError(
+            f"unknown model {name!r}{hint} (vitkit.list_models() lists all {len(_MODELS)} names)"
+        )
     return _MODELS[name]
 
 
