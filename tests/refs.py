@@ -20,10 +20,11 @@ def _define_torchvision_schemas() -> None:
     if _shim is not None:
         return
     try:
-        torch.ops.torchvision.nms  # noqa: B018  (already defined by a working torchvision)
+        import torchvision  # noqa: F401  (a torchvision built for this torch needs no shim)
+
         _shim = False
         return
-    except (AttributeError, RuntimeError):
+    except Exception:
         pass
     lib = torch.library.Library("torchvision", "DEF")
     lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")

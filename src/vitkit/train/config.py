@@ -99,7 +99,7 @@ def _check_keys(values: dict[str, Any], source: str) -> None:
     known = _field_names()
     for key in values:
         if key not in known:
-            close = difflib.get_close_matches(key, known, n=3)
+            close = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise ValueError(f"unknown training option {key!r} in {source}{hint}")
 

@@ -145,11 +145,11 @@ class Trainer:
         )  # fmt: skip
         self.train_loader = vdata.make_loader(
             self.train_data, cfg.batch_size, shuffle=True, drop_last=True, seed=cfg.seed,
-            num_workers=cfg.num_workers,
+            num_workers=cfg.num_workers, device=self.device,
         )  # fmt: skip
         self.val_loader = vdata.make_loader(
             self.val_data, max(cfg.batch_size, 256), shuffle=False, drop_last=False, seed=cfg.seed,
-            num_workers=cfg.num_workers,
+            num_workers=cfg.num_workers, device=self.device,
         )  # fmt: skip
         self.loss_fn = loss_fn or self._default_loss
 

