@@ -1,0 +1,290 @@
+"""Batch loaders with exact mid-epoch resume.
+
+Both loaders shuffle with a permutation drawn from a generator seeded by ``(seed, epoch)`` only, so
+``state_dict() = {epoch, position, ...}`` is enough to continue a run exactly where it stopped:
+
+- :class:`TensorBatchLoader` slices an in-memory (N, C, H, W) tensor (optionally kept on the GPU);
+- :class:`DatasetLoader` wraps ``torch.utils.data.DataLoader`` for file datasets (workers, pinning).
+
+Iterating yields the rest of the current epoch, then advances ``epoch`` and resets ``position``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+
+from .base import TensorImageDataset
+
+__all__ = [
+    "epoch_permutation",
+    "TensorBatchLoader",
+    "EpochSampler",
+    "DatasetLoader",
+    "make_dataloader",
+    "make_loader",
+]
+
+
+def epoch_permutation(n: int, seed: int, epoch: int, shuffle: bool = True) -> Tensor:
+    """The sample order of ``epoch``: a permutation seeded by (seed, epoch), or ``arange(n)``."""
+    if not shuffle:
+        return torch.arange(n)
+    g = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(epoch)) % (2**63))
+    return torch.randperm(n, generator=g)
+
+
+class _EpochState:
+    """epoch / position bookkeeping shared by both loaders."""
+
+    batch_size: int
+    num_samples: int
+    drop_last: bool
+    seed: int
+    shuffle: bool
+
+    def _init_state(self) -> None:
+        self.epoch = 0
+        self.position = 0  # batches of the current epoch already handed out
+
+    def __len__(self) -> int:
+        n, b = self.num_samples, self.batch_size
+        return n // b if self.drop_last else math.ceil(n / b)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch (its shuffle order). Restarts the epoch unless it is the current one, so calling it
+        after :meth:`load_state_dict` with the saved epoch keeps the saved position."""
+        if int(epoch) != self.epoch:
+            self.epoch, self.position = int(epoch), 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue: the order is a function of (seed, epoch), the place is ``position``."""
+        return {
+            "epoch": self.epoch,
+            "position": self.position,
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+            "batch_size": self.batch_size,
+            "num_samples": self.num_samples,
+            "drop_last": self.drop_last,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if int(state["num_samples"]) != self.num_samples:
+            raise ValueError(
+                f"loader state is for {state['num_samples']} samples but this dataset has {self.num_samples}"
+            )
+        self.seed, self.shuffle = int(state["seed"]), bool(state["shuffle"])
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        if int(state["batch_size"]) != self.batch_size:  # keep the sample offset, round down to a batch
+            warnings.warn(
+                f"resuming with batch size {self.batch_size} instead of {state['batch_size']}; the epoch "
+                "continues from the nearest earlier batch boundary",
+                stacklevel=2,
+            )
+            self.position = self.position * int(state["batch_size"]) // self.batch_size
+
+    def _finish_epoch(self) -> None:
+        self.epoch += 1
+        self.position = 0
+
+
+class TensorBatchLoader(_EpochState):
+    """Fast batches from in-memory tensors: ``data`` (N, C, H, W) uint8 or float, ``targets`` (N,).
+
+    ``device``: where batches are produced; with ``move_data`` (default) the whole dataset is copied there
+    once, so batching is a single gather on the device. uint8 data is converted to float [0, 1] per batch
+    when ``to_float``. ``transform`` (e.g. an augmentation module) is applied to each float batch.
+    """
+
+    def __init__(
+        self,
+        data: Tensor,
+        targets: Tensor | Sequence[int],
+        batch_size: int,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        seed: int = 0,
+        device: str | torch.device | None = None,
+        to_float: bool = True,
+        transform: Callable[[Tensor], Tensor] | None = None,
+        move_data: bool = True,
+    ) -> None:
+        targets = torch.as_tensor(targets, dtype=torch.long)
+        if len(data) != len(targets):
+            raise ValueError(f"{len(data)} images but {len(targets)} targets")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.device = torch.device(device) if device is not None else data.device
+        if move_data:
+            data, targets = data.to(self.device), targets.to(self.device)
+        self.data, self.targets = data, targets
+        self.batch_size, self.shuffle, self.drop_last, self.seed = (
+            int(batch_size),
+            shuffle,
+            drop_last,
+            int(seed),
+        )
+        self.num_samples = len(data)
+        self.to_float, self.transform = to_float, transform
+        self._init_state()
+
+    @classmethod
+    def from_dataset(cls, dataset: TensorImageDataset, batch_size: int, **kw: Any) -> TensorBatchLoader:
+        """Loader over a preloaded dataset's stored tensor (uint8 stays uint8 until batching)."""
+        return cls(dataset.raw, dataset.targets, batch_size, **kw)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        perm = epoch_permutation(self.num_samples, self.seed, self.epoch, self.shuffle).to(self.data.device)
+        b, nb = self.batch_size, len(self)
+        while self.position < nb:
+            idx = perm[self.position * b : (self.position + 1) * b]
+            self.position += 1
+            x = self.data[idx].to(self.device, non_blocking=True)
+            y = self.targets[idx].to(self.device, non_blocking=True)
+            if self.to_float and not x.is_floating_point():
+                x = x.float().div_(255)
+            if self.transform is not None:
+                x = self.transform(x)
+            yield x, y
+        self._finish_epoch()
+
+
+class EpochSampler(Sampler[int]):
+    """Indices of ``epoch_permutation(n, seed, epoch)`` from ``start`` on (set by :class:`DatasetLoader`)."""
+
+    def __init__(self, num_samples: int, shuffle: bool = True, seed: int = 0) -> None:
+        self.num_samples, self.shuffle, self.seed = num_samples, shuffle, seed
+        self.epoch, self.start = 0, 0
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(
+            epoch_permutation(self.num_samples, self.seed, self.epoch, self.shuffle)[self.start :].tolist()
+        )
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start
+
+
+def _seed_worker(worker_id: int) -> None:
+    s = torch.initial_seed() % 2**32
+    np.random.seed(s)
+    random.seed(s)
+
+
+def collate_images(batch: list[Any]) -> Any:
+    """``default_collate`` with a clear error when images differ in size."""
+    try:
+        return default_collate(batch)
+    except RuntimeError as e:
+        if "stack expects each tensor to be equal size" not in str(e):
+            raise
+        shapes = sorted({tuple(item[0].shape) for item in batch})
+        raise ValueError(
+            f"images in a batch have different sizes {shapes[:4]}; give the dataset an image_size "
+            "(e.g. ImageFolder(..., image_size=224) or build_dataset('folder:...', image_size=224))"
+        ) from None
+
+
+class DatasetLoader(_EpochState):
+    """``torch.utils.data.DataLoader`` over a map-style dataset, with set_epoch / state_dict / resume.
+
+    Worker seeds derive from (seed, epoch) too, so random per-sample work in workers is reproducible.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        seed: int = 0,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        collate_fn: Callable[[list[Any]], Any] | None = None,
+        persistent_workers: bool | None = None,
+        prefetch_factor: int | None = None,
+    ) -> None:
+        self.dataset = dataset
+        self.batch_size, self.shuffle, self.drop_last, self.seed = (
+            int(batch_size),
+            shuffle,
+            drop_last,
+            int(seed),
+        )
+        self.num_samples = len(dataset)  # type: ignore[arg-type]
+        self.sampler = EpochSampler(self.num_samples, shuffle, self.seed)
+        self._generator = torch.Generator()
+        kw: dict[str, Any] = {}
+        if num_workers > 0:
+            kw["persistent_workers"] = True if persistent_workers is None else persistent_workers
+            if prefetch_factor is not None:
+                kw["prefetch_factor"] = prefetch_factor
+        self.loader = DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=self.sampler,
+            drop_last=drop_last,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            collate_fn=collate_fn or collate_images,
+            worker_init_fn=_seed_worker,
+            generator=self._generator,
+            **kw,
+        )
+        self._init_state()
+
+    def __iter__(self) -> Iterator[Any]:
+        self.sampler.epoch, self.sampler.shuffle, self.sampler.seed = self.epoch, self.shuffle, self.seed
+        self.sampler.start = min(self.position * self.batch_size, self.num_samples)
+        self._generator.manual_seed((self.seed * 1_000_003 + self.epoch + 1) % (2**63))
+        nb = len(self)
+        for batch in self.loader:
+            if self.position >= nb:
+                break
+            self.position += 1
+            yield batch
+        self._finish_epoch()
+
+
+def make_dataloader(
+    dataset: Dataset,
+    batch_size: int,
+    shuffle: bool = True,
+    drop_last: bool = False,
+    seed: int = 0,
+    num_workers: int = 0,
+    pin_memory: bool | None = None,
+    **kw: Any,
+) -> DatasetLoader:
+    """A seeded, resumable :class:`DatasetLoader` for file datasets (ImageFolder, ManifestDataset, ...)."""
+    if pin_memory is None:
+        pin_memory = torch.cuda.is_available()
+    return DatasetLoader(dataset, batch_size, shuffle, drop_last, seed, num_workers, pin_memory, **kw)
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    shuffle: bool = True,
+    drop_last: bool = False,
+    seed: int = 0,
+    num_workers: int = 0,
+    device: str | torch.device | None = None,
+    **kw: Any,
+) -> TensorBatchLoader | DatasetLoader:
+    """:class:`TensorBatchLoader` for in-memory datasets (``num_workers`` is ignored; ``device`` keeps the data
+    there), else :func:`make_dataloader`. Batches are ``(float images in [0, 1], int64 labels)``."""
+    if isinstance(dataset, TensorImageDataset):
+        return TensorBatchLoader.from_dataset(
+            dataset, batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed, device=device, **kw
+        )
+    return make_dataloader(dataset, batch_size, shuffle, drop_last, seed, num_workers, **kw)
