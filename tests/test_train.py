@@ -17,7 +17,7 @@ import vitkit
 from vitkit.cli import main as cli_main
 from vitkit.train import Trainer, TrainingDivergedError, resolve_config
 
-TINY = dict(model="vit_digits", dataset="digits", batch_size=64, lr=2e-3, warmup_epochs=1, progress=False,
+TINY = dict(model="vit_digits", dataset="digits", batch_size=64, lr=2e-3, warmup_epochs=1, progress=False, threads=1,
             model_args={"depth": 2, "embed_dim": 32, "num_heads": 2})  # fmt: skip
 
 

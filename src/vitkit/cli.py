@@ -171,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError, KeyError) as e:
+    except (ValueError, OSError, RuntimeError, KeyError) as e:
         if args.verbose:
             raise
         print(f"vitkit {args.command}: error: {e}", file=sys.stderr)
