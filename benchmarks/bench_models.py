@@ -1,0 +1,426 @@
+"""Throughput of vitkit's ViTs against timm and HuggingFace transformers, on one machine in one run.
+
+What is compared
+    For each model config (ViT-Ti/16 @224, ViT-S/16 @224, and the 32x32 patch-4 ``vit_cifar``) three
+    implementations are built with identical shapes: ``timm.create_model(...)``, ``vitkit.create_model(...)``
+    with timm's state dict loaded through ``vitkit.load_pretrained``, and
+    ``transformers.ViTForImageClassification`` (``layer_norm_eps=1e-6``, ``attn_implementation="sdpa"``) with
+    the same weights converted to HF names (q/k/v split out of the fused qkv). Before timing, the logits of
+    the three are compared on one batch, so the table is known to time the same function. HF ViT has no
+    average pooling: for ``vit_cifar`` it classifies the class token instead (the final norm takes
+    vitkit's ``fc_norm`` weights), which changes the logits but not the cost (one token vs a mean of 64).
+
+What is measured
+    - inference: ``model.eval()``, ``torch.inference_mode()``, forward pass only;
+    - training step: ``model.train()``, forward + cross-entropy + backward + ``AdamW.step()`` + ``zero_grad``.
+    Each library gets its own model copy and optimizer; all get the same input batch. ``--dtype bfloat16``
+    runs the forward (and loss) under ``torch.autocast`` (bf16 autocast, the usual mixed precision);
+    ``--compile`` wraps all three models in ``torch.compile``.
+
+How
+    Each library first runs ``--warmup`` untimed-for-the-table calls (compilation, oneDNN/cuDNN primitive and
+    allocator warm-up, AdamW state creation); the last of them calibrates ``iters``, the number of
+    back-to-back iterations in one *measurement* (about ``--min-time`` seconds, the same for the three
+    libraries; on a small CPU it is 1). A measurement records seconds per iteration (CUDA synchronised at both
+    ends). Then ``--repeats`` rounds interleave the libraries round-robin (timm, vitkit, hf, then vitkit, hf,
+    timm, ...: the start rotates each round), so that machine noise (other processes, clock changes) falls on
+    all of them alike. Throughput = batch / median seconds per iteration; achieved GFLOP/s =
+    ``vitkit.models.vit_flops`` (forward FLOPs per image) x images/s, x3 for a training step (backward ~ 2x
+    forward; the optimizer is not counted). The ratio columns are vitkit's speed over the other library's,
+    taken per round (whose measurements run back to back, so a burst of outside load hits both) and reported
+    as the median over rounds with the [min-max] after it, a direct read of how noisy the comparison was.
+    The load average before and after the run is printed too: on a shared machine, re-run when it is high.
+
+Run from the repository root (timm and transformers are imported through ``tests/refs.py``):
+
+    .venv/bin/python benchmarks/bench_models.py                      # CPU, all models, ~5 min on 2 cores
+    .venv/bin/python benchmarks/bench_models.py --device cuda --dtype bfloat16 --compile
+    .venv/bin/python benchmarks/bench_models.py --models vit_cifar --repeats 9 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # refs: imports timm / transformers beside this torch
+sys.path.insert(0, str(ROOT / "src"))  # vitkit, also without an editable install
+
+import vitkit  # noqa: E402
+from vitkit.models import vit_flops  # noqa: E402
+
+LIBS = ("timm", "vitkit", "hf")
+
+
+@dataclass(frozen=True)
+class Spec:
+    label: str
+    vitkit_name: str
+    timm_name: str
+    timm_kwargs: dict
+    batch_cpu: int
+    batch_cuda: int
+
+
+SPECS = {
+    "vit_tiny": Spec("ViT-Ti/16 @224", "vit_tiny_patch16_224", "vit_tiny_patch16_224", {}, 32, 256),
+    "vit_small": Spec("ViT-S/16 @224", "vit_small_patch16_224", "vit_small_patch16_224", {}, 32, 256),
+    "vit_cifar": Spec(
+        "vit_cifar (32px, p4, avg)",
+        "vit_cifar",
+        "vit_tiny_patch16_224",
+        dict(
+            img_size=32,
+            patch_size=4,
+            embed_dim=192,
+            depth=9,
+            num_heads=3,
+            mlp_ratio=2,
+            global_pool="avg",
+            num_classes=10,
+        ),
+        128,
+        1024,
+    ),  # fmt: skip
+}
+
+
+# ---------------------------------------------------------------- models
+def _hf_state_from_vitkit(vk: dict[str, Tensor], hf_keys: list[str], use_fc_norm: bool) -> dict[str, Tensor]:
+    """vitkit (= timm) names -> transformers ViTForImageClassification names (both the v4 and v5 layouts)."""
+    top = {
+        "embeddings.cls_token": "cls_token",
+        "embeddings.position_embeddings": "pos_embed",
+        "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
+        "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
+        "layernorm.weight": ("fc_norm" if use_fc_norm else "norm") + ".weight",
+        "layernorm.bias": ("fc_norm" if use_fc_norm else "norm") + ".bias",
+    }
+    block = {
+        "layernorm_before": "norm1",
+        "layernorm_after": "norm2",
+        "attention.o_proj": "attn.proj",
+        "attention.output.dense": "attn.proj",
+        "mlp.fc1": "mlp.fc1",
+        "intermediate.dense": "mlp.fc1",
+        "mlp.fc2": "mlp.fc2",
+        "output.dense": "mlp.fc2",
+    }
+    qkv_index = {"q_proj": 0, "k_proj": 1, "v_proj": 2, "attention.query": 0, "attention.key": 1}
+    qkv_index["attention.value"] = 2
+    out = {}
+    for key in hf_keys:
+        k = key.removeprefix("vit.")
+        if k.startswith("classifier."):
+            out[key] = vk["head." + k.split(".", 1)[1]]
+        elif k in top:
+            out[key] = vk[top[k]]
+        else:  # (encoder.layer|layers).{i}.{name}.{weight|bias}
+            parts = k.split(".")
+            i = parts[2] if parts[0] == "encoder" else parts[1]
+            name = ".".join(parts[3 if parts[0] == "encoder" else 2 : -1])
+            kind = parts[-1]
+            sub = name.removeprefix("attention.")
+            if sub in qkv_index or name in qkv_index:
+                j = qkv_index.get(sub, qkv_index.get(name))
+                out[key] = vk[f"blocks.{i}.attn.qkv.{kind}"].chunk(3, dim=0)[j]
+            elif name in block:
+                out[key] = vk[f"blocks.{i}.{block[name]}.{kind}"]
+            else:
+                raise KeyError(f"don't know where HF parameter {key!r} comes from in vitkit")
+    return out
+
+
+def build_models(spec: Spec) -> dict[str, nn.Module]:
+    from refs import import_timm, import_transformers
+
+    timm = import_timm()
+    import_transformers()
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    ref = timm.create_model(spec.timm_name, pretrained=False, **spec.timm_kwargs)
+    ours = vitkit.create_model(spec.vitkit_name)
+    vitkit.load_pretrained(ours, ref.state_dict())
+
+    cfg = ours.config
+    hf_cfg = ViTConfig(
+        hidden_size=cfg["embed_dim"],
+        num_hidden_layers=cfg["depth"],
+        num_attention_heads=cfg["num_heads"],
+        intermediate_size=int(cfg["embed_dim"] * cfg["mlp_ratio"]),
+        image_size=cfg["img_size"][0],
+        patch_size=cfg["patch_size"][0],
+        num_channels=cfg["in_chans"],
+        num_labels=cfg["num_classes"],
+        qkv_bias=cfg["qkv_bias"],
+        hidden_act="gelu",
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        layer_norm_eps=1e-6,
+        attn_implementation="sdpa",
+    )
+    hf = ViTForImageClassification(hf_cfg)
+    if hf.config._attn_implementation != "sdpa":
+        raise RuntimeError(f"HF ViT uses {hf.config._attn_implementation!r} attention, not sdpa")
+    hf_state = _hf_state_from_vitkit(ours.state_dict(), list(hf.state_dict()), cfg["global_pool"] == "avg")
+    hf.load_state_dict(hf_state, strict=True)
+    return {"timm": ref, "vitkit": ours, "hf": hf}
+
+
+def forward_fn(lib: str, model: nn.Module) -> Callable[[Tensor], Tensor]:
+    if lib == "hf":
+        return lambda x: model(pixel_values=x).logits
+    return model
+
+
+def parity(models: dict[str, nn.Module], x: Tensor) -> dict[str, float]:
+    """Max |logit difference| of timm and HF against vitkit (fp32, eval, no compile)."""
+    with torch.inference_mode():
+        outs = {lib: forward_fn(lib, m.eval())(x).float() for lib, m in models.items()}
+    return {lib: (outs[lib] - outs["vitkit"]).abs().max().item() for lib in ("timm", "hf")}
+
+
+# ---------------------------------------------------------------- timing
+@dataclass
+class Result:
+    model: str
+    label: str
+    mode: str
+    batch: int
+    iters: int
+    gflops_per_img: float
+    seconds: dict[str, list[float]] = field(default_factory=dict)  # per-iteration times of the kept rounds
+
+    def img_s(self, lib: str) -> float:
+        return self.batch / statistics.median(self.seconds[lib])
+
+    def gflop_s(self, lib: str) -> float:
+        return self.img_s(lib) * self.gflops_per_img * (3 if self.mode == "train" else 1)
+
+    def ratio(self, lib: str) -> tuple[float, float, float]:
+        """vitkit speed / lib speed per round (the rounds' measurements run back to back): median, min, max."""
+        paired = [t / v for t, v in zip(self.seconds[lib], self.seconds["vitkit"], strict=True)]
+        return statistics.median(paired), min(paired), max(paired)
+
+
+def make_step(lib: str, model: nn.Module, mode: str, x: Tensor, y: Tensor, autocast) -> Callable[[], None]:
+    fwd = forward_fn(lib, model)
+    if mode == "infer":
+
+        def infer() -> None:
+            with torch.inference_mode(), autocast():
+                fwd(x)
+
+        return infer
+
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+
+    def train() -> None:
+        with autocast():
+            loss = F.cross_entropy(fwd(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return train
+
+
+def measure(step: Callable[[], None], iters: int, sync: Callable[[], None]) -> float:
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        step()
+    sync()
+    return (time.perf_counter() - t0) / iters
+
+
+def bench(name: str, args: argparse.Namespace, log: Callable[[str], None]) -> list[Result]:
+    spec = SPECS[name]
+    device = torch.device(args.device)
+    batch = args.batch_size or (spec.batch_cuda if device.type == "cuda" else spec.batch_cpu)
+    models = build_models(spec)
+    flops = vit_flops(models["vitkit"]) / 1e9
+    img = models["vitkit"].patch_embed.img_size
+    ncls = models["vitkit"].num_classes
+    gen = torch.Generator().manual_seed(0)
+    x_check = torch.randn(4, 3, *img, generator=gen)
+    diff = parity(models, x_check)
+    hf_note = " (HF pools the class token: not comparable)" if name == "vit_cifar" else ""
+    log(f"{spec.label}: {flops:.3f} GFLOPs/img, batch {batch}; max |logit diff| vs vitkit: "
+        f"timm {diff['timm']:.1e}, HF {diff['hf']:.1e}{hf_note}")  # fmt: skip
+
+    x = torch.randn(batch, 3, *img, generator=gen).to(device)
+    y = torch.randint(0, ncls, (batch,), generator=gen).to(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    if args.dtype == "bfloat16":
+
+        def autocast():
+            return torch.autocast(device.type, dtype=torch.bfloat16)
+    else:
+        autocast = contextlib.nullcontext
+    for lib, m in models.items():
+        m.to(device)
+        if args.compile:
+            models[lib] = torch.compile(m)
+
+    results = []
+    for mode in ("infer", "train"):
+        for m in models.values():
+            m.train(mode == "train")
+        steps = {lib: make_step(lib, models[lib], mode, x, y, autocast) for lib in LIBS}
+        t_start = time.perf_counter()
+        for _ in range(args.warmup):  # first calls: compilation, allocator and kernel warm-up
+            t_iter = min(measure(steps[lib], 1, sync) for lib in LIBS)  # the last one calibrates
+        iters = max(1, min(args.max_iters, math.ceil(args.min_time / t_iter)))
+        res = Result(name, spec.label, mode, batch, iters, flops, {lib: [] for lib in LIBS})
+        for r in range(args.repeats):
+            for lib in LIBS[r % 3 :] + LIBS[: r % 3]:
+                res.seconds[lib].append(measure(steps[lib], iters, sync))
+        ratio = res.ratio("timm")
+        log(f"  {mode:5s}: {iters} iter/measurement, {time.perf_counter() - t_start:.0f}s; img/s "
+            + ", ".join(f"{lib} {res.img_s(lib):.1f}" for lib in LIBS)
+            + f"; vitkit/timm {ratio[0]:.3f} [{ratio[1]:.3f}-{ratio[2]:.3f}]")  # fmt: skip
+        results.append(res)
+        del steps
+    del models
+    return results
+
+
+# ---------------------------------------------------------------- report
+def machine_info(args: argparse.Namespace) -> dict[str, str]:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    from refs import import_timm, import_transformers
+
+    info = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "python": platform.python_version(),
+        "cpu": f"{cpu} ({os.cpu_count()} logical CPUs)",
+        "torch": torch.__version__,
+        "torch threads": str(torch.get_num_threads()),
+        "timm": import_timm().__version__,
+        "transformers": import_transformers().__version__,
+        "vitkit": vitkit.__version__,
+        "device": args.device,
+        "dtype": args.dtype + (" (autocast)" if args.dtype == "bfloat16" else ""),
+        "compile": str(args.compile),
+        "method": f"median of {args.repeats} interleaved rounds after {args.warmup} warm-up call(s) per library, "
+        f"~{args.min_time}s per measurement",
+        "load average (1, 5, 15 min) at start": " ".join(f"{v:.2f}" for v in os.getloadavg()),
+    }
+    if args.device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
+        info["cuda"] = str(torch.version.cuda)
+    return info
+
+
+def table(results: list[Result]) -> str:
+    head = ["model", "batch", "GFLOPs/img", "mode", "timm img/s (GFLOP/s)", "vitkit img/s (GFLOP/s)",
+            "HF img/s (GFLOP/s)", "vitkit/timm [rounds min-max]", "vitkit/HF [rounds min-max]"]  # fmt: skip
+    rows = []
+    for r in results:
+        cells = [
+            r.label,
+            str(r.batch),
+            f"{r.gflops_per_img:.3f}",
+            {"infer": "inference", "train": "train step"}[r.mode],
+        ]
+        cells += [f"{r.img_s(lib):.1f} ({r.gflop_s(lib):.1f})" for lib in LIBS]
+        for lib in ("timm", "hf"):
+            mid, lo, hi = r.ratio(lib)
+            cells.append(f"**{mid:.3f}** [{lo:.2f}-{hi:.2f}]")
+        rows.append(cells)
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in rows])
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--compile", action="store_true", help="torch.compile all three models")
+    p.add_argument("--models", nargs="+", choices=list(SPECS), default=list(SPECS))
+    p.add_argument("--batch-size", type=int, default=None, help="override every model's batch size")
+    p.add_argument("--repeats", type=int, default=None, help="timed rounds (default: cpu 3, cuda 10)")
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="untimed calls per library first (default: cpu 1, cuda 3; +1 with --compile)",
+    )
+    p.add_argument("--min-time", type=float, default=None, help="seconds per measurement (cpu 0.5, cuda 0.3)")
+    p.add_argument("--max-iters", type=int, default=200, help="cap on iterations per measurement")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = p.parse_args(argv)
+    cuda = args.device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device visible to this torch build")
+    args.repeats = args.repeats or (10 if cuda else 3)
+    args.warmup = max(1, args.warmup or (3 if cuda else 1) + int(args.compile))
+    args.min_time = args.min_time or (0.3 if cuda else 0.5)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True  # the default fp32 mode of most training recipes
+        torch.backends.cudnn.allow_tf32 = True
+
+    info = machine_info(args)
+    print("## vitkit vs timm vs HuggingFace ViT throughput\n")
+    for k, v in info.items():
+        print(f"- {k}: {v}")
+    print(flush=True)
+    t0 = time.perf_counter()
+    results = []
+    for name in args.models:
+        results += bench(name, args, lambda s: print(s, file=sys.stderr, flush=True))
+    print(table(results))
+    load = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    print(f"\nimg/s = batch / median seconds per iteration; GFLOP/s counts the forward FLOPs x1 (inference) "
+          f"or x3 (train step); ratio = median over rounds of the per-round speed ratio [min-max].\n"
+          f"Total wall time {time.perf_counter() - t0:.0f}s; load average at the end {load}.")  # fmt: skip
+    if args.json:
+        payload = {
+            "machine": info,
+            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "results": [
+                {
+                    "model": r.model, "label": r.label, "mode": r.mode, "batch": r.batch, "iters": r.iters,
+                    "gflops_per_img": r.gflops_per_img, "seconds_per_iter": r.seconds,
+                    "img_s": {lib: r.img_s(lib) for lib in LIBS},
+                    "gflop_s": {lib: r.gflop_s(lib) for lib in LIBS},
+                    "vitkit_over": {lib: r.ratio(lib)[0] for lib in ("timm", "hf")},
+                }
+                for r in results
+            ],
+        }  # fmt: skip
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(payload, indent=2))
+
+
+if __name__ == "__main__":
+    main()
