@@ -18,18 +18,22 @@ What is measured
     ``--compile`` wraps all three models in ``torch.compile``.
 
 How
-    Each library first runs ``--warmup`` untimed-for-the-table calls (compilation, oneDNN/cuDNN primitive and
-    allocator warm-up, AdamW state creation); the last of them calibrates ``iters``, the number of
-    back-to-back iterations in one *measurement* (about ``--min-time`` seconds, the same for the three
-    libraries; on a small CPU it is 1). A measurement records seconds per iteration (CUDA synchronised at both
+    Each library first runs ``--warmup`` untimed calls (compilation, lazy initialisation, AdamW state
+    creation, heap growth, cuDNN autotuning and allocator warm-up) on the full batch (``--warmup-batch``
+    makes them cheaper, but on CPU the first full-size call then still runs 5-30% slow, inside the first
+    timed round). The last warm-up call calibrates ``iters``, the number of back-to-back iterations in one
+    *measurement* (about ``--min-time`` seconds, the same for the three libraries; 1 on a small CPU). A measurement records seconds per iteration (CUDA synchronised at both
     ends). Then ``--repeats`` rounds interleave the libraries round-robin (timm, vitkit, hf, then vitkit, hf,
     timm, ...: the start rotates each round), so that machine noise (other processes, clock changes) falls on
     all of them alike. Throughput = batch / median seconds per iteration; achieved GFLOP/s =
     ``vitkit.models.vit_flops`` (forward FLOPs per image) x images/s, x3 for a training step (backward ~ 2x
     forward; the optimizer is not counted). The ratio columns are vitkit's speed over the other library's,
     taken per round (whose measurements run back to back, so a burst of outside load hits both) and reported
-    as the median over rounds with the [min-max] after it, a direct read of how noisy the comparison was.
-    The load average before and after the run is printed too: on a shared machine, re-run when it is high.
+    as the median over rounds with the [min-max] after it, a direct read of how noisy the comparison was;
+    "best-vs-best" divides the fastest measurements (outside load only ever adds time, so the minimum is the
+    most robust estimate of each library's own cost). "outside load" is the CPU time other processes took
+    during a row's timed rounds (from /proc/stat), in cores: on a shared machine re-run rows where it is
+    not ~0, because with as many threads as cores one busy neighbour core can halve a synchronised kernel.
 
 Run from the repository root (timm and transformers are imported through ``tests/refs.py``):
 
@@ -207,6 +211,7 @@ class Result:
     iters: int
     gflops_per_img: float
     seconds: dict[str, list[float]] = field(default_factory=dict)  # per-iteration times of the kept rounds
+    outside_load: float | None = None  # CPU cores busy with other processes during the timed rounds
 
     def img_s(self, lib: str) -> float:
         return self.batch / statistics.median(self.seconds[lib])
@@ -219,12 +224,46 @@ class Result:
         paired = [t / v for t, v in zip(self.seconds[lib], self.seconds["vitkit"], strict=True)]
         return statistics.median(paired), min(paired), max(paired)
 
+    def best_ratio(self, lib: str) -> float:
+        """vitkit speed / lib speed from each one's fastest measurement (outside load only ever adds time)."""
+        return min(self.seconds[lib]) / min(self.seconds["vitkit"])
 
-def make_step(lib: str, model: nn.Module, mode: str, x: Tensor, y: Tensor, autocast) -> Callable[[], None]:
+
+class OutsideLoad:
+    """CPU time that other processes take while we measure (Linux /proc/stat; None elsewhere).
+
+    Busy jiffies of the whole machine minus this process's own CPU time, over the wall time: ~0 on a quiet
+    machine, ~1 when another process keeps one core busy (which, with as many threads as cores, can slow a
+    synchronised multi-threaded kernel far more than by its share).
+    """
+
+    def __init__(self) -> None:
+        self.start = self._sample()
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float] | None:
+        try:
+            with open("/proc/stat") as f:
+                jiffies = [int(v) for v in f.readline().split()[1:9]]
+        except (OSError, ValueError):
+            return None
+        busy = (sum(jiffies) - jiffies[3] - jiffies[4]) / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
+        own = os.times()
+        return time.perf_counter(), busy, own.user + own.system
+
+    def cores(self) -> float | None:
+        end = self._sample()
+        if self.start is None or end is None or end[0] <= self.start[0]:
+            return None
+        return max(0.0, ((end[1] - self.start[1]) - (end[2] - self.start[2])) / (end[0] - self.start[0]))
+
+
+def make_step(lib: str, model: nn.Module, mode: str, autocast) -> Callable[[Tensor, Tensor], None]:
+    """One inference call or one training step (with its own AdamW) of ``model`` on a batch (x, y)."""
     fwd = forward_fn(lib, model)
     if mode == "infer":
 
-        def infer() -> None:
+        def infer(x: Tensor, y: Tensor) -> None:
             with torch.inference_mode(), autocast():
                 fwd(x)
 
@@ -232,7 +271,7 @@ def make_step(lib: str, model: nn.Module, mode: str, x: Tensor, y: Tensor, autoc
 
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
 
-    def train() -> None:
+    def train(x: Tensor, y: Tensor) -> None:
         with autocast():
             loss = F.cross_entropy(fwd(x), y)
         loss.backward()
@@ -242,11 +281,12 @@ def make_step(lib: str, model: nn.Module, mode: str, x: Tensor, y: Tensor, autoc
     return train
 
 
-def measure(step: Callable[[], None], iters: int, sync: Callable[[], None]) -> float:
+def measure(step: Callable[[Tensor, Tensor], None], x: Tensor, y: Tensor, iters: int, sync) -> float:
+    """Seconds per iteration of ``iters`` back-to-back steps."""
     sync()
     t0 = time.perf_counter()
     for _ in range(iters):
-        step()
+        step(x, y)
     sync()
     return (time.perf_counter() - t0) / iters
 
@@ -284,19 +324,23 @@ def bench(name: str, args: argparse.Namespace, log: Callable[[str], None]) -> li
     for mode in ("infer", "train"):
         for m in models.values():
             m.train(mode == "train")
-        steps = {lib: make_step(lib, models[lib], mode, x, y, autocast) for lib in LIBS}
+        steps = {lib: make_step(lib, models[lib], mode, autocast) for lib in LIBS}
         t_start = time.perf_counter()
-        for _ in range(args.warmup):  # first calls: compilation, allocator and kernel warm-up
-            t_iter = min(measure(steps[lib], 1, sync) for lib in LIBS)  # the last one calibrates
-        iters = max(1, min(args.max_iters, math.ceil(args.min_time / t_iter)))
+        wb = min(batch, args.warmup_batch or batch)
+        for _ in range(args.warmup):  # first calls: compilation, lazy init, AdamW state, kernel warm-up
+            t_iter = min(measure(steps[lib], x[:wb], y[:wb], 1, sync) for lib in LIBS)
+        iters = max(1, min(args.max_iters, math.ceil(args.min_time / (t_iter * batch / wb))))
         res = Result(name, spec.label, mode, batch, iters, flops, {lib: [] for lib in LIBS})
+        load = OutsideLoad()
         for r in range(args.repeats):
             for lib in LIBS[r % 3 :] + LIBS[: r % 3]:
-                res.seconds[lib].append(measure(steps[lib], iters, sync))
+                res.seconds[lib].append(measure(steps[lib], x, y, iters, sync))
+        res.outside_load = load.cores()
         ratio = res.ratio("timm")
         log(f"  {mode:5s}: {iters} iter/measurement, {time.perf_counter() - t_start:.0f}s; img/s "
             + ", ".join(f"{lib} {res.img_s(lib):.1f}" for lib in LIBS)
-            + f"; vitkit/timm {ratio[0]:.3f} [{ratio[1]:.3f}-{ratio[2]:.3f}]")  # fmt: skip
+            + f"; vitkit/timm {ratio[0]:.3f} [{ratio[1]:.3f}-{ratio[2]:.3f}] best {res.best_ratio('timm'):.3f}"
+            + f"; outside load {_fmt_load(res.outside_load)} cores")  # fmt: skip
         results.append(res)
         del steps
     del models
@@ -328,7 +372,7 @@ def machine_info(args: argparse.Namespace) -> dict[str, str]:
         "compile": str(args.compile),
         "method": f"median of {args.repeats} interleaved rounds after {args.warmup} warm-up call(s) per library, "
         f"~{args.min_time}s per measurement",
-        "load average (1, 5, 15 min) at start": " ".join(f"{v:.2f}" for v in os.getloadavg()),
+        "outside load at start (cores, 1 s sample)": _fmt_load(_sample_outside_load(1.0)),
     }
     if args.device == "cuda":
         info["gpu"] = torch.cuda.get_device_name()
@@ -336,21 +380,29 @@ def machine_info(args: argparse.Namespace) -> dict[str, str]:
     return info
 
 
+def _sample_outside_load(seconds: float) -> float | None:
+    load = OutsideLoad()
+    time.sleep(seconds)
+    return load.cores()
+
+
+def _fmt_load(cores: float | None) -> str:
+    return "n/a" if cores is None else f"{cores:.2f}"
+
+
 def table(results: list[Result]) -> str:
     head = ["model", "batch", "GFLOPs/img", "mode", "timm img/s (GFLOP/s)", "vitkit img/s (GFLOP/s)",
-            "HF img/s (GFLOP/s)", "vitkit/timm [rounds min-max]", "vitkit/HF [rounds min-max]"]  # fmt: skip
+            "HF img/s (GFLOP/s)", "vitkit/timm [rounds min-max]", "vitkit/HF [rounds min-max]",
+            "vitkit/timm best-vs-best", "outside load (cores)"]  # fmt: skip
     rows = []
     for r in results:
-        cells = [
-            r.label,
-            str(r.batch),
-            f"{r.gflops_per_img:.3f}",
-            {"infer": "inference", "train": "train step"}[r.mode],
-        ]
+        mode = {"infer": "inference", "train": "train step"}[r.mode]
+        cells = [r.label, str(r.batch), f"{r.gflops_per_img:.3f}", mode]
         cells += [f"{r.img_s(lib):.1f} ({r.gflop_s(lib):.1f})" for lib in LIBS]
         for lib in ("timm", "hf"):
             mid, lo, hi = r.ratio(lib)
             cells.append(f"**{mid:.3f}** [{lo:.2f}-{hi:.2f}]")
+        cells += [f"{r.best_ratio('timm'):.3f}", _fmt_load(r.outside_load)]
         rows.append(cells)
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in rows])
@@ -371,6 +423,13 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         default=None,
         help="untimed calls per library first (default: cpu 1, cuda 3; +1 with --compile)",
+    )
+    p.add_argument(
+        "--warmup-batch",
+        type=int,
+        default=None,
+        help="batch of the warm-up calls (default: the full batch); smaller is quicker, but on CPU the first "
+        "full-size call then lands in the first timed round, and --compile recompiles",
     )
     p.add_argument("--min-time", type=float, default=None, help="seconds per measurement (cpu 0.5, cuda 0.3)")
     p.add_argument("--max-iters", type=int, default=200, help="cap on iterations per measurement")
@@ -399,10 +458,11 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.models:
         results += bench(name, args, lambda s: print(s, file=sys.stderr, flush=True))
     print(table(results))
-    load = " ".join(f"{v:.2f}" for v in os.getloadavg())
     print(f"\nimg/s = batch / median seconds per iteration; GFLOP/s counts the forward FLOPs x1 (inference) "
-          f"or x3 (train step); ratio = median over rounds of the per-round speed ratio [min-max].\n"
-          f"Total wall time {time.perf_counter() - t0:.0f}s; load average at the end {load}.")  # fmt: skip
+          f"or x3 (train step); ratio = median over rounds of the per-round speed ratio [min-max];\n"
+          f"best-vs-best = ratio of the fastest measurements; outside load = CPU cores other processes kept busy "
+          f"during the row's timed rounds (noise: re-run a row whose load is far from 0).\n"
+          f"Total wall time {time.perf_counter() - t0:.0f}s.")  # fmt: skip
     if args.json:
         payload = {
             "machine": info,
@@ -414,6 +474,8 @@ def main(argv: list[str] | None = None) -> None:
                     "img_s": {lib: r.img_s(lib) for lib in LIBS},
                     "gflop_s": {lib: r.gflop_s(lib) for lib in LIBS},
                     "vitkit_over": {lib: r.ratio(lib)[0] for lib in ("timm", "hf")},
+                    "vitkit_over_best": {lib: r.best_ratio(lib) for lib in ("timm", "hf")},
+                    "outside_load_cores": r.outside_load,
                 }
                 for r in results
             ],
