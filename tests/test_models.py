@@ -162,3 +162,37 @@ def test_direct_construction_is_equivalent():
     a = vitkit.create_model("vit_mnist")
     b = VisionTransformer(**a.config)
     assert b.config == a.config
+
+
+def test_conv_stem_keeps_the_token_grid_and_round_trips(tmp_path):
+    plain = vitkit.create_model("vit_mnist")
+    stem = vitkit.create_model("vit_mnist", stem_channels=(16, 32, 48))
+    x = torch.randn(2, 1, 28, 28)
+    assert plain.forward_features(x).shape == stem.forward_features(x).shape  # same tokens, same grid
+    strides = [m.stride for m in stem.patch_embed.stem if isinstance(m, torch.nn.Conv2d)]
+    assert strides == [(2, 2), (2, 2), (1, 1)] and stem.patch_embed.proj.kernel_size == (1, 1)
+    stem(x).sum().backward()
+    assert all(p.grad is not None for p in stem.parameters())
+    from vitkit.models.vit import vit_flops
+
+    assert vit_flops(stem) > vit_flops(plain)  # the stem's convolutions are counted
+    stem.eval()
+    vitkit.save(stem, tmp_path / "stem.safetensors")
+    again = vitkit.load(tmp_path / "stem.safetensors").eval()
+    torch.testing.assert_close(again(x), stem(x))  # BatchNorm statistics travel too
+
+
+def test_conv_stem_strides_and_bad_strides():
+    model = vitkit.create_model("vit_mnist", depth=1, stem_channels=(8, 16, 32), stem_strides=(1, 2, 2))
+    convs = [m for m in model.patch_embed.stem if isinstance(m, torch.nn.Conv2d)]
+    assert [c.stride for c in convs] == [(1, 1), (2, 2), (2, 2)] and model.patch_embed.proj.kernel_size == (
+        1,
+        1,
+    )
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(ValueError, match="do not divide the patch size"):
+        vitkit.create_model("vit_mnist", stem_channels=(8, 16), stem_strides=(2, 3))
+    with pytest.raises(ValueError, match="one stride per stem stage"):
+        vitkit.create_model("vit_mnist", stem_channels=(8, 16), stem_strides=(2,))
+    with pytest.raises(ValueError, match="needs stem_channels"):
+        vitkit.create_model("vit_mnist", stem_strides=(2,))

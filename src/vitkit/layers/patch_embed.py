@@ -1,6 +1,8 @@
-"""Image to patch tokens with one strided convolution."""
+"""Image to patch tokens: one strided convolution, or a small convolutional stem then a projection."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from torch import Tensor, nn
 
@@ -19,6 +21,13 @@ class PatchEmbed(nn.Module):
     """(B, C, H, W) -> (B, N, D) tokens, N = (H/p)*(W/p); ``flatten=False`` keeps (B, H/p, W/p, D).
 
     With ``strict_img_size`` the input must match ``img_size``; otherwise any size divisible by the patch works.
+
+    ``stem_channels`` (e.g. ``(32, 64)``) puts a convolutional stem before the projection, as in Xiao et al.,
+    "Early Convolutions Help Transformers See Better" (2021): each stage is a 3x3 convolution + BatchNorm + ReLU,
+    with stride 2 while the patch size still allows it (or the strides given in ``stem_strides``, e.g.
+    ``(1, 2, 2)`` to keep a full-resolution first stage), and ``proj`` then covers the remaining factor
+    (a 1x1 convolution when the stem has already reduced by the whole patch size). Tokens and grid are
+    the same as without the stem.
     """
 
     def __init__(
@@ -30,16 +39,49 @@ class PatchEmbed(nn.Module):
         bias: bool = True,
         strict_img_size: bool = True,
         flatten: bool = True,
+        stem_channels: Sequence[int] = (),
+        stem_strides: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         self.patch_size = to_2tuple(patch_size)
         self.in_chans = in_chans
         self.strict_img_size = strict_img_size
         self.flatten = flatten
-        self.proj = nn.Conv2d(
-            in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size, bias=bias
-        )
+        self.stem, channels, remaining = self._build_stem(in_chans, stem_channels, stem_strides)
+        self.proj = nn.Conv2d(channels, embed_dim, kernel_size=remaining, stride=remaining, bias=bias)
         self.set_img_size(img_size)
+
+    def _build_stem(
+        self, in_chans: int, stem_channels: Sequence[int], stem_strides: Sequence[int] | None
+    ) -> tuple[nn.Module | None, int, tuple[int, int]]:
+        """The conv stem (or None), its output channels and the patch factor left for ``proj``."""
+        if stem_strides is not None and not stem_channels:
+            raise ValueError("stem_strides needs stem_channels")
+        if not stem_channels:
+            return None, in_chans, self.patch_size
+        if stem_strides is not None and len(stem_strides) != len(stem_channels):
+            raise ValueError(
+                f"stem_strides {list(stem_strides)} must give one stride per stem stage {list(stem_channels)}"
+            )
+        layers: list[nn.Module] = []
+        rh, rw = self.patch_size
+        c = in_chans
+        for i, out in enumerate(stem_channels):
+            if stem_strides is None:
+                sh, sw = (2 if rh % 2 == 0 else 1), (2 if rw % 2 == 0 else 1)
+            else:
+                sh = sw = int(stem_strides[i])
+                if sh < 1 or rh % sh or rw % sw:
+                    raise ValueError(
+                        f"stem_strides {list(stem_strides)} do not divide the patch size {self.patch_size}"
+                    )
+            layers += [
+                nn.Conv2d(c, int(out), 3, stride=(sh, sw), padding=1, bias=False),
+                nn.BatchNorm2d(int(out)),
+                nn.ReLU(inplace=True),
+            ]
+            rh, rw, c = rh // sh, rw // sw, int(out)
+        return nn.Sequential(*layers), c, (rh, rw)
 
     def set_img_size(self, img_size: int | tuple[int, int]) -> None:
         img_size = to_2tuple(img_size)
@@ -73,6 +115,8 @@ class PatchEmbed(nn.Module):
                 )
         else:
             self._check_divisible((H, W))
+        if self.stem is not None:
+            x = self.stem(x)  # B, C', H/s, W/s
         x = self.proj(x)  # B, D, H/p, W/p
         if self.flatten:
             return x.flatten(2).transpose(1, 2)  # B, N, D
