@@ -1,8 +1,8 @@
 """Classification metrics from logits, as plain JSON-able Python, and a readable text table.
 
-Everything is computed from the confusion matrix and the softmax probabilities with torch alone (float64),
-so the numbers are exact and the module imports nothing heavy. Conventions (the same as scikit-learn's
-``precision_recall_fscore_support`` with ``zero_division=0`` and torchmetrics' macro averages):
+The numbers come from scikit-learn (``confusion_matrix``, ``precision_recall_fscore_support`` with
+``zero_division=0``, ``roc_auc_score``); this module only validates the input and arranges the output.
+Conventions:
 
 * per-class precision is 0 when the class is never predicted, recall 0 when it has no samples, F1 0 when
   precision + recall is 0;
@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
 from torch import Tensor
 
 __all__ = ["classification_metrics", "format_metrics_table", "roc_auc_ovr"]
@@ -34,44 +35,16 @@ def _as_tensor(x: Any, name: str) -> Tensor:
     raise TypeError(f"{name} must be a tensor, array or list, got {type(x).__name__}")
 
 
-def _tie_avg_ranks(sorted_vals: Tensor) -> Tensor:
-    """1-based ranks within each row of a row-wise sorted (K, N) tensor, ties sharing their mean rank."""
-    n = sorted_vals.shape[1]
-    pos = torch.arange(1, n + 1, dtype=torch.float64).expand_as(sorted_vals)
-    change = (
-        sorted_vals[:, 1:] != sorted_vals[:, :-1]
-    )  # (K, N-1): column i+1 starts a new run of equal values
-    edge = torch.ones_like(change[:, :1])
-    starts = torch.cat([edge, change], dim=1)
-    ends = torch.cat([change, edge], dim=1)
-    first = torch.cummax(torch.where(starts, pos, torch.zeros_like(pos)), dim=1).values
-    last = torch.cummin(torch.where(ends, pos, torch.full_like(pos, n + 1)).flip(1), dim=1).values.flip(1)
-    return (first + last) / 2
-
-
-def roc_auc_ovr(probs: Tensor, targets: Tensor, chunk_elems: int = 1 << 22) -> list[float | None]:
-    """One-vs-rest ROC-AUC per class (Mann-Whitney U with tie-averaged ranks); ``None`` where undefined.
-
-    Equal to ``sklearn.metrics.roc_auc_score(targets == k, probs[:, k])`` for every class ``k`` that has
-    both positive and negative samples. Vectorised over classes (in chunks of ``chunk_elems`` values).
-    """
-    scores = probs.double().t()  # (C, N): one row per class
-    targets = targets.long()
-    num_classes, n = scores.shape
-    n_pos = torch.bincount(targets, minlength=num_classes).double()
-    n_neg = n - n_pos
-    rank_sums = torch.zeros(num_classes, dtype=torch.float64)
-    step = max(1, chunk_elems // max(n, 1))
-    for c0 in range(0, num_classes, step):
-        rows = scores[c0 : c0 + step].contiguous()
-        sorted_vals, order = rows.sort(dim=1)
-        ranks = _tie_avg_ranks(sorted_vals)
-        cls = torch.arange(c0, c0 + rows.shape[0]).unsqueeze(1)
-        is_pos = targets[order] == cls  # (K, N): the sorted sample belongs to the row's class
-        rank_sums[c0 : c0 + rows.shape[0]] = (ranks * is_pos).sum(dim=1)
-    auc = (rank_sums - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg).clamp_min(1)
-    defined = (n_pos > 0) & (n_neg > 0)
-    return [float(a) if d else None for a, d in zip(auc.tolist(), defined.tolist(), strict=True)]
+def roc_auc_ovr(probs: Tensor, targets: Tensor) -> list[float | None]:
+    """One-vs-rest ROC-AUC per class (``sklearn.metrics.roc_auc_score``); ``None`` where a class has no
+    positive or no negative sample."""
+    scores = _as_tensor(probs, "probs").double().numpy()
+    targets = _as_tensor(targets, "targets").long().numpy()
+    out: list[float | None] = []
+    for k in range(scores.shape[1]):
+        is_k = targets == k
+        out.append(float(roc_auc_score(is_k, scores[:, k])) if 0 < is_k.sum() < len(is_k) else None)
+    return out
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
@@ -110,9 +83,8 @@ def classification_metrics(
         raise ValueError("no samples: cannot compute metrics of an empty set")
     if num_classes < 1:
         raise ValueError("logits have no classes (C = 0)")
-    if targets.is_floating_point():
-        if not torch.equal(targets, targets.round()):
-            raise ValueError("targets must be integer class indices, not probabilities / soft labels")
+    if targets.is_floating_point() and not torch.equal(targets, targets.round()):
+        raise ValueError("targets must be integer class indices, not probabilities / soft labels")
     targets = targets.long()
     lo, hi = int(targets.min()), int(targets.max())
     if lo < 0 or hi >= num_classes:
@@ -127,40 +99,31 @@ def classification_metrics(
     logits = logits.double()
     if not torch.isfinite(logits).all():
         raise ValueError("logits contain NaN or infinite values")
-    probs = logits.softmax(dim=1)
     preds = logits.argmax(dim=1)
-
     k = min(5, num_classes)
-    topk = logits.topk(k, dim=1).indices
-    top5 = (topk == targets[:, None]).any(dim=1).double().mean().item()
+    top5 = (logits.topk(k, dim=1).indices == targets[:, None]).any(dim=1).double().mean().item()
 
-    cm = torch.bincount(targets * num_classes + preds, minlength=num_classes * num_classes)
-    cm = cm.reshape(num_classes, num_classes)
-    tp = cm.diagonal().double()
-    support = cm.sum(dim=1).double()  # true samples per class
-    predicted = cm.sum(dim=0).double()  # predictions per class
-    precision = torch.where(predicted > 0, tp / predicted.clamp_min(1), torch.zeros_like(tp))
-    recall = torch.where(support > 0, tp / support.clamp_min(1), torch.zeros_like(tp))
-    denom = precision + recall
-    f1 = torch.where(denom > 0, 2 * precision * recall / denom.clamp_min(1e-300), torch.zeros_like(tp))
-    present = (support + predicted) > 0
-    aucs = roc_auc_ovr(probs, targets)
+    labels = list(range(num_classes))
+    y_true, y_pred = targets.numpy(), preds.numpy()
+    cm = confusion_matrix(y_true, y_pred, labels=labels)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, average=None, zero_division=0
+    )
+    present = (cm.sum(axis=1) + cm.sum(axis=0)) > 0  # occurs in the targets or the predictions
+    aucs = roc_auc_ovr(logits.softmax(dim=1), targets)
 
-    per_class = []
-    for i, name in enumerate(names):
-        defined = bool(present[i])
-        per_class.append(
-            {
-                "class": name,
-                "index": i,
-                "precision": float(precision[i]) if defined else None,
-                "recall": float(recall[i]) if defined else None,
-                "f1": float(f1[i]) if defined else None,
-                "support": int(support[i]),
-                "roc_auc": aucs[i],
-            }
-        )
-
+    per_class = [
+        {
+            "class": name,
+            "index": i,
+            "precision": float(precision[i]) if present[i] else None,
+            "recall": float(recall[i]) if present[i] else None,
+            "f1": float(f1[i]) if present[i] else None,
+            "support": int(support[i]),
+            "roc_auc": aucs[i],
+        }
+        for i, name in enumerate(names)
+    ]
     return {
         "num_samples": int(n),
         "num_classes": int(num_classes),
