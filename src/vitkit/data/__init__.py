@@ -41,10 +41,6 @@ from .transforms import (
     TrainAugment,
     build_eval_transform,
     build_train_augment,
-    random_erasing,
-    random_hflip,
-    random_pad_crop,
-    random_resized_crop,
     resize_batch,
 )
 
@@ -87,10 +83,6 @@ __all__ = [
     "Normalize",
     "Resize",
     "resize_batch",
-    "random_pad_crop",
-    "random_resized_crop",
-    "random_hflip",
-    "random_erasing",
     "TrainAugment",
     "build_train_augment",
     "build_eval_transform",
