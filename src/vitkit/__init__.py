@@ -1,8 +1,25 @@
-"""vitkit: Vision Transformers and the Transformer they come from."""
+"""vitkit: Vision Transformers and the Transformer they come from.
+
+Models and weights are imported eagerly; the jobs ``vitkit.train(...)``, ``vitkit.evaluate(...)`` and
+``vitkit.predict(...)`` (the Python mirror of the CLI) load on first use.
+"""
+
+import importlib
 
 from .registry import create_model, list_models, model_config
 from .weights import CheckpointError, load, load_pretrained, save
 
 __version__ = "0.1.0"
 
-__all__ = ["create_model", "list_models", "model_config", "load", "load_pretrained", "save", "CheckpointError"]
+__all__ = [
+    "create_model", "list_models", "model_config", "load", "load_pretrained", "save", "CheckpointError",
+    "train", "evaluate", "predict",
+]  # fmt: skip
+
+_JOBS = ("train", "evaluate", "predict")
+
+
+def __getattr__(name: str):
+    if name in _JOBS:  # each is a callable module: vitkit.train(...) == vitkit.train.train(...)
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'vitkit' has no attribute {name!r}")

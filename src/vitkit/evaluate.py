@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._callable import make_module_callable
 from .metrics import classification_metrics
 from .plots import plot_confusion_matrix
 from .predict import _match_channels, load_for_inference
@@ -213,3 +214,6 @@ def evaluate(
         )  # fmt: skip
     log.info("evaluated %s on %s/%s: top-1 %.4f -> %s", path, name, split, metrics["top1"], out)
     return result
+
+
+make_module_callable(__name__, "evaluate")

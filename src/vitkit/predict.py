@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._callable import make_module_callable
+
 __all__ = [
     "MissingDataConfigError",
     "load_for_inference",
@@ -470,3 +472,6 @@ def format_predictions(results: Sequence[dict[str, Any]]) -> str:
             lines.append(f"  {rank:>2}. {t['label']:<{width}}  {100 * p:6.2f}%  {bar}")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
+
+
+make_module_callable(__name__, "predict")
