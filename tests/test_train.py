@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -167,6 +168,27 @@ def test_cli_train_eval_predict_end_to_end(tmp_path, capsys):
     assert cli_main(["predict", str(run), str(tmp_path / "x.png"), "--topk", "3", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert len(result[0]["top"]) == 3
+
+
+def test_python_api_mirrors_the_cli(tmp_path):
+    summary = vitkit.train(**TINY, epochs=2, out_dir=str(tmp_path), name="api")
+    run = Path(summary["run_dir"])
+    assert vitkit.train.train is vitkit.train.__dict__["train"]  # the module stays a module
+    metrics = vitkit.evaluate(run)
+    assert metrics["num_samples"] == 360 and metrics["top1"] == pytest.approx(summary["val_acc"], abs=1e-6)
+    result = vitkit.predict(run, [np.full((8, 8), 0.5, dtype=np.float32)], topk=2)
+    assert len(result) == 1 and len(result[0]["top"]) == 2
+
+
+def test_channels_last_trains_like_contiguous(tmp_path):
+    losses = []
+    for cl in (False, True):  # each Trainer seeds the global RNG: build and run one after the other
+        trainer = Trainer(
+            resolve_config(**TINY, epochs=1, channels_last=cl, out_dir=str(tmp_path), name=str(cl))
+        )
+        assert trainer.memory_format == (torch.channels_last if cl else torch.contiguous_format)
+        losses.append(trainer.train_one_epoch()["train_loss"])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)  # same math, another memory layout
 
 
 def test_cli_bad_flags_fail_clearly(tmp_path, capsys):

@@ -53,6 +53,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     amp: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | off
     compile: bool = False
+    channels_last: bool = False  # NHWC memory format: faster convolutions (conv stems) on CPU and GPU
     grad_checkpointing: bool = False
     seed: int = 0
     deterministic: bool = True
@@ -76,13 +77,21 @@ RECIPES: dict[str, dict[str, Any]] = {
         weight_decay=0.05, label_smoothing=0.1, drop_path=0.1, pad_crop=1, ema_decay=None,
     ),
     "mnist": dict(
-        model="vit_mnist", dataset="mnist", epochs=30, batch_size=128, lr=1e-3, warmup_epochs=2,
-        weight_decay=0.05, pad_crop=2, drop_path=0.1, label_smoothing=0.1,
+        model="vitc_mnist", dataset="mnist", epochs=10, batch_size=128, lr=2e-3, warmup_epochs=1,
+        weight_decay=0.05, pad_crop=2, drop_path=0.05, label_smoothing=0.1, channels_last=True,
     ),
+    # Fashion-MNIST in under an hour of a 2-core CPU: conv-stem ViT, 22 epochs (~137 s each), light augmentation
     "fashion-mnist": dict(
-        model="vit_mnist", dataset="fashion-mnist", epochs=40, batch_size=128, lr=1e-3, warmup_epochs=2,
-        weight_decay=0.05, pad_crop=2, hflip=True, drop_path=0.1, label_smoothing=0.1, random_erasing=0.25,
+        model="vitc_mnist", dataset="fashion-mnist", epochs=22, batch_size=128, lr=2e-3, warmup_epochs=1,
+        weight_decay=0.05, pad_crop=2, hflip=True, drop_path=0.05, label_smoothing=0.1, random_erasing=0.1,
+        channels_last=True,
     ),
+    # CIFAR-10 (JPEG copy) in an hour of a 2-core CPU: the conv-stem ViT, 13 epochs (~240 s each), crop + flip
+    "cifar10-cpu": dict(
+        model="vitc_cifar", dataset="cifar10-jpeg", epochs=13, batch_size=128, lr=2e-3, warmup_epochs=1,
+        weight_decay=0.05, pad_crop=4, hflip=True, drop_path=0.05, label_smoothing=0.1, channels_last=True,
+    ),
+    # CIFAR-10 on a GPU: longer schedule with RandAugment, mixup/cutmix and EMA
     "cifar10": dict(
         model="vit_cifar", dataset="cifar10-jpeg", epochs=100, batch_size=128, lr=1e-3, warmup_epochs=5,
         weight_decay=0.05, pad_crop=4, hflip=True, randaugment=2, drop_path=0.1, label_smoothing=0.1,

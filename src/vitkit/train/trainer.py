@@ -125,7 +125,8 @@ class Trainer:
                 cfg.model, num_classes=len(self.classes), in_chans=in_chans, drop_path_rate=cfg.drop_path,
                 **cfg.model_args,
             )  # fmt: skip
-        self.model = model.to(self.device)
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.model = model.to(self.device, memory_format=self.memory_format)
         if cfg.grad_checkpointing:
             self.model.set_grad_checkpointing(True)
         self.input_size = tuple(self.model.config["img_size"]) if hasattr(self.model, "config") else None
@@ -203,7 +204,7 @@ class Trainer:
             x = F.interpolate(x, size=self.input_size, mode="bilinear", antialias=True, align_corners=False)
         if train:
             x = self.augment(x)
-        return self.normalize(x)
+        return self.normalize(x).contiguous(memory_format=self.memory_format)
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16)
@@ -257,8 +258,12 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device)
         seen = 0
+        bad = torch.zeros((), dtype=torch.bool, device=self.device)
+        check_every = 1 if self.device.type == "cpu" else 25
+        show = bar is not None and not bar.disable
         start = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
+        i = -1
         for i, (x, y) in enumerate(self.train_loader):
             y = y.to(self.device, non_blocking=True)
             x = self._prepare(x, train=True)
@@ -268,11 +273,11 @@ class Trainer:
             with self._autocast():
                 logits = self.step_model(x)
             loss = self.loss_fn(logits, target, x)
-            if not torch.isfinite(loss):
-                raise TrainingDivergedError(
-                    f"loss became {loss.item()} at epoch {self.epoch + 1}, step {i + 1}; stopping. The last good "
-                    f"checkpoint is kept at {self.run_dir / 'checkpoint.pt'} (try a lower lr or clip_grad)"
-                )
+            # On a GPU, reading the loss stalls the pipeline: check every `check_every` steps there (weights
+            # updated after a bad step are never checkpointed), every step on the CPU where it costs nothing.
+            bad = bad | ~torch.isfinite(loss.detach())
+            if (i + 1) % check_every == 0 and bool(bad):
+                self._diverged(loss, i + 1, check_every)
             (loss / cfg.accum_steps).backward()
             if (i + 1) % cfg.accum_steps == 0:
                 if cfg.clip_grad:
@@ -288,11 +293,13 @@ class Trainer:
             loss_sum += loss.detach() * n
             logits_main = logits[0] if isinstance(logits, tuple) else logits
             correct += (logits_main.detach().argmax(-1) == y).sum()
-            if bar is not None:
+            if show:
                 bar.update(1)
                 if i % 10 == 0:
                     bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
                                     img_s=f"{seen / (time.perf_counter() - start):.0f}")  # fmt: skip
+        if bool(bad):
+            self._diverged(loss, i + 1, check_every)
         elapsed = time.perf_counter() - start
         return {
             "train_loss": loss_sum.item() / max(seen, 1),
@@ -300,6 +307,14 @@ class Trainer:
             "images_per_s": seen / elapsed,
             "train_time": elapsed,
         }
+
+    def _diverged(self, loss: Tensor, step: int, check_every: int) -> None:
+        where = f"step {step}" if check_every == 1 else f"one of the {check_every} steps up to step {step}"
+        value = loss.item()
+        raise TrainingDivergedError(
+            f"loss became {value if not math.isfinite(value) else 'NaN or infinite'} at epoch {self.epoch + 1}, {where}; stopping. The last good "
+            f"checkpoint is kept at {self.run_dir / 'checkpoint.pt'} (try a lower lr or clip_grad)"
+        )
 
     @torch.inference_mode()
     def evaluate(self, model: nn.Module | None = None, return_outputs: bool = False) -> dict[str, Any]:
