@@ -88,6 +88,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .explain import explain_image
+
+    result = explain_image(
+        args.checkpoint, args.image, args.out, method=args.method, head_fusion=args.head_fusion,
+        discard_ratio=args.discard_ratio, target=args.target,
+    )  # fmt: skip
+    print(f"{args.image}: {result['label']} (p={result['prob']:.3f}), {args.method} relevance")
+    print(f"wrote {result['png']} and {result['npy']}")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from . import list_models
 
@@ -126,8 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command")
 
+    from .train.config import RECIPES
+
     p = sub.add_parser("train", help="train a model (default: a ViT on the embedded 8x8 digits)")
-    p.add_argument("--recipe", default=None, help="named recipe: digits, mnist, fashion-mnist, cifar10")
+    p.add_argument("--recipe", default=None, help=f"named recipe: {', '.join(RECIPES)}")
     p.add_argument("--config", default=None, help="YAML config file")
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its checkpoint")
     _add_train_flags(p)
@@ -149,6 +163,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_predict)
+
+    from .explain import HEAD_FUSIONS, METHODS
+
+    p = sub.add_parser("explain", help="attention rollout heatmap of a prediction, as PNG + .npy")
+    p.add_argument("checkpoint", help="run directory or model .safetensors")
+    p.add_argument("image")
+    p.add_argument("-o", "--out", default="explain.png", help="PNG to write (the .npy goes beside it)")
+    p.add_argument("--method", default="rollout", choices=METHODS)
+    p.add_argument("--head-fusion", default="mean", choices=HEAD_FUSIONS)
+    p.add_argument(
+        "--discard-ratio", type=float, default=0.0, help="rollout: drop this fraction of weakest links"
+    )
+    p.add_argument(
+        "--target", type=int, default=None, help="class index to explain (default: the predicted one)"
+    )
+    p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("models", help="list registered model names")
     p.add_argument("pattern", nargs="?", default="*")
