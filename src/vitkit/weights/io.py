@@ -137,6 +137,8 @@ def save(model: nn.Module, path: str | os.PathLike, data_config: dict[str, Any] 
     data_config = data_config if data_config is not None else getattr(model, "data_config", None)
     if data_config:
         metadata["data_config"] = json.dumps(data_config)
+    if getattr(model, "structure_edits", None):  # factorised / pruned layers (vitkit.compress)
+        metadata["structure_edits"] = json.dumps(model.structure_edits)
     return atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
 
 
@@ -169,6 +171,10 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Modu
         model.model_name = meta["model_name"]
     if meta.get("data_config"):
         model.data_config = json.loads(meta["data_config"])
+    if meta.get("structure_edits"):
+        from ..compress.edits import apply_edits
+
+        apply_edits(model, json.loads(meta["structure_edits"]))
     state = _read_safetensors(path)
     from .convert import check_state_dict
 
