@@ -7,7 +7,16 @@ import torch
 from torch import nn
 
 import vitkit
-from vitkit.compress import LowRankLinear, factorize_linear, low_rank, rank_for_energy
+from vitkit.compress import (
+    LowRankLinear,
+    factorize_linear,
+    low_rank,
+    prune_by_importance,
+    prune_heads,
+    prune_mlp,
+    rank_for_energy,
+    unit_importance,
+)
 
 
 def test_full_rank_factorisation_is_exact_and_truncation_is_optimal():
@@ -84,3 +93,69 @@ def test_low_rank_bad_requests_fail_clearly():
         factorize_linear(nn.Linear(4, 4), 0)
     report = low_rank(model, energy=1.0)  # full rank would be larger: every layer stays dense
     assert not any(row["factorized"] for row in report) and not hasattr(model, "structure_edits")
+
+
+def _zeroed(model: nn.Module, block: int, where: str, idx: list[int], width: int) -> None:
+    """Zero the given heads (where='heads', width=head_dim) or MLP units (width=1) of a dense model."""
+    mask = torch.ones(
+        model.blocks[block].attn.num_heads * width
+        if where == "heads"
+        else model.blocks[block].mlp.fc1.out_features
+    )
+    for i in idx:
+        mask[i * width : (i + 1) * width] = 0
+    layer = model.blocks[block].attn.proj if where == "heads" else model.blocks[block].mlp.fc2
+    layer.register_forward_pre_hook(lambda m, args: (args[0] * mask,))
+
+
+def test_pruned_model_equals_the_dense_one_with_those_units_silenced(tmp_path):
+    torch.manual_seed(0)
+    model = vitkit.create_model("vit_mnist", depth=2, num_classes=10, qk_norm=True).eval()
+    ref = vitkit.create_model("vit_mnist", depth=2, num_classes=10, qk_norm=True).eval()
+    ref.load_state_dict(model.state_dict())
+    hd = model.blocks[0].attn.head_dim
+    prune_heads(model, {0: [1], 1: [0, 3]})
+    prune_mlp(model, {1: [5, 6, 100]})
+    _zeroed(ref, 0, "heads", [1], hd)
+    _zeroed(ref, 1, "heads", [0, 3], hd)
+    _zeroed(ref, 1, "mlp", [5, 6, 100], 1)
+    attn = model.blocks[1].attn
+    assert (
+        attn.num_heads == 2
+        and attn.qkv.weight.shape == (3 * 2 * hd, 128)
+        and attn.proj.weight.shape == (128, 2 * hd)
+    )
+    assert model.blocks[1].mlp.fc1.weight.shape == (253, 128) and model.blocks[1].mlp.fc2.weight.shape == (
+        128,
+        253,
+    )
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref(x), atol=1e-5, rtol=1e-5)
+    loaded = vitkit.load(vitkit.save(model, tmp_path / "pruned.safetensors")).eval()
+    assert loaded.blocks[0].attn.num_heads == 3 and loaded.blocks[1].mlp.fc1.out_features == 253
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+def test_importance_pruning_keeps_a_head_per_block_and_bad_plans_fail():
+    torch.manual_seed(0)
+    model = vitkit.create_model("vit_digits", depth=3)
+    batches = [(torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))) for _ in range(2)]
+    scores = unit_importance(model, batches)
+    assert [s.shape for s in scores["heads"]] == [(4,)] * 3 and all((s > 0).all() for s in scores["heads"])
+    assert all(p.grad is None for p in model.parameters())  # weights' gradients untouched
+    removed = prune_by_importance(model, scores, head_fraction=1 / 3, mlp_fraction=0.25)
+    assert sum(len(v) for v in removed["heads"].values()) == 4
+    assert (
+        all(b.attn.num_heads >= 1 for b in model.blocks) and sum(b.attn.num_heads for b in model.blocks) == 8
+    )
+    assert sum(b.mlp.fc1.out_features for b in model.blocks) == 3 * 128 - 96
+    with pytest.raises(ValueError, match="pruning all 4 heads of block 0"):
+        prune_heads(vitkit.create_model("vit_digits"), {0: [0, 1, 2, 3]})
+    with pytest.raises(ValueError, match=r"block 1 has 4 heads \(0..3\); cannot prune \[7\]"):
+        prune_heads(vitkit.create_model("vit_digits"), {1: [7]})
+    lr = vitkit.create_model("vit_digits")
+    low_rank(lr, rank=4)
+    with pytest.raises(ValueError, match="prune heads before factorising"):
+        prune_heads(lr, {0: [0]})

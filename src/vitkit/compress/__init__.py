@@ -1,7 +1,8 @@
-"""Compress trained models: low-rank factorisation of linear layers (more methods: see issue 5)."""
+"""Compress trained models: low-rank factorisation and structured pruning of heads and MLP units."""
 
 from .edits import apply_edits, record_edit, register_edit
 from .lowrank import LowRankLinear, factorize_linear, low_rank, rank_for_energy
+from .prune import prune_by_importance, prune_heads, prune_mlp, unit_importance
 
-__all__ = ["LowRankLinear", "apply_edits", "factorize_linear", "low_rank", "rank_for_energy", "record_edit",
-           "register_edit"]  # fmt: skip
+__all__ = ["LowRankLinear", "apply_edits", "factorize_linear", "low_rank", "prune_by_importance", "prune_heads",
+           "prune_mlp", "rank_for_energy", "record_edit", "register_edit", "unit_importance"]  # fmt: skip
