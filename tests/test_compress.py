@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import nn
 
 import vitkit
+from vitkit.cli import main as cli_main
 from vitkit.compress import (
     LowRankLinear,
     factorize_linear,
@@ -159,3 +162,26 @@ def test_importance_pruning_keeps_a_head_per_block_and_bad_plans_fail():
     low_rank(lr, rank=4)
     with pytest.raises(ValueError, match="prune heads before factorising"):
         prune_heads(lr, {0: [0]})
+
+
+def test_compress_command_prunes_fine_tunes_and_reports(tmp_path, capsys):
+    tiny = dict(model="vit_digits", dataset="digits", batch_size=64, lr=2e-3, warmup_epochs=1, progress=False,
+                threads=1, model_args={"depth": 2, "embed_dim": 32, "num_heads": 2})  # fmt: skip
+    run = vitkit.train(**tiny, epochs=4, out_dir=str(tmp_path), name="run")["run_dir"]
+    out = tmp_path / "pruned"
+    argv = ["compress", run, "--method", "prune", "--heads", "0.25", "--mlp", "0.25", "--finetune-epochs", "1",
+            "-o", str(out)]  # fmt: skip
+    assert cli_main(argv) == 0
+    assert "| compressed |" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    original, compressed = report["rows"]
+    assert compressed["params"] < original["params"] and compressed["gflops"] < original["gflops"]
+    assert compressed["file_mb"] < original["file_mb"] and 0 <= compressed["top1"] <= 1
+    assert sum(len(v) for v in report["details"]["heads"].values()) == 1  # a quarter of 2 blocks x 2 heads
+    loaded = vitkit.load(out / "model.safetensors")
+    assert [b.attn.num_heads for b in loaded.blocks].count(1) == 1
+    assert sum(b.mlp.fc1.out_features for b in loaded.blocks) == 96
+    assert (out / "metrics.jsonl").is_file()  # the fine-tune ran through the Trainer
+
+    assert cli_main(["compress", run, "--method", "lowrank", "--rank", "999"]) == 2
+    assert "rank 999 is larger than the layers allow" in capsys.readouterr().err

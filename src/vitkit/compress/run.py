@@ -1,0 +1,176 @@
+"""Compress a trained run end to end (``vitkit compress``): transform, optionally fine-tune, measure, report.
+
+The report compares the original and the compressed model on the run's evaluation split, in one process:
+parameters, file size, forward GFLOPs (counted by ``torch.utils.flop_counter``), CPU inference throughput
+(interleaved timing rounds, median) and top-1 accuracy.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .lowrank import low_rank
+from .prune import prune_by_importance, unit_importance
+
+__all__ = ["METHODS", "compress_run", "forward_flops", "format_report", "throughput"]
+
+METHODS = ("lowrank", "prune")
+
+
+def forward_flops(model: nn.Module, x: torch.Tensor) -> int:
+    """FLOPs of one forward pass on ``x`` (matmuls, convolutions, attention), counted by PyTorch."""
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        model(x)
+    return int(counter.get_total_flops())
+
+
+def throughput(models: dict[str, nn.Module], x: torch.Tensor, rounds: int = 5, min_time: float = 0.5) -> dict:
+    """Median images/s of each model's forward on ``x``, measured in interleaved rounds."""
+    rates: dict[str, list[float]] = {k: [] for k in models}
+    with torch.inference_mode():
+        for m in models.values():
+            m(x)  # warm-up
+        for r in range(rounds):
+            names = list(models)
+            names = names[r % len(names) :] + names[: r % len(names)]
+            for name in names:
+                n, start = 0, time.perf_counter()
+                while (elapsed := time.perf_counter() - start) < min_time or n == 0:
+                    models[name](x)
+                    n += 1
+                rates[name].append(n * x.shape[0] / elapsed)
+    return {k: statistics.median(v) for k, v in rates.items()}
+
+
+def _run_config(run_dir: Path) -> dict[str, Any]:
+    import yaml
+
+    path = run_dir / "config.yaml"
+    return yaml.safe_load(path.read_text()) if path.is_file() else {}
+
+
+def compress_run(
+    run: str | os.PathLike,
+    method: str,
+    out_dir: str | os.PathLike | None = None,
+    *,
+    energy: float | None = None,
+    rank: int | None = None,
+    heads: float = 0.0,
+    mlp: float = 0.0,
+    calib_batches: int = 8,
+    finetune_epochs: int = 0,
+    finetune_lr: float | None = None,
+    data_dir: str | os.PathLike | None = None,
+    bench_batch: int = 256,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Compress the model of run directory ``run`` with ``method`` and write ``out_dir`` (model + report).
+
+    ``lowrank``: ``energy`` or ``rank`` (see :func:`vitkit.compress.low_rank`). ``prune``: drop the ``heads``
+    and ``mlp`` fractions of least important units, scored on ``calib_batches`` training batches. Either can
+    be followed by ``finetune_epochs`` of training with the run's own recipe at ``finetune_lr`` (default: a
+    tenth of the run's lr, no warmup). Returns the report dict (also written as ``report.json``).
+    """
+    from ..evaluate import evaluate
+    from ..predict import load_for_inference
+    from ..train import Trainer, resolve_config
+    from ..weights import save
+
+    if method not in METHODS:
+        raise ValueError(f"unknown compression method {method!r}; choose one of {METHODS}")
+    run_dir = Path(run).expanduser()
+    original, data_config = load_for_inference(run_dir)
+    model, _ = load_for_inference(run_dir)
+    out = Path(out_dir) if out_dir else run_dir.with_name(f"{run_dir.name}-{method}")
+    run_cfg = _run_config(run_dir)
+    data_dir = data_dir if data_dir is not None else run_cfg.get("data_dir")
+
+    setup = None  # a Trainer that holds the run's data pipeline (calibration batches, fine-tuning)
+    if method == "prune" or finetune_epochs > 0:
+        if not run_cfg:
+            raise ValueError(
+                f"{run_dir} has no config.yaml: pruning and fine-tuning need the run's training setup"
+            )
+        lr = finetune_lr if finetune_lr is not None else float(run_cfg.get("lr", 1e-3)) / 10
+        cfg = resolve_config(
+            config_file=run_dir / "config.yaml", epochs=max(1, finetune_epochs), lr=lr, warmup_epochs=0.0,
+            out_dir=str(out.parent), name=out.name, data_dir=data_dir, progress=progress, drop_path=0.0,
+            ema_decay=None, compile=False,
+        )  # fmt: skip
+        setup = Trainer(cfg, model=copy.deepcopy(model))
+
+    if method == "lowrank":
+        details: Any = low_rank(model, energy=energy, rank=rank)
+    else:
+        if heads == 0 and mlp == 0:
+            raise ValueError("prune needs --heads and/or --mlp fractions above 0")
+        batches = []
+        for x, y in setup.train_loader:
+            batches.append((setup._prepare(x, train=False), y.to(setup.device)))
+            if len(batches) == calib_batches:
+                break
+        setup.model.cpu()
+        details = prune_by_importance(model, unit_importance(model.to(setup.device), batches), heads, mlp)
+
+    out.mkdir(parents=True, exist_ok=True)
+    if finetune_epochs > 0:
+        trainer = Trainer(
+            setup.cfg, model=model.train(), train_data=setup.train_data, val_data=setup.val_data
+        )
+        trainer.fit()  # writes out/model.safetensors (the structure edits travel with the model)
+        model = trainer.final_model()
+    else:
+        model.data_config = data_config
+        save(model, out / "model.safetensors", data_config=data_config)
+    model = model.eval().cpu()
+
+    c, (h, w) = int(data_config["in_chans"]), data_config["img_size"]
+    x = torch.randn(bench_batch, c, h, w)
+    speed = throughput({"original": original.eval(), "compressed": model}, x)
+    rows = []
+    for name, m, path in (("original", original, run_dir / "model.safetensors"),
+                          ("compressed", model, out / "model.safetensors")):  # fmt: skip
+        metrics = evaluate(path, dataset=data_config.get("dataset"), data_dir=data_dir, plot=False,
+                           out_json=out / f"eval_{name}.json")  # fmt: skip
+        rows.append({
+            "model": name, "params": sum(p.numel() for p in m.parameters()),
+            "file_mb": path.stat().st_size / 2**20, "gflops": forward_flops(m, x[:1]) / 1e9,
+            "images_per_s": speed[name], "top1": metrics["top1"],
+        })  # fmt: skip
+    base = rows[0]
+    for r in rows:
+        r["speedup"] = r["images_per_s"] / base["images_per_s"]
+        r["size_ratio"] = base["file_mb"] / r["file_mb"]
+    report = {"run": str(run_dir), "method": method, "out_dir": str(out), "finetune_epochs": finetune_epochs,
+              "rows": rows, "details": details, "threads": torch.get_num_threads()}  # fmt: skip
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """Markdown table of a :func:`compress_run` report."""
+    lines = [
+        f"{report['method']} of {report['run']} (fine-tune: {report['finetune_epochs']} epochs, "
+        f"{report['threads']} threads)",
+        "",
+        "| model | params | file MB | GFLOPs | img/s | speed-up | smaller | top-1 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["rows"]:
+        lines.append(
+            f"| {r['model']} | {r['params'] / 1e6:.3f}M | {r['file_mb']:.2f} | {r['gflops']:.4f} | "
+            f"{r['images_per_s']:.0f} | {r['speedup']:.2f}x | {r['size_ratio']:.2f}x | {r['top1']:.4f} |"
+        )
+    return "\n".join(lines)
