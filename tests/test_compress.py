@@ -12,12 +12,14 @@ import vitkit
 from vitkit.cli import main as cli_main
 from vitkit.compress import (
     LowRankLinear,
+    apply_tome,
     factorize_linear,
     low_rank,
     prune_by_importance,
     prune_heads,
     prune_mlp,
     rank_for_energy,
+    remove_tome,
     unit_importance,
 )
 
@@ -185,3 +187,39 @@ def test_compress_command_prunes_fine_tunes_and_reports(tmp_path, capsys):
 
     assert cli_main(["compress", run, "--method", "lowrank", "--rank", "999"]) == 2
     assert "rank 999 is larger than the layers allow" in capsys.readouterr().err
+
+
+def test_token_merging_is_exact_on_duplicate_tokens_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    # without position embeddings, a constant image gives identical patch tokens: merging them with
+    # size-weighted averages, proportional attention and size-weighted pooling changes nothing
+    for pool in ("avg", "token"):
+        model = vitkit.create_model(
+            "vit_mnist", depth=3, num_classes=10, pos_embed="none", global_pool=pool
+        ).eval()
+        x = torch.full((2, 1, 28, 28), 0.3)
+        with torch.no_grad():
+            plain = model(x)
+        seen = []
+        model.blocks[2].register_forward_pre_hook(lambda m, args, seen=seen: seen.append(args[0].shape[1]))
+        apply_tome(model, 8)
+        with torch.no_grad():
+            merged = model(x)
+        assert seen == [1 + 49 - 16]  # 8 pairs merged in each of the first two blocks
+        torch.testing.assert_close(merged, plain, atol=1e-5, rtol=1e-5)
+
+    model = vitkit.create_model("vit_mnist", depth=2, num_classes=10).eval()
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        plain = model(x)
+        apply_tome(model, 0)
+        torch.testing.assert_close(model(x), plain, atol=1e-6, rtol=1e-6)  # r=0: only a zero attention bias
+        apply_tome(model, 12)
+        merged = model(x)
+        assert not torch.allclose(merged, plain, atol=1e-3)
+        loaded = vitkit.load(vitkit.save(model, tmp_path / "tome.safetensors")).eval()
+        assert loaded.tome_r == 12 and torch.equal(loaded(x), merged)
+        remove_tome(model)
+        assert torch.equal(model(x), plain) and not getattr(model, "structure_edits", [])
+    with pytest.raises(ValueError, match="non-negative integer"):
+        apply_tome(model, -1)

@@ -105,7 +105,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
     report = compress_run(
         args.run, args.method, args.out, energy=args.energy, rank=args.rank, heads=args.heads, mlp=args.mlp,
-        calib_batches=args.calib_batches, finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr,
+        tome_r=args.tome_r, calib_batches=args.calib_batches, finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr,
         data_dir=args.data_dir,
     )  # fmt: skip
     print(format_report(report))
@@ -194,15 +194,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser(
-        "compress", help="low-rank factorise or prune a trained run; report size, speed, accuracy"
+        "compress", help="factorise, prune or token-merge a trained run; report size, speed, accuracy"
     )
     p.add_argument("run", help="run directory (model.safetensors + config.yaml)")
-    p.add_argument("--method", required=True, choices=("lowrank", "prune"))
+    p.add_argument("--method", required=True, choices=("lowrank", "prune", "tome"))
     p.add_argument("-o", "--out", default=None, help="output directory (default: RUN-METHOD beside the run)")
     p.add_argument("--energy", type=float, default=None, help="lowrank: kept squared singular-value energy")
     p.add_argument("--rank", type=int, default=None, help="lowrank: one rank for every factorised layer")
     p.add_argument("--heads", type=float, default=0.0, help="prune: fraction of attention heads to remove")
     p.add_argument("--mlp", type=float, default=0.0, help="prune: fraction of MLP hidden units to remove")
+    p.add_argument("--tome-r", type=int, default=0, help="tome: token pairs merged in every block")
     p.add_argument("--calib-batches", type=int, default=8, help="prune: training batches to score units on")
     p.add_argument("--finetune-epochs", type=int, default=0)
     p.add_argument("--finetune-lr", type=float, default=None, help="default: a tenth of the run's lr")

@@ -21,10 +21,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .lowrank import low_rank
 from .prune import prune_by_importance, unit_importance
+from .tome import apply_tome
 
 __all__ = ["METHODS", "compress_run", "forward_flops", "format_report", "throughput"]
 
-METHODS = ("lowrank", "prune")
+METHODS = ("lowrank", "prune", "tome")
 
 
 def forward_flops(model: nn.Module, x: torch.Tensor) -> int:
@@ -69,6 +70,7 @@ def compress_run(
     rank: int | None = None,
     heads: float = 0.0,
     mlp: float = 0.0,
+    tome_r: int = 0,
     calib_batches: int = 8,
     finetune_epochs: int = 0,
     finetune_lr: float | None = None,
@@ -79,9 +81,10 @@ def compress_run(
     """Compress the model of run directory ``run`` with ``method`` and write ``out_dir`` (model + report).
 
     ``lowrank``: ``energy`` or ``rank`` (see :func:`vitkit.compress.low_rank`). ``prune``: drop the ``heads``
-    and ``mlp`` fractions of least important units, scored on ``calib_batches`` training batches. Either can
-    be followed by ``finetune_epochs`` of training with the run's own recipe at ``finetune_lr`` (default: a
-    tenth of the run's lr, no warmup). Returns the report dict (also written as ``report.json``).
+    and ``mlp`` fractions of least important units, scored on ``calib_batches`` training batches. ``tome``:
+    merge ``tome_r`` token pairs per block at inference (no weights change). Each can be followed by
+    ``finetune_epochs`` of training with the run's own recipe at ``finetune_lr`` (default: a tenth of the
+    run's lr, no warmup). Returns the report dict (also written as ``report.json``).
     """
     from ..evaluate import evaluate
     from ..predict import load_for_inference
@@ -113,6 +116,11 @@ def compress_run(
 
     if method == "lowrank":
         details: Any = low_rank(model, energy=energy, rank=rank)
+    elif method == "tome":
+        if tome_r < 1:
+            raise ValueError("tome needs --tome-r >= 1 (token pairs merged per block)")
+        apply_tome(model, tome_r)
+        details = {"r": tome_r}
     else:
         if heads == 0 and mlp == 0:
             raise ValueError("prune needs --heads and/or --mlp fractions above 0")
