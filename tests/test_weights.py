@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -18,6 +20,9 @@ def test_save_load_roundtrip_rebuilds_the_model(tmp_path):
     x = torch.randn(3, 1, 28, 28)
     assert torch.equal(loaded(x), model(x))
     assert not list(tmp_path.glob(".*.tmp")), "temporary files left behind"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's private 0600
     cfg = {"classes": ["a", "b"], "mean": [0.5], "std": [0.25]}
     assert vitkit.load(vitkit.save(model, tmp_path / "d.safetensors", data_config=cfg)).data_config == cfg
 

@@ -56,7 +56,8 @@ def plot_explanation(
     ax.set_title("input", fontsize=10)
     ax = fig.add_subplot(grid[0, cols // 2 :])
     ax.imshow(image, **gray)
-    ax.imshow(relevance, cmap="inferno", alpha=0.55, vmin=0, vmax=max(float(relevance.max()), 1e-12))
+    lo, hi = float(relevance.min()), float(relevance.max())
+    ax.imshow(relevance, cmap="inferno", alpha=0.55, vmin=lo, vmax=max(hi, lo + 1e-12))
     ax.set_title(f"{method} relevance", fontsize=10)
     for i in range(depth):
         ax = fig.add_subplot(grid[1 + i // cols, i % cols])

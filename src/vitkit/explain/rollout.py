@@ -148,7 +148,9 @@ def explain(
                 grads = list(torch.autograd.grad(score, maps))
             maps = [m.detach() for m in maps]
             logits = logits.detach()
-            tokens = gradient_rollout(maps, grads)
+            # drop the identity R starts from: with average pooling it would give every patch the same
+            # baseline and drown the attention-borne relevance (a class-token row never holds it)
+            tokens = gradient_rollout(maps, grads) - torch.eye(maps[0].shape[-1], device=x.device)
     finally:
         model.train(was_training)
     tgt = _targets(logits, target)
