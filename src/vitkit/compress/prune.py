@@ -74,25 +74,28 @@ def unit_importance(
     return scores
 
 
+def _sliced_linear(linear: nn.Linear, rows: Tensor | None = None, cols: Tensor | None = None) -> nn.Linear:
+    """A new linear holding the given output ``rows`` and/or input ``cols`` of ``linear``'s weight."""
+    weight = linear.weight.detach()
+    weight = weight[rows] if rows is not None else weight
+    weight = weight[:, cols] if cols is not None else weight
+    bias = linear.bias
+    out = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None).to(linear.weight)
+    with torch.no_grad():
+        out.weight.copy_(weight)
+        if bias is not None:
+            out.bias.copy_(bias[rows] if rows is not None else bias)
+    return out
+
+
 def _keep_heads(attn: Attention, keep: Tensor) -> None:
     """Keep heads ``keep`` (sorted indices) of a self-attention layer, in place."""
     if not isinstance(attn.qkv, nn.Linear) or not isinstance(attn.proj, nn.Linear):
         raise ValueError("prune heads before factorising the attention layers (low_rank), not after")
     H, hd = attn.num_heads, attn.head_dim
-    C_in = attn.qkv.in_features
     rows = (torch.arange(3)[:, None, None] * H * hd + keep[None, :, None] * hd + torch.arange(hd)).reshape(-1)
     cols = (keep[:, None] * hd + torch.arange(hd)).reshape(-1)
-    qkv = nn.Linear(C_in, rows.numel(), bias=attn.qkv.bias is not None).to(attn.qkv.weight)
-    proj = nn.Linear(cols.numel(), attn.proj.out_features, bias=attn.proj.bias is not None).to(
-        attn.proj.weight
-    )
-    with torch.no_grad():
-        qkv.weight.copy_(attn.qkv.weight[rows])
-        if attn.qkv.bias is not None:
-            qkv.bias.copy_(attn.qkv.bias[rows])
-        proj.weight.copy_(attn.proj.weight[:, cols])
-        if attn.proj.bias is not None:
-            proj.bias.copy_(attn.proj.bias)
+    qkv, proj = _sliced_linear(attn.qkv, rows=rows), _sliced_linear(attn.proj, cols=cols)
     attn.qkv, attn.proj, attn.num_heads = qkv, proj, int(keep.numel())
 
 
@@ -100,15 +103,7 @@ def _keep_hidden(mlp: Mlp, keep: Tensor) -> None:
     """Keep hidden units ``keep`` of an MLP, in place."""
     if not isinstance(mlp.fc1, nn.Linear) or not isinstance(mlp.fc2, nn.Linear):
         raise ValueError("prune MLP units before factorising the MLP layers (low_rank), not after")
-    fc1 = nn.Linear(mlp.fc1.in_features, keep.numel(), bias=mlp.fc1.bias is not None).to(mlp.fc1.weight)
-    fc2 = nn.Linear(keep.numel(), mlp.fc2.out_features, bias=mlp.fc2.bias is not None).to(mlp.fc2.weight)
-    with torch.no_grad():
-        fc1.weight.copy_(mlp.fc1.weight[keep])
-        if mlp.fc1.bias is not None:
-            fc1.bias.copy_(mlp.fc1.bias[keep])
-        fc2.weight.copy_(mlp.fc2.weight[:, keep])
-        if mlp.fc2.bias is not None:
-            fc2.bias.copy_(mlp.fc2.bias)
+    fc1, fc2 = _sliced_linear(mlp.fc1, rows=keep), _sliced_linear(mlp.fc2, cols=keep)
     mlp.fc1, mlp.fc2 = fc1, fc2
 
 
