@@ -95,7 +95,7 @@ def compress_run(
         raise ValueError(f"unknown compression method {method!r}; choose one of {METHODS}")
     run_dir = Path(run).expanduser()
     original, data_config = load_for_inference(run_dir)
-    model, _ = load_for_inference(run_dir)
+    model = copy.deepcopy(original)
     out = Path(out_dir) if out_dir else run_dir.with_name(f"{run_dir.name}-{method}")
     run_cfg = _run_config(run_dir)
     data_dir = data_dir if data_dir is not None else run_cfg.get("data_dir")

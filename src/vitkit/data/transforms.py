@@ -147,9 +147,8 @@ class TrainAugment(nn.Module):
             else None
         )
         self._policies = nn.ModuleDict()  # kornia policy per channel count, built on first use
-        self._crops = (
-            nn.ModuleDict()
-        )  # kornia RandomResizedCrop / RandomCrop per output size, built on first use
+        # kornia RandomResizedCrop / RandomCrop per output size, built on first use
+        self._crops = nn.ModuleDict()
 
     def _policy(self, channels: int) -> nn.Module | None:
         if not (self.randaugment_n or self.trivialaugment):

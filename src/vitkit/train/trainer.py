@@ -310,10 +310,11 @@ class Trainer:
 
     def _diverged(self, loss: Tensor, step: int, check_every: int) -> None:
         where = f"step {step}" if check_every == 1 else f"one of the {check_every} steps up to step {step}"
-        value = loss.item()
+        value = loss.item()  # the last loss; with check_every > 1 the bad one may be earlier
+        shown = value if not math.isfinite(value) else "NaN or infinite"
         raise TrainingDivergedError(
-            f"loss became {value if not math.isfinite(value) else 'NaN or infinite'} at epoch {self.epoch + 1}, {where}; stopping. The last good "
-            f"checkpoint is kept at {self.run_dir / 'checkpoint.pt'} (try a lower lr or clip_grad)"
+            f"loss became {shown} at epoch {self.epoch + 1}, {where}; stopping. The last good checkpoint is "
+            f"kept at {self.run_dir / 'checkpoint.pt'} (try a lower lr or clip_grad)"
         )
 
     @torch.inference_mode()
