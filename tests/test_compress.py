@@ -1,4 +1,5 @@
-"""Low-rank factorisation: exact at full rank, energy-chosen ranks, smaller models that save and load."""
+"""Compression: int8 quantization, low-rank factorisation, pruning, token merging -- models that stay close,
+get smaller and save and load."""
 
 from __future__ import annotations
 
@@ -18,10 +19,13 @@ from vitkit.compress import (
     prune_by_importance,
     prune_heads,
     prune_mlp,
+    quantize_int8,
+    quantized_modules,
     rank_for_energy,
     remove_tome,
     unit_importance,
 )
+from vitkit.compress.run import parameter_count
 
 
 def test_full_rank_factorisation_is_exact_and_truncation_is_optimal():
@@ -185,6 +189,14 @@ def test_compress_command_prunes_fine_tunes_and_reports(tmp_path, capsys):
     assert sum(b.mlp.fc1.out_features for b in loaded.blocks) == 96
     assert (out / "metrics.jsonl").is_file()  # the fine-tune ran through the Trainer
 
+    out8 = tmp_path / "int8"
+    assert cli_main(["compress", run, "--method", "int8", "--calib-batches", "2", "-o", str(out8)]) == 0
+    original, int8 = json.loads((out8 / "report.json").read_text())["rows"]
+    assert int8["file_mb"] < original["file_mb"] / 2 and int8["gflops"] == original["gflops"]
+    assert abs(int8["params"] - original["params"]) < 0.02 * original["params"]  # int8 weights are counted
+    assert abs(int8["top1"] - original["top1"]) < 0.1
+    assert quantized_modules(vitkit.load(out8 / "model.safetensors"))
+
     assert cli_main(["compress", run, "--method", "lowrank", "--rank", "999"]) == 2
     assert "rank 999 is larger than the layers allow" in capsys.readouterr().err
 
@@ -223,3 +235,68 @@ def test_token_merging_is_exact_on_duplicate_tokens_and_round_trips(tmp_path):
         assert torch.equal(model(x), plain) and not getattr(model, "structure_edits", [])
     with pytest.raises(ValueError, match="non-negative integer"):
         apply_tome(model, -1)
+
+
+def _conv_stem_vit() -> nn.Module:
+    torch.manual_seed(0)
+    return vitkit.create_model(
+        "vit_mnist", depth=2, embed_dim=64, num_heads=2, num_classes=10, stem_channels=[16, 32]
+    ).eval()
+
+
+def test_int8_model_is_close_smaller_and_round_trips_bit_exactly(tmp_path):
+    model = _conv_stem_vit()
+    calib = [torch.randn(16, 1, 28, 28) for _ in range(2)]
+    q = vitkit.create_model("vit_mnist", depth=2, embed_dim=64, num_heads=2, num_classes=10,
+                            stem_channels=[16, 32]).eval()  # fmt: skip
+    q.load_state_dict(model.state_dict())
+    report = quantize_int8(q, calib)
+    assert report["static"] == ["patch_embed"] and report["calib_images"] == 32
+    # every block linear is int8, the head stays float, the conv stem and projection run int8 kernels
+    assert len(report["dynamic"]) == 2 * 4 and not any(n.startswith("head") for n in report["dynamic"])
+    names = quantized_modules(q)
+    assert "patch_embed.stem.proj" in names and "blocks.1.mlp.fc2" in names and "head" not in names
+    assert "patch_embed.stem.body.0" in names  # fused conv + BN + ReLU
+    assert abs(parameter_count(q) - parameter_count(model)) < 0.01 * parameter_count(model)
+    assert type(q.head) is nn.Linear
+    x = torch.randn(32, 1, 28, 28)
+    with torch.no_grad():
+        ref, out = model(x), q(x)
+    # int8 error stays a small fraction of the logits' spread (stated tolerance: 10% of their std)
+    assert (out - ref).abs().max() < 0.1 * ref.std()
+    float_file = vitkit.save(model, tmp_path / "float.safetensors")
+    int8_file = vitkit.save(q, tmp_path / "int8.safetensors")
+    assert float_file.stat().st_size > 2.5 * int8_file.stat().st_size
+    loaded = vitkit.load(int8_file)
+    assert quantized_modules(loaded) == names
+    with torch.no_grad():
+        assert torch.equal(loaded(x), out)
+
+
+def test_int8_options_and_bad_requests():
+    model = _conv_stem_vit()
+    dyn = quantize_int8(model, static=False, keep_float=["head", "blocks.0.*"])
+    expected = sorted(f"blocks.1.{n}" for n in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"))
+    assert dyn["static"] == [] and sorted(dyn["dynamic"]) == expected
+    assert type(model.patch_embed.proj) is nn.Conv2d and type(model.blocks[0].attn.qkv) is nn.Linear
+    with pytest.raises(ValueError, match="static int8 needs calibration images"):
+        quantize_int8(_conv_stem_vit())
+    with pytest.raises(ValueError, match="nothing to quantize"):
+        quantize_int8(_conv_stem_vit(), dynamic=False, static=False)
+
+
+def test_quantized_state_survives_plain_tensors():
+    from vitkit.weights.qstate import from_plain, is_plain, to_plain
+
+    per_channel = torch.quantize_per_channel(torch.randn(4, 3), torch.rand(4) + 0.01, torch.zeros(4).long(),
+                                             0, torch.qint8)  # fmt: skip
+    state = {"w": per_channel, "t": torch.quantize_per_tensor(torch.randn(5), 0.1, 3, torch.quint8),
+             "packed": (per_channel, None), "dtype": torch.qint8, "x": torch.ones(2)}  # fmt: skip
+    plain = to_plain(state)
+    assert is_plain(plain) and not is_plain(state)
+    assert plain["w"].dtype == torch.int8 and plain["t.q_axis"].item() == -1 and "packed.1" not in plain
+    back = from_plain(state, plain)
+    for key in ("w", "t"):
+        assert torch.equal(back[key].int_repr(), state[key].int_repr())
+        assert torch.equal(back[key].dequantize(), state[key].dequantize())
+    assert back["packed"][1] is None and back["dtype"] is torch.qint8 and torch.equal(back["x"], state["x"])

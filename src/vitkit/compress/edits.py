@@ -35,7 +35,7 @@ def record_edit(model: nn.Module, kind: str, args: Any) -> None:
 
 def apply_edits(model: nn.Module, edits: list[dict[str, Any]]) -> nn.Module:
     """Replay recorded edits on ``model`` (a fresh build of the same config); returns it."""
-    from . import lowrank, prune, tome  # noqa: F401  (register their edits)
+    from . import lowrank, prune, quantize, tome  # noqa: F401  (register their edits)
 
     for edit in edits:
         kind = edit.get("kind")

@@ -10,48 +10,21 @@ from __future__ import annotations
 import copy
 import json
 import os
-import statistics
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
+from ..profiling import forward_flops, throughput
 from .lowrank import low_rank
 from .prune import prune_by_importance, unit_importance
+from .quantize import is_int8_module, quantize_int8
 from .tome import apply_tome
 
-__all__ = ["METHODS", "compress_run", "forward_flops", "format_report", "throughput"]
+__all__ = ["METHODS", "compress_run", "forward_flops", "format_report", "parameter_count", "throughput"]
 
-METHODS = ("lowrank", "prune", "tome")
-
-
-def forward_flops(model: nn.Module, x: torch.Tensor) -> int:
-    """FLOPs of one forward pass on ``x`` (matmuls, convolutions, attention), counted by PyTorch."""
-    counter = FlopCounterMode(display=False)
-    with counter, torch.inference_mode():
-        model(x)
-    return int(counter.get_total_flops())
-
-
-def throughput(models: dict[str, nn.Module], x: torch.Tensor, rounds: int = 5, min_time: float = 0.5) -> dict:
-    """Median images/s of each model's forward on ``x``, measured in interleaved rounds."""
-    rates: dict[str, list[float]] = {k: [] for k in models}
-    with torch.inference_mode():
-        for m in models.values():
-            m(x)  # warm-up
-        for r in range(rounds):
-            names = list(models)
-            names = names[r % len(names) :] + names[: r % len(names)]
-            for name in names:
-                n, start = 0, time.perf_counter()
-                while (elapsed := time.perf_counter() - start) < min_time or n == 0:
-                    models[name](x)
-                    n += 1
-                rates[name].append(n * x.shape[0] / elapsed)
-    return {k: statistics.median(v) for k, v in rates.items()}
+METHODS = ("int8", "lowrank", "prune", "tome")
 
 
 def _run_config(run_dir: Path) -> dict[str, Any]:
@@ -59,6 +32,32 @@ def _run_config(run_dir: Path) -> dict[str, Any]:
 
     path = run_dir / "config.yaml"
     return yaml.safe_load(path.read_text()) if path.is_file() else {}
+
+
+def parameter_count(model: nn.Module) -> int:
+    """Weights of ``model``, counting the int8 weights and biases of quantized layers (not ``parameters()``)."""
+    count = sum(p.numel() for p in model.parameters())
+    for module in model.modules():
+        if is_int8_module(module) and callable(getattr(module, "weight", None)):
+            bias = module.bias() if callable(getattr(module, "bias", None)) else None
+            count += module.weight().numel() + (bias.numel() if bias is not None else 0)
+    return count
+
+
+def _gflops(model: nn.Module, x: torch.Tensor, method: str, original: nn.Module) -> float:
+    """Forward GFLOPs; an int8 model does the float model's multiply-adds (int8 kernels are not counted by
+    PyTorch's counter), so it reports those."""
+    return forward_flops(original if method == "int8" else model, x) / 1e9
+
+
+def _calibration_batches(setup: Any, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The first ``n`` training batches of a Trainer's pipeline, prepared as for evaluation."""
+    batches = []
+    for x, y in setup.train_loader:
+        batches.append((setup._prepare(x, train=False), y.to(setup.device)))
+        if len(batches) == n:
+            break
+    return batches
 
 
 def compress_run(
@@ -71,6 +70,8 @@ def compress_run(
     heads: float = 0.0,
     mlp: float = 0.0,
     tome_r: int = 0,
+    int8_static: bool = True,
+    keep_float: tuple[str, ...] = ("head", "head_dist"),
     calib_batches: int = 8,
     finetune_epochs: int = 0,
     finetune_lr: float | None = None,
@@ -82,7 +83,9 @@ def compress_run(
 
     ``lowrank``: ``energy`` or ``rank`` (see :func:`vitkit.compress.low_rank`). ``prune``: drop the ``heads``
     and ``mlp`` fractions of least important units, scored on ``calib_batches`` training batches. ``tome``:
-    merge ``tome_r`` token pairs per block at inference (no weights change). Each can be followed by
+    merge ``tome_r`` token pairs per block at inference (no weights change). ``int8``: dynamic int8 linears
+    and (``int8_static``) a static int8 patch embedding calibrated on ``calib_batches`` training batches,
+    leaving ``keep_float`` modules in float (CPU only; no fine-tuning). The others can be followed by
     ``finetune_epochs`` of training with the run's own recipe at ``finetune_lr`` (default: a tenth of the
     run's lr, no warmup). Returns the report dict (also written as ``report.json``).
     """
@@ -93,6 +96,8 @@ def compress_run(
 
     if method not in METHODS:
         raise ValueError(f"unknown compression method {method!r}; choose one of {METHODS}")
+    if method == "int8" and finetune_epochs > 0:
+        raise ValueError("int8 models are for inference: fine-tune before quantizing (finetune_epochs=0)")
     run_dir = Path(run).expanduser()
     original, data_config = load_for_inference(run_dir)
     model = copy.deepcopy(original)
@@ -101,10 +106,12 @@ def compress_run(
     data_dir = data_dir if data_dir is not None else run_cfg.get("data_dir")
 
     setup = None  # a Trainer that holds the run's data pipeline (calibration batches, fine-tuning)
-    if method == "prune" or finetune_epochs > 0:
+    needs_data = method == "prune" or (method == "int8" and int8_static) or finetune_epochs > 0
+    if needs_data:
         if not run_cfg:
             raise ValueError(
-                f"{run_dir} has no config.yaml: pruning and fine-tuning need the run's training setup"
+                f"{run_dir} has no config.yaml: pruning, int8 calibration and fine-tuning need the run's "
+                "training setup"
             )
         lr = finetune_lr if finetune_lr is not None else float(run_cfg.get("lr", 1e-3)) / 10
         cfg = resolve_config(
@@ -116,6 +123,9 @@ def compress_run(
 
     if method == "lowrank":
         details: Any = low_rank(model, energy=energy, rank=rank)
+    elif method == "int8":
+        calib = [x.cpu() for x, _ in _calibration_batches(setup, calib_batches)] if int8_static else None
+        details = quantize_int8(model, calib, static=int8_static, keep_float=keep_float)
     elif method == "tome":
         if tome_r < 1:
             raise ValueError("tome needs --tome-r >= 1 (token pairs merged per block)")
@@ -124,11 +134,7 @@ def compress_run(
     else:
         if heads == 0 and mlp == 0:
             raise ValueError("prune needs --heads and/or --mlp fractions above 0")
-        batches = []
-        for x, y in setup.train_loader:
-            batches.append((setup._prepare(x, train=False), y.to(setup.device)))
-            if len(batches) == calib_batches:
-                break
+        batches = _calibration_batches(setup, calib_batches)
         setup.model.cpu()
         details = prune_by_importance(model, unit_importance(model.to(setup.device), batches), heads, mlp)
 
@@ -153,8 +159,8 @@ def compress_run(
         metrics = evaluate(path, dataset=data_config.get("dataset"), data_dir=data_dir, plot=False,
                            out_json=out / f"eval_{name}.json")  # fmt: skip
         rows.append({
-            "model": name, "params": sum(p.numel() for p in m.parameters()),
-            "file_mb": path.stat().st_size / 2**20, "gflops": forward_flops(m, x[:1]) / 1e9,
+            "model": name, "params": parameter_count(m),
+            "file_mb": path.stat().st_size / 2**20, "gflops": _gflops(m, x[:1], method, original),
             "images_per_s": speed[name], "top1": metrics["top1"],
         })  # fmt: skip
     base = rows[0]

@@ -175,7 +175,7 @@ class VisionTransformer(nn.Module):
             if global_pool == "token" and self.cls_token is None:
                 raise ValueError("global_pool='token' needs a class token")
             self.global_pool = self.config["global_pool"] = global_pool
-        device = self.patch_embed.proj.weight.device
+        device = self.pos_embed.device if self.pos_embed is not None else next(self.parameters()).device
         self.head = (
             nn.Linear(self.embed_dim, num_classes, device=device) if num_classes > 0 else nn.Identity()
         )

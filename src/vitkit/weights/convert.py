@@ -175,9 +175,16 @@ def jax_to_vitkit(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return {k: v.contiguous() for k, v in out.items()}
 
 
-def check_state_dict(model: nn.Module, state: dict[str, Tensor], source: str = "checkpoint") -> None:
-    """Raise a CheckpointError naming every missing, unexpected and wrongly shaped key."""
-    expected = model.state_dict()
+def check_state_dict(
+    model: nn.Module,
+    state: dict[str, Tensor],
+    source: str = "checkpoint",
+    expected: dict[str, Tensor] | None = None,
+) -> None:
+    """Raise a CheckpointError naming every missing, unexpected and wrongly shaped key.
+
+    ``expected`` (default ``model.state_dict()``) is the state the checkpoint must match."""
+    expected = model.state_dict() if expected is None else expected
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     wrong = [

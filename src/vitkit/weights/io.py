@@ -15,6 +15,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .qstate import from_plain, is_plain, to_plain
+
 __all__ = ["read_checkpoint", "save", "load", "atomic_write", "CheckpointError"]
 
 FORMAT_VERSION = "1"
@@ -133,7 +135,7 @@ def save(model: nn.Module, path: str | os.PathLike, data_config: dict[str, Any] 
         raise TypeError(
             f"{type(model).__name__} is not a vitkit model (no .config/.family); use safetensors directly"
         )
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().contiguous().cpu() for k, v in to_plain(model.state_dict()).items()}
     metadata = {
         "format": "vitkit",
         "format_version": FORMAT_VERSION,
@@ -185,6 +187,11 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Modu
     state = _read_safetensors(path)
     from .convert import check_state_dict
 
-    check_state_dict(model, state, source=str(path))
+    template = model.state_dict()
+    if is_plain(template):
+        check_state_dict(model, state, source=str(path))
+    else:  # int8 layers (vitkit.compress.quantize_int8): compare and load their plain form
+        check_state_dict(model, state, source=str(path), expected=to_plain(template))
+        state = from_plain(template, state)
     model.load_state_dict(state)
     return model.to(device)
