@@ -105,11 +105,22 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
     report = compress_run(
         args.run, args.method, args.out, energy=args.energy, rank=args.rank, heads=args.heads, mlp=args.mlp,
-        tome_r=args.tome_r, calib_batches=args.calib_batches, finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr,
+        tome_r=args.tome_r, int8_static=args.int8_static, keep_float=tuple(args.keep_float), calib_batches=args.calib_batches, finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr,
         data_dir=args.data_dir,
     )  # fmt: skip
     print(format_report(report))
     print(f"wrote {report['out_dir']}/model.safetensors and report.json")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_model, format_export_report
+
+    report = export_model(
+        args.checkpoint, args.format, args.out, batch_size=args.batch_size, atol=args.atol, opset=args.opset,
+        bench=args.bench,
+    )  # fmt: skip
+    print(format_export_report(report))
     return 0
 
 
@@ -194,21 +205,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser(
-        "compress", help="factorise, prune or token-merge a trained run; report size, speed, accuracy"
+        "compress",
+        help="quantize, factorise, prune or token-merge a trained run; report size, speed, accuracy",
     )
     p.add_argument("run", help="run directory (model.safetensors + config.yaml)")
-    p.add_argument("--method", required=True, choices=("lowrank", "prune", "tome"))
+    p.add_argument("--method", required=True, choices=("int8", "lowrank", "prune", "tome"))
     p.add_argument("-o", "--out", default=None, help="output directory (default: RUN-METHOD beside the run)")
     p.add_argument("--energy", type=float, default=None, help="lowrank: kept squared singular-value energy")
     p.add_argument("--rank", type=int, default=None, help="lowrank: one rank for every factorised layer")
     p.add_argument("--heads", type=float, default=0.0, help="prune: fraction of attention heads to remove")
     p.add_argument("--mlp", type=float, default=0.0, help="prune: fraction of MLP hidden units to remove")
     p.add_argument("--tome-r", type=int, default=0, help="tome: token pairs merged in every block")
-    p.add_argument("--calib-batches", type=int, default=8, help="prune: training batches to score units on")
+    p.add_argument(
+        "--int8-static", action=argparse.BooleanOptionalAction, default=True,
+        help="int8: also run the patch embedding (conv stem) in int8, calibrated on training batches",
+    )  # fmt: skip
+    p.add_argument(
+        "--keep-float", nargs="*", default=["head", "head_dist"], metavar="MODULE",
+        help="int8: module names (glob patterns) left in float (default: the classifier head)",
+    )  # fmt: skip
+    p.add_argument(
+        "--calib-batches",
+        type=int,
+        default=8,
+        help="prune/int8: training batches to score units or calibrate on",
+    )
     p.add_argument("--finetune-epochs", type=int, default=0)
     p.add_argument("--finetune-lr", type=float, default=None, help="default: a tenth of the run's lr")
     p.add_argument("--data-dir", default=None)
     p.set_defaults(func=cmd_compress)
+
+    p = sub.add_parser(
+        "export",
+        help="export a model as ONNX, TorchScript or safetensors; check it against PyTorch and time it",
+    )
+    p.add_argument("checkpoint", help="run directory or model .safetensors")
+    p.add_argument("--format", default="onnx", choices=("onnx", "torchscript", "safetensors"))
+    p.add_argument(
+        "-o",
+        "--out",
+        default=None,
+        help="output file (default: model.onnx, model.torchscript.pt or model.export.safetensors beside it)",
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=8, help="batch used to export and check (batch stays dynamic)"
+    )
+    p.add_argument("--atol", type=float, default=1e-4, help="largest allowed |logit difference| vs PyTorch")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--bench", action=argparse.BooleanOptionalAction, default=True, help="time both runtimes")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("models", help="list registered model names")
     p.add_argument("pattern", nargs="?", default="*")
