@@ -269,6 +269,8 @@ def test_int8_model_is_close_smaller_and_round_trips_bit_exactly(tmp_path):
     assert float_file.stat().st_size > 2.5 * int8_file.stat().st_size
     loaded = vitkit.load(int8_file)
     assert quantized_modules(loaded) == names
+    with pytest.raises(ValueError, match="int8 model: PyTorch's quantized kernels run on the CPU only"):
+        vitkit.load(int8_file, device="cuda")
     with torch.no_grad():
         assert torch.equal(loaded(x), out)
 

@@ -193,5 +193,9 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Modu
     else:  # int8 layers (vitkit.compress.quantize_int8): compare and load their plain form
         check_state_dict(model, state, source=str(path), expected=to_plain(template))
         state = from_plain(template, state)
+        if torch.device(device).type != "cpu":
+            raise ValueError(
+                f"{path} is an int8 model: PyTorch's quantized kernels run on the CPU only (device='cpu')"
+            )
     model.load_state_dict(state)
     return model.to(device)
