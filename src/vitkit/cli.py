@@ -124,6 +124,22 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+    except ImportError as e:
+        raise RuntimeError("vitkit serve needs the serve extras: pip install 'vitkit[serve]'") from e
+    from .serve import create_app
+
+    app = create_app(args.checkpoint, topk=args.topk, batching=args.batching, max_batch=args.max_batch,
+                     batch_wait_ms=args.batch_wait_ms, max_bytes=int(args.max_mb * 2**20))  # fmt: skip
+    print(
+        f"serving {args.checkpoint} on http://{args.host}:{args.port}/ (batching {'on' if args.batching else 'off'})"
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from . import list_models
 
@@ -254,6 +270,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     p.add_argument("--bench", action=argparse.BooleanOptionalAction, default=True, help="time both runtimes")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "serve", help="serve a model over HTTP: /predict, /explain, /health and an upload page"
+    )
+    p.add_argument("checkpoint", help="run directory or model .safetensors")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--batching", action=argparse.BooleanOptionalAction, default=True,
+                   help="share forward passes between concurrent requests")  # fmt: skip
+    p.add_argument("--max-batch", type=int, default=32)
+    p.add_argument(
+        "--batch-wait-ms", type=float, default=5.0, help="how long a batch waits for more requests"
+    )
+    p.add_argument("--max-mb", type=float, default=10.0, help="largest upload accepted, in MiB")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("models", help="list registered model names")
     p.add_argument("pattern", nargs="?", default="*")

@@ -1,0 +1,109 @@
+"""The inference server: predictions equal vitkit.predict, bad uploads get 4xx JSON, concurrency loses nothing."""
+
+from __future__ import annotations
+
+import io
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import vitkit
+
+pytest.importorskip("fastapi", reason="fastapi not installed (pip install 'vitkit[serve]')")
+pytest.importorskip("httpx", reason="httpx (FastAPI's test client) not installed")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from vitkit.serve import create_app  # noqa: E402
+
+CLASSES = [f"class{i}" for i in range(10)]
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    torch.manual_seed(0)
+    model = vitkit.create_model("vit_mnist", depth=1, embed_dim=32, num_heads=2)
+    path = tmp_path_factory.mktemp("serve") / "model.safetensors"
+    vitkit.save(model, path, data_config={"dataset": "mnist", "classes": CLASSES, "mean": [0.1307],
+                                          "std": [0.3081], "img_size": [28, 28], "in_chans": 1})  # fmt: skip
+    return path
+
+
+def _png(seed: int, size: int = 28, mode: str = "L") -> bytes:
+    rng = np.random.default_rng(seed)
+    shape = (size, size) if mode == "L" else (size, size, 3)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode=mode).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _blank_png(size: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", (size, size)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _expected(model_file, data: bytes) -> list[dict]:
+    return vitkit.predict(model_file, [Image.open(io.BytesIO(data))], topk=3)[0]["top"]
+
+
+@pytest.mark.parametrize("batching", [True, False])
+def test_predict_health_page_and_explain(model_file, batching):
+    with TestClient(create_app(model_file, topk=3, batching=batching)) as client:
+        assert client.get("/health").json()["status"] == "ok"
+        page = client.get("/")
+        assert page.status_code == 200 and 'id="file"' in page.text and "/predict" in page.text
+        data = _png(1, size=50, mode="RGB")  # any size and mode: converted as in training
+        r = client.post("/predict", files={"file": ("x.png", data, "image/png")})
+        assert r.status_code == 200
+        got, want = r.json()["top"], _expected(model_file, data)
+        assert [t["label"] for t in got] == [t["label"] for t in want]
+        np.testing.assert_allclose([t["prob"] for t in got], [t["prob"] for t in want], atol=1e-5)
+        png = client.post("/explain", files={"file": ("x.png", data, "image/png")})
+        assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+        assert Image.open(io.BytesIO(png.content)).size[0] > 100
+
+
+def test_bad_uploads_get_4xx_json_and_the_server_keeps_serving(model_file):
+    with TestClient(create_app(model_file, max_bytes=20_000, max_pixels=100_000)) as client:
+        cases = [
+            (("a.txt", b"hello", "text/plain"), 415, "expected an image upload"),
+            (("a.png", b"not an image at all", "image/png"), 400, "not a readable image"),
+            (("a.png", _png(2)[:40], "image/png"), 400, "not a readable image"),  # truncated
+            (("a.png", b"", "image/png"), 400, "empty"),
+            (("a.png", b"x" * 30_000, "image/png"), 413, "over the limit of 20,000"),
+            (
+                ("big.png", _blank_png(400), "image/png"),
+                413,
+                "400x400 pixels is over the limit",
+            ),  # small file
+        ]
+        for file, status, message in cases:
+            r = client.post("/predict", files={"file": file})
+            assert r.status_code == status, (file[0], r.text)
+            assert message in r.json()["error"]
+        assert client.post("/predict", files={"file": ("x.png", _png(4), "image/png")}).status_code == 200
+        assert client.post("/predict").status_code == 422  # no file field
+
+
+def test_concurrent_requests_are_batched_and_answered_correctly(model_file):
+    app = create_app(model_file, topk=3, max_batch=16, batch_wait_ms=50)
+    images = [_png(100 + i) for i in range(24)]
+    with TestClient(app) as client:
+
+        def ask(i: int) -> tuple[int, list[dict]]:
+            r = client.post("/predict", files={"file": (f"{i}.png", images[i], "image/png")})
+            assert r.status_code == 200
+            return i, r.json()["top"]
+
+        with ThreadPoolExecutor(12) as pool:
+            answers = dict(pool.map(ask, range(len(images))))
+    assert len(answers) == len(images)
+    want = vitkit.predict(model_file, [Image.open(io.BytesIO(b)) for b in images], topk=3)
+    for i, w in enumerate(want):
+        assert [t["index"] for t in answers[i]] == [t["index"] for t in w["top"]]
+        np.testing.assert_allclose([t["prob"] for t in answers[i]], [t["prob"] for t in w["top"]], atol=1e-5)
+    sizes = app.state.batcher.batch_sizes
+    assert sum(sizes) == len(images) and max(sizes) > 1  # requests shared forward passes
