@@ -107,3 +107,63 @@ def test_concurrent_requests_are_batched_and_answered_correctly(model_file):
         np.testing.assert_allclose([t["prob"] for t in answers[i]], [t["prob"] for t in w["top"]], atol=1e-5)
     sizes = app.state.batcher.batch_sizes
     assert sum(sizes) == len(images) and max(sizes) > 1  # requests shared forward passes
+
+
+def _browser_ready() -> str | None:
+    import importlib.util
+    import shutil
+
+    if importlib.util.find_spec("selenium") is None:
+        return "selenium not installed"
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        return "needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)"
+    return None
+
+
+@pytest.mark.skipif(_browser_ready() is not None, reason=str(_browser_ready()))
+def test_page_in_a_real_headless_browser(model_file, tmp_path):
+    import shutil
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(model_file, topk=3), port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    try:
+        deadline = time.time() + 30
+        while not server.started and time.time() < deadline:
+            time.sleep(0.1)
+        driver.get(f"http://127.0.0.1:{port}/")
+        image = tmp_path / "upload.png"
+        image.write_bytes(_png(7, size=40, mode="RGB"))
+        driver.find_element(By.ID, "file").send_keys(str(image))
+        driver.find_element(By.ID, "submit").click()
+        wait = WebDriverWait(driver, 60)
+        wait.until(ec.presence_of_all_elements_located((By.CSS_SELECTOR, ".prediction")))
+        labels = [e.text for e in driver.find_elements(By.CSS_SELECTOR, ".prediction .label")]
+        assert labels == [t["label"] for t in _expected(model_file, image.read_bytes())]
+        wait.until(
+            lambda d: (d.find_element(By.ID, "overlay").get_attribute("src") or "").startswith("blob:")
+        )
+        assert driver.execute_script("return document.getElementById('overlay').naturalWidth") > 100
+        assert driver.find_element(By.ID, "error").text == ""
+    finally:
+        driver.quit()
+        server.should_exit = True
+        thread.join(10)
