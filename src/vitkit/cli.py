@@ -1,4 +1,4 @@
-"""The ``vitkit`` command: train, evaluate, predict, list and inspect models."""
+"""The ``vitkit`` command: train, evaluate, predict, explain, compress, export, serve, list and inspect models."""
 
 from __future__ import annotations
 
@@ -173,7 +173,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="vitkit", description="Vision Transformers: train, evaluate, predict."
+        prog="vitkit",
+        description="Vision Transformers: train, evaluate, predict, explain, compress, export, serve.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command")
