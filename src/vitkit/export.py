@@ -35,12 +35,6 @@ class ExportError(RuntimeError):
     """The exported model could not be written or does not reproduce the PyTorch model."""
 
 
-def _is_quantized(model: nn.Module) -> bool:
-    from .compress.quantize import is_int8_module
-
-    return any(is_int8_module(m) for m in model.modules())
-
-
 def _export_onnx(model: nn.Module, x: torch.Tensor, path: Path, opset: int | None) -> None:
     try:
         import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
@@ -93,6 +87,7 @@ def export_model(
     Returns a report: output file and size, max |logit difference| per checked batch size, and (``bench``)
     images/s of PyTorch and of the exported runtime on a ``bench_batch`` batch.
     """
+    from .compress.quantize import quantized_modules
     from .predict import load_for_inference
     from .weights import load, save
 
@@ -100,7 +95,7 @@ def export_model(
         raise ValueError(f"unknown export format {fmt!r}; choose one of {FORMATS}")
     model, data_config = load_for_inference(path)
     model = model.eval().cpu()
-    if fmt == "onnx" and _is_quantized(model):
+    if fmt == "onnx" and quantized_modules(model):
         raise ExportError(
             "int8 models (vitkit compress --method int8) use PyTorch's quantized CPU kernels, which ONNX export "
             "does not cover: export them as torchscript or safetensors, or export the float model to ONNX"

@@ -27,7 +27,6 @@ def throughput(
 ) -> dict[str, float]:
     """Median images/s of each model's forward on batch ``x`` (anything with ``shape[0]``, e.g. a tensor or a
     numpy array for an onnxruntime session), measured in interleaved rounds after one warm-up call each."""
-    rates: dict[str, list[float]] = {k: [] for k in models}
     # time the kernels users get by default: a Trainer in the same process may have switched PyTorch to
     # deterministic algorithms, which takes int8 and some float ops off their fastest paths
     deterministic, warn_only = (
@@ -36,7 +35,7 @@ def throughput(
     )
     torch.use_deterministic_algorithms(False)
     try:
-        return _timed_rounds(models, x, rounds, min_time, rates)
+        return _timed_rounds(models, x, rounds, min_time)
     finally:
         torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
 
@@ -46,8 +45,8 @@ def _timed_rounds(
     x: Any,
     rounds: int,
     min_time: float,
-    rates: dict[str, list[float]],
 ) -> dict[str, float]:
+    rates: dict[str, list[float]] = {k: [] for k in models}
     with torch.inference_mode():
         for m in models.values():
             m(x)  # warm-up

@@ -176,8 +176,7 @@ def _rebuild_int8(model: nn.Module, args: dict[str, Any]) -> None:
         if args.get("static"):
             seq = _static_patch_embed(model, engine)
             c, (h, w) = model.patch_embed.in_chans, model.patch_embed.img_size
-            seq(
-                torch.zeros(1, c, h, w)
-            )  # observers need one pass before convert; load_state_dict sets scales
+            # observers need one pass before convert; load_state_dict then sets the real scales
+            seq(torch.zeros(1, c, h, w))
             _convert_static(seq)
         _apply_dynamic(model, list(args.get("dynamic", [])))

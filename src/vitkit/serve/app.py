@@ -84,7 +84,7 @@ def create_app(
 
     batcher = DynamicBatcher(forward, max_batch=max_batch, wait_ms=batch_wait_ms) if batching else None
     app = FastAPI(title="vitkit", description=f"serving {checkpoint}")
-    app.state.batcher, app.state.model, app.state.data_config = batcher, model, data_config
+    app.state.batcher = batcher  # its batch_sizes show how requests were grouped
 
     @app.exception_handler(UploadError)
     async def _upload_error(_request: Request, e: UploadError) -> JSONResponse:

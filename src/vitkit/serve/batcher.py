@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -61,7 +60,3 @@ class DynamicBatcher:
             for i, (_, future) in enumerate(items):
                 if not future.done():
                     future.set_result(out[i])
-
-    async def close(self) -> Any:
-        if self.worker is not None:
-            self.worker.cancel()
