@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import typing
 from collections.abc import Sequence
@@ -60,6 +61,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train import train
 
     summary = train(recipe=args.recipe, config_file=args.config, resume=args.resume, **_train_overrides(args))
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports for all
+        return 0
     print(f"run directory: {summary['run_dir']}")
     print(
         f"epochs: {summary['epochs']}  val top-1: {summary['val_acc']:.4f}  best: {summary['best_val_acc']:.4f}  "

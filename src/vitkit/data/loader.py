@@ -7,6 +7,11 @@ Both loaders shuffle with a permutation drawn from a generator seeded by ``(seed
 - :class:`DatasetLoader` wraps ``torch.utils.data.DataLoader`` for file datasets (workers, pinning).
 
 Iterating yields the rest of the current epoch, then advances ``epoch`` and resets ``position``.
+
+Data-parallel runs: ``batch_size`` is the *global* batch. With ``rank`` / ``world_size`` each process gets its
+contiguous share of every global batch (``tensor_split``), so the union over ranks is exactly the batch one process
+would see, and ``position`` (counted in global batches) means the same at any world size: a checkpoint written by
+N processes resumes in M.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from .base import TensorImageDataset
 
 __all__ = [
     "epoch_permutation",
+    "rank_share",
     "TensorBatchLoader",
     "EpochSampler",
     "DatasetLoader",
@@ -40,6 +46,21 @@ def epoch_permutation(n: int, seed: int, epoch: int, shuffle: bool = True) -> Te
         return torch.arange(n)
     g = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(epoch)) % (2**63))
     return torch.randperm(n, generator=g)
+
+
+def rank_share(indices: Tensor, rank: int, world_size: int) -> Tensor:
+    """This rank's contiguous share of one global batch of indices (shares differ by at most one)."""
+    return indices if world_size == 1 else indices.tensor_split(world_size)[rank]
+
+
+def _check_shards(batch_size: int, drop_last: bool, rank: int, world_size: int) -> None:
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in a world of {world_size} processes")
+    if drop_last and batch_size % world_size:
+        raise ValueError(
+            f"batch_size {batch_size} (the global batch) is not divisible by the {world_size} processes; "
+            "every rank must get an equal share for the gradients to average to the global batch's"
+        )
 
 
 class _EpochState:
@@ -117,6 +138,8 @@ class TensorBatchLoader(_EpochState):
         to_float: bool = True,
         transform: Callable[[Tensor], Tensor] | None = None,
         move_data: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         targets = torch.as_tensor(targets, dtype=torch.long)
         if len(data) != len(targets):
@@ -135,6 +158,8 @@ class TensorBatchLoader(_EpochState):
         )
         self.num_samples = len(data)
         self.to_float, self.transform = to_float, transform
+        _check_shards(self.batch_size, drop_last, rank, world_size)
+        self.rank, self.world_size = int(rank), int(world_size)
         self._init_state()
 
     @classmethod
@@ -146,8 +171,10 @@ class TensorBatchLoader(_EpochState):
         perm = epoch_permutation(self.num_samples, self.seed, self.epoch, self.shuffle).to(self.data.device)
         b, nb = self.batch_size, len(self)
         while self.position < nb:
-            idx = perm[self.position * b : (self.position + 1) * b]
+            idx = rank_share(perm[self.position * b : (self.position + 1) * b], self.rank, self.world_size)
             self.position += 1
+            if len(idx) == 0:  # the last, short batch of an eval split can leave a rank nothing
+                continue
             x = self.data[idx].to(self.device, non_blocking=True)
             y = self.targets[idx].to(self.device, non_blocking=True)
             if self.to_float and not x.is_floating_point():
@@ -158,20 +185,38 @@ class TensorBatchLoader(_EpochState):
         self._finish_epoch()
 
 
-class EpochSampler(Sampler[int]):
-    """Indices of ``epoch_permutation(n, seed, epoch)`` from ``start`` on (set by :class:`DatasetLoader`)."""
+class EpochSampler(Sampler[list[int]]):
+    """Batches of ``epoch_permutation(n, seed, epoch)`` from global batch ``start`` on, each cut to this rank's
+    share (a batch sampler, driven by :class:`DatasetLoader`)."""
 
-    def __init__(self, num_samples: int, shuffle: bool = True, seed: int = 0) -> None:
-        self.num_samples, self.shuffle, self.seed = num_samples, shuffle, seed
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int,
+        drop_last: bool = False,
+        shuffle: bool = True,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.num_samples, self.batch_size, self.drop_last = num_samples, batch_size, drop_last
+        self.shuffle, self.seed, self.rank, self.world_size = shuffle, seed, rank, world_size
         self.epoch, self.start = 0, 0
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(
-            epoch_permutation(self.num_samples, self.seed, self.epoch, self.shuffle)[self.start :].tolist()
-        )
+    def _num_batches(self) -> int:
+        n, b = self.num_samples, self.batch_size
+        return n // b if self.drop_last else math.ceil(n / b)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        perm = epoch_permutation(self.num_samples, self.seed, self.epoch, self.shuffle)
+        b = self.batch_size
+        for k in range(self.start, self._num_batches()):
+            share = rank_share(perm[k * b : (k + 1) * b], self.rank, self.world_size)
+            if len(share):
+                yield share.tolist()
 
     def __len__(self) -> int:
-        return self.num_samples - self.start
+        return self._num_batches() - self.start
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -212,7 +257,11 @@ class DatasetLoader(_EpochState):
         collate_fn: Callable[[list[Any]], Any] | None = None,
         persistent_workers: bool | None = None,
         prefetch_factor: int | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
+        _check_shards(int(batch_size), drop_last, rank, world_size)
+        self.rank, self.world_size = int(rank), int(world_size)
         self.dataset = dataset
         self.batch_size, self.shuffle, self.drop_last, self.seed = (
             int(batch_size),
@@ -221,7 +270,9 @@ class DatasetLoader(_EpochState):
             int(seed),
         )
         self.num_samples = len(dataset)  # type: ignore[arg-type]
-        self.sampler = EpochSampler(self.num_samples, shuffle, self.seed)
+        self.sampler = EpochSampler(
+            self.num_samples, self.batch_size, drop_last, shuffle, self.seed, self.rank, self.world_size
+        )
         self._generator = torch.Generator()
         kw: dict[str, Any] = {}
         if num_workers > 0:
@@ -230,9 +281,7 @@ class DatasetLoader(_EpochState):
                 kw["prefetch_factor"] = prefetch_factor
         self.loader = DataLoader(
             dataset,
-            batch_size=self.batch_size,
-            sampler=self.sampler,
-            drop_last=drop_last,
+            batch_sampler=self.sampler,
             num_workers=num_workers,
             pin_memory=pin_memory,
             collate_fn=collate_fn or collate_images,
@@ -244,12 +293,9 @@ class DatasetLoader(_EpochState):
 
     def __iter__(self) -> Iterator[Any]:
         self.sampler.epoch, self.sampler.shuffle, self.sampler.seed = self.epoch, self.shuffle, self.seed
-        self.sampler.start = min(self.position * self.batch_size, self.num_samples)
+        self.sampler.start = min(self.position, len(self))
         self._generator.manual_seed((self.seed * 1_000_003 + self.epoch + 1) % (2**63))
-        nb = len(self)
         for batch in self.loader:
-            if self.position >= nb:
-                break
             self.position += 1
             yield batch
         self._finish_epoch()

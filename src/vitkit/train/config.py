@@ -53,6 +53,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     amp: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | off
     compile: bool = False
+    distributed: str = "ddp"  # under torchrun with > 1 process: ddp | fsdp (FSDP2 fully_shard, per block)
     channels_last: bool = False  # NHWC memory format: faster convolutions (conv stems) on CPU and GPU
     grad_checkpointing: bool = False
     seed: int = 0

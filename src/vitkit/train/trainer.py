@@ -4,6 +4,9 @@ A run directory holds everything a person or a program needs afterwards:
 ``config.yaml`` (resolved config), ``metrics.jsonl`` (one line per epoch), ``checkpoint.pt`` (full training
 state, for ``--resume``), ``model.safetensors`` (final weights + data config, for eval/predict/serve),
 ``curves.png`` and ``confusion_matrix.png``.
+
+Started by ``torchrun`` with several processes, the same loop trains data-parallel (see :mod:`.distributed`):
+``batch_size`` stays the global batch, metrics are reduced over ranks and rank 0 alone writes the run directory.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import os
 import random
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
@@ -28,9 +32,23 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from .. import create_model
+from ..weights.io import atomic_write
 from ..weights.io import save as save_model
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig, resolve_config, save_config
+from .distributed import (
+    DistEnv,
+    all_reduce_any,
+    all_reduce_sum,
+    full_model_state,
+    full_state_dicts,
+    gather_objects,
+    init_distributed,
+    is_sharded,
+    load_full_state_dicts,
+    shutdown_distributed,
+    wrap_model,
+)
 from .optim import build_optimizer, warmup_cosine_schedule
 
 __all__ = ["Trainer", "train", "TrainingDivergedError"]
@@ -89,6 +107,13 @@ def _resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _rank_device(device: torch.device, env: DistEnv) -> torch.device:
+    """One GPU per process under torchrun: ``cuda`` becomes ``cuda:LOCAL_RANK``."""
+    if device.type == "cuda" and device.index is None and env.enabled:
+        return torch.device("cuda", env.local_rank)
+    return device
+
+
 class Trainer:
     """Train a classifier from a :class:`TrainConfig`.
 
@@ -108,10 +133,16 @@ class Trainer:
         self.cfg = cfg
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        seed_everything(cfg.seed, cfg.deterministic)
-        self.device = _resolve_device(cfg.device)
+        seed_everything(cfg.seed, cfg.deterministic)  # the same on every rank: identical initial weights
+        device = _resolve_device(cfg.device)
+        self.dist = init_distributed(device.type)
+        self.device = _rank_device(device, self.dist)
         self.use_bf16 = cfg.amp == "bf16" or (cfg.amp == "auto" and self.device.type == "cuda")
-        self.is_main = True
+        self.is_main = self.dist.is_main
+        if cfg.distributed == "fsdp" and cfg.ema_decay:
+            raise ValueError(
+                "ema_decay is not supported with distributed='fsdp' (the EMA copy would be sharded)"
+            )
 
         from .. import data as vdata
 
@@ -126,6 +157,13 @@ class Trainer:
                 **cfg.model_args,
             )  # fmt: skip
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        if self.dist.enabled and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            if self.device.type == "cuda":  # batch statistics over the global batch, as on one process
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            else:
+                log.warning(
+                    "BatchNorm on CPU ranks uses each rank's share of the batch (SyncBatchNorm is GPU-only)"
+                )
         self.model = model.to(self.device, memory_format=self.memory_format)
         if cfg.grad_checkpointing:
             self.model.set_grad_checkpointing(True)
@@ -144,16 +182,20 @@ class Trainer:
                               num_classes=len(self.classes))
             if cfg.mixup > 0 or cfg.cutmix > 0 else None
         )  # fmt: skip
+        shards = dict(rank=self.dist.rank, world_size=self.dist.world_size)
         self.train_loader = vdata.make_loader(
             self.train_data, cfg.batch_size, shuffle=True, drop_last=True, seed=cfg.seed,
-            num_workers=cfg.num_workers, device=self.device,
+            num_workers=cfg.num_workers, device=self.device, **shards,
         )  # fmt: skip
         self.val_loader = vdata.make_loader(
             self.val_data, max(cfg.batch_size, 256), shuffle=False, drop_last=False, seed=cfg.seed,
-            num_workers=cfg.num_workers, device=self.device,
+            num_workers=cfg.num_workers, device=self.device, **shards,
         )  # fmt: skip
         self.loss_fn = loss_fn or self._default_loss
 
+        self.parallel_model = wrap_model(
+            self.model, self.dist, cfg.distributed, self.device
+        )  # before the optimizer
         self.optimizer = build_optimizer(
             self.model, cfg.lr, cfg.weight_decay, cfg.betas, fused=self.device.type == "cuda"
         )
@@ -166,7 +208,9 @@ class Trainer:
             AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
             if cfg.ema_decay else None
         )  # fmt: skip
-        self.step_model = torch.compile(self.model) if cfg.compile else self.model
+        self.step_model = torch.compile(self.parallel_model) if cfg.compile else self.parallel_model
+        if self.dist.enabled:  # augmentation and drop-path draw differently on every rank
+            torch.manual_seed(cfg.seed + self.dist.rank)
 
         self.epoch = 0  # completed epochs
         self.global_step = 0
@@ -211,9 +255,11 @@ class Trainer:
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
+        """Full training state, the same at any world size (under FSDP every rank must call this)."""
+        model_state, optim_state = full_state_dicts(self.model, self.optimizer)
         return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "model": model_state,
+            "optimizer": optim_state,
             "scheduler": self.scheduler.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "epoch": self.epoch,
@@ -221,19 +267,26 @@ class Trainer:
             "best_acc": self.best_acc,
             "loader": self.train_loader.state_dict() if hasattr(self.train_loader, "state_dict") else None,
             "rng": _rng_state(),
+            "rng_per_rank": gather_objects(_rng_state()) if self.dist.enabled else None,
+            "world_size": self.dist.world_size,
             "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.cfg).items()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_full_state_dicts(self.model, self.optimizer, state["model"], state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.ema is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])
         self.epoch, self.global_step, self.best_acc = state["epoch"], state["global_step"], state["best_acc"]
         if state.get("loader") is not None and hasattr(self.train_loader, "load_state_dict"):
             self.train_loader.load_state_dict(state["loader"])
-        _set_rng_state(state["rng"])
+        per_rank = state.get("rng_per_rank")
+        if state.get("world_size", 1) == self.dist.world_size and self.dist.enabled and per_rank:
+            _set_rng_state(per_rank[self.dist.rank])
+        else:
+            _set_rng_state(state["rng"])
+            if self.dist.enabled:  # a new world size: fresh, distinct random streams per rank from here on
+                torch.manual_seed(self.cfg.seed + 7919 * (self.epoch + 1) + self.dist.rank)
 
     def resume(self, path: str | Path | None = None) -> None:
         """Continue from ``path`` (a checkpoint file or run directory; default this run's checkpoint)."""
@@ -246,7 +299,9 @@ class Trainer:
         if metrics.exists():  # drop lines written after the checkpoint (a crash between the two writes)
             lines = [json.loads(ln) for ln in metrics.read_text().splitlines() if ln.strip()]
             self.history = [m for m in lines if m["epoch"] <= self.epoch]
-            metrics.write_text("".join(json.dumps(m) + "\n" for m in self.history))
+            if self.is_main:  # atomically: other ranks may be reading it
+                text = "".join(json.dumps(m) + "\n" for m in self.history)
+                atomic_write(metrics, lambda tmp: Path(tmp).write_text(text))
         log.info("resumed from %s at epoch %d", path, self.epoch)
 
     # ---------------------------------------------------------------- loops
@@ -270,16 +325,18 @@ class Trainer:
             target = y
             if self.mix is not None:
                 x, target = self.mix(x, y)
-            with self._autocast():
-                logits = self.step_model(x)
-            loss = self.loss_fn(logits, target, x)
-            # On a GPU, reading the loss stalls the pipeline: check every `check_every` steps there (weights
-            # updated after a bad step are never checkpointed), every step on the CPU where it costs nothing.
-            bad = bad | ~torch.isfinite(loss.detach())
-            if (i + 1) % check_every == 0 and bool(bad):
-                self._diverged(loss, i + 1, check_every)
-            (loss / cfg.accum_steps).backward()
-            if (i + 1) % cfg.accum_steps == 0:
+            stepping = (i + 1) % cfg.accum_steps == 0
+            with self._grad_sync(stepping):
+                with self._autocast():
+                    logits = self.step_model(x)
+                loss = self.loss_fn(logits, target, x)
+                # On a GPU, reading the loss stalls the pipeline: check every `check_every` steps there (weights
+                # updated after a bad step are never checkpointed), every step on the CPU where it costs nothing.
+                bad = bad | ~torch.isfinite(loss.detach())
+                if (i + 1) % check_every == 0 and self._any_rank(bad):
+                    self._diverged(loss, i + 1, check_every)
+                (loss / cfg.accum_steps).backward()
+            if stepping:
                 if cfg.clip_grad:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
                 self.optimizer.step()
@@ -298,15 +355,25 @@ class Trainer:
                 if i % 10 == 0:
                     bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
                                     img_s=f"{seen / (time.perf_counter() - start):.0f}")  # fmt: skip
-        if bool(bad):
+        if self._any_rank(bad):
             self._diverged(loss, i + 1, check_every)
         elapsed = time.perf_counter() - start
+        loss_total, correct_total, seen = all_reduce_sum(loss_sum, correct, seen, device=self.device)
         return {
-            "train_loss": loss_sum.item() / max(seen, 1),
-            "train_acc": correct.item() / max(seen, 1),
+            "train_loss": loss_total / max(seen, 1),
+            "train_acc": correct_total / max(seen, 1),
             "images_per_s": seen / elapsed,
             "train_time": elapsed,
         }
+
+    def _grad_sync(self, stepping: bool):
+        """DDP skips the gradient all-reduce on accumulation micro-steps (it runs on the stepping one)."""
+        if not stepping and hasattr(self.parallel_model, "no_sync"):
+            return self.parallel_model.no_sync()
+        return nullcontext()
+
+    def _any_rank(self, flag: Tensor) -> bool:
+        return all_reduce_any(flag, self.device) if self.dist.enabled else bool(flag)
 
     def _diverged(self, loss: Tensor, step: int, check_every: int) -> None:
         where = f"step {step}" if check_every == 1 else f"one of the {check_every} steps up to step {step}"
@@ -319,31 +386,45 @@ class Trainer:
 
     @torch.inference_mode()
     def evaluate(self, model: nn.Module | None = None, return_outputs: bool = False) -> dict[str, Any]:
-        """Loss and top-1 accuracy on the validation split (optionally the logits and targets too)."""
+        """Loss and top-1 accuracy on the validation split (optionally the logits and targets too).
+
+        Data-parallel: each rank scores its share and the sums are reduced, so every rank gets the totals.
+        """
         model = model or self.model
         was_training = model.training
         model.eval()
-        losses, logits_all, targets_all = 0.0, [], []
+        loss_sum, correct, count, batches, empty = 0.0, 0, 0, 0, None
+        logits_all, targets_all = [], []
         for x, y in self.val_loader:
+            batches += 1
             y = y.to(self.device)
+            x = self._prepare(x, train=False)
+            empty = x[:0]
             with self._autocast():
-                logits = model(self._prepare(x, train=False)).float()
-            losses += F.cross_entropy(logits, y, reduction="sum").item()
-            logits_all.append(logits.cpu())
-            targets_all.append(y.cpu())
+                logits = model(x).float()
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+            correct += int((logits.argmax(-1) == y).sum())
+            count += len(y)
+            if return_outputs:
+                logits_all.append(logits.cpu())
+                targets_all.append(y.cpu())
+        if is_sharded(model) and empty is not None:  # every rank must join each forward's weight all-gather
+            for _ in range(len(self.val_loader) - batches):
+                model(empty)
         model.train(was_training)
-        logits, targets = torch.cat(logits_all), torch.cat(targets_all)
-        out: dict[str, Any] = {
-            "val_loss": losses / len(targets),
-            "val_acc": (logits.argmax(-1) == targets).float().mean().item(),
-        }
+        loss_sum, correct, count = all_reduce_sum(loss_sum, correct, count, device=self.device)
+        out: dict[str, Any] = {"val_loss": loss_sum / max(count, 1), "val_acc": correct / max(count, 1)}
         if return_outputs:
-            out["logits"], out["targets"] = logits, targets
+            shares = gather_objects((torch.cat(logits_all), torch.cat(targets_all)))
+            out["logits"] = torch.cat([lg for lg, _ in shares])
+            out["targets"] = torch.cat([t for _, t in shares])
         return out
 
     # ---------------------------------------------------------------- fit
     def _log_epoch(self, record: dict[str, Any]) -> None:
-        self.history.append(record)
+        self.history.append(record)  # on every rank: all of them decide alike (best model, EMA or not)
+        if not self.is_main:
+            return
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
         if self._tb is not None:
@@ -354,8 +435,9 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train for the configured epochs (from where a resume left off); returns a summary dict."""
         cfg = self.cfg
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, self.run_dir / "config.yaml")
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.yaml")
         if cfg.tensorboard and self.is_main:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -365,15 +447,15 @@ class Trainer:
                 ) from e
             self._tb = SummaryWriter(self.run_dir / "tensorboard")
         skipped = getattr(self.train_data, "num_skipped", 0) + getattr(self.val_data, "num_skipped", 0)
-        if skipped:
+        if skipped and self.is_main:
             log.warning("skipped %d unreadable images (see the dataset's .skipped list)", skipped)
         t0 = time.perf_counter() - (self.history[-1]["elapsed"] if self.history else 0.0)
         epochs = tqdm(range(self.epoch, cfg.epochs), desc="epochs", initial=self.epoch, total=cfg.epochs,
-                      disable=not cfg.progress, dynamic_ncols=True)  # fmt: skip
+                      disable=not (cfg.progress and self.is_main), dynamic_ncols=True)  # fmt: skip
         stopped_early = False
         for _ in epochs:
             steps = tqdm(total=len(self.train_loader), desc=f"epoch {self.epoch + 1}", leave=False,
-                         disable=not cfg.progress, dynamic_ncols=True)  # fmt: skip
+                         disable=not (cfg.progress and self.is_main), dynamic_ncols=True)  # fmt: skip
             record: dict[str, Any] = {"epoch": self.epoch + 1}
             record.update(self.train_one_epoch(steps))
             steps.close()
@@ -392,15 +474,23 @@ class Trainer:
             epochs.set_postfix(
                 loss=f"{record['train_loss']:.3f}", val_acc=f"{record.get('val_acc', float('nan')):.4f}"
             )
-            if self.epoch % cfg.save_every == 0 or last:
-                save_checkpoint(self.state_dict(), self.run_dir / "checkpoint.pt")
-            if cfg.time_limit_min and record["elapsed"] > cfg.time_limit_min * 60 and not last:
+            out_of_time = (
+                bool(cfg.time_limit_min) and record["elapsed"] > cfg.time_limit_min * 60 and not last
+            )
+            out_of_time = self._any_rank(torch.tensor(out_of_time)) if self.dist.enabled else out_of_time
+            if self.epoch % cfg.save_every == 0 or last or out_of_time:
+                self._save_checkpoint()
+            if out_of_time:
                 log.warning("time limit of %.1f min reached after epoch %d", cfg.time_limit_min, self.epoch)
-                save_checkpoint(self.state_dict(), self.run_dir / "checkpoint.pt")
                 stopped_early = True
                 break
         epochs.close()
         return self.finish(stopped_early)
+
+    def _save_checkpoint(self) -> None:
+        state = self.state_dict()  # a collective under FSDP: every rank gathers, rank 0 writes
+        if self.is_main:
+            save_checkpoint(state, self.run_dir / "checkpoint.pt")
 
     def final_model(self) -> nn.Module:
         """The EMA weights when EMA is on and at least as good, else the raw weights."""
@@ -414,7 +504,11 @@ class Trainer:
         """Write the final model, evaluation, plots; return the summary."""
         model = self.final_model()
         model.data_config = self.data_config()
-        save_model(model, self.run_dir / "model.safetensors", data_config=self.data_config())
+        weights = full_model_state(model) if is_sharded(model) else None
+        if self.is_main:
+            save_model(
+                model, self.run_dir / "model.safetensors", data_config=self.data_config(), state_dict=weights
+            )
         result = self.evaluate(model, return_outputs=True)
         summary: dict[str, Any] = {
             "run_dir": str(self.run_dir),
@@ -423,10 +517,13 @@ class Trainer:
             "val_loss": result["val_loss"],
             "best_val_acc": max(self.best_acc, result["val_acc"]),
             "elapsed_s": self.history[-1]["elapsed"] if self.history else 0.0,
-            "params": sum(p.numel() for p in model.parameters()),
+            "params": sum(p.numel() for p in model.parameters()),  # DTensors count their full size
+            "world_size": self.dist.world_size,
             "stopped_early": stopped_early,
             "used_ema": model is not self.model,
         }
+        if not self.is_main:
+            return summary
         try:
             from ..metrics import classification_metrics
             from ..plots import plot_confusion_matrix, plot_training_curves
@@ -466,4 +563,7 @@ def train(
             recipe = "digits"
         cfg = resolve_config(recipe, config_file, **overrides)
         trainer = Trainer(cfg)
-    return trainer.fit()
+    try:
+        return trainer.fit()
+    finally:
+        shutdown_distributed(trainer.dist)

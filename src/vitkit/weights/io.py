@@ -123,9 +123,15 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, 
     return _read_safetensors(path), hf_config
 
 
-def save(model: nn.Module, path: str | os.PathLike, data_config: dict[str, Any] | None = None) -> Path:
+def save(
+    model: nn.Module,
+    path: str | os.PathLike,
+    data_config: dict[str, Any] | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> Path:
     """Write ``model``'s weights and the config it was built with to a safetensors file (atomically).
 
+    ``state_dict`` replaces ``model.state_dict()`` (e.g. the gathered full weights of an FSDP-sharded model).
     ``data_config`` (default: ``model.data_config`` if set) records how inputs were prepared -- class names,
     normalisation mean/std, image size, channels -- so that prediction can reproduce it. It must be JSON-able.
     """
@@ -135,7 +141,8 @@ def save(model: nn.Module, path: str | os.PathLike, data_config: dict[str, Any] 
         raise TypeError(
             f"{type(model).__name__} is not a vitkit model (no .config/.family); use safetensors directly"
         )
-    state = {k: v.detach().contiguous().cpu() for k, v in to_plain(model.state_dict()).items()}
+    state_dict = model.state_dict() if state_dict is None else state_dict
+    state = {k: v.detach().contiguous().cpu() for k, v in to_plain(state_dict).items()}
     metadata = {
         "format": "vitkit",
         "format_version": FORMAT_VERSION,
