@@ -81,11 +81,12 @@ RECIPES: dict[str, dict[str, Any]] = {
         model="vitc_mnist", dataset="mnist", epochs=10, batch_size=128, lr=2e-3, warmup_epochs=1,
         weight_decay=0.05, pad_crop=2, drop_path=0.05, label_smoothing=0.1, channels_last=True,
     ),
-    # Fashion-MNIST in under an hour of a 2-core CPU: conv-stem ViT, 22 epochs (~137 s each), light augmentation
+    # Fashion-MNIST in under an hour of a 2-core CPU: conv-stem ViT with 4 blocks, 21 epochs (~140 s each),
+    # light augmentation, evaluated every 3 epochs (93.07% in 50.7 min)
     "fashion-mnist": dict(
-        model="vitc_mnist", dataset="fashion-mnist", epochs=22, batch_size=128, lr=2e-3, warmup_epochs=1,
-        weight_decay=0.05, pad_crop=2, hflip=True, drop_path=0.05, label_smoothing=0.1, random_erasing=0.1,
-        channels_last=True,
+        model="vitc_mnist", model_args={"depth": 4}, dataset="fashion-mnist", epochs=21, batch_size=128, lr=2e-3,
+        warmup_epochs=1, weight_decay=0.05, pad_crop=2, hflip=True, drop_path=0.05, label_smoothing=0.1,
+        random_erasing=0.1, channels_last=True, eval_every=3,
     ),
     # CIFAR-10 (JPEG copy) in under an hour of a 2-core CPU: the conv-stem ViT, 12 epochs (~240 s each), crop + flip
     "cifar10-cpu": dict(
