@@ -12,6 +12,8 @@ from vitkit.models import VisionTransformer
 def _small(name: str) -> dict:
     """Overrides that shrink any registered model to a fast test size (depth 1, 4x4 patches)."""
     cfg = vitkit.model_config(name)
+    if cfg["family"] == "resnet":
+        return dict(depths=[1] * len(cfg["depths"]))
     patch = cfg["patch_size"]
     return dict(depth=1, img_size=patch * 4)
 

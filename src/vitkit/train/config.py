@@ -49,6 +49,11 @@ class TrainConfig:
     randaugment: int = 0
     trivialaugment: bool = False
     random_erasing: float = 0.0
+    # knowledge distillation (DeiT): a frozen teacher (vitkit run directory or model file) supervises the student
+    teacher: str | None = None
+    distill: str = "hard"  # hard (teacher's argmax) | soft (KL at temperature distill_tau)
+    distill_alpha: float = 0.5  # weight of the distillation term; 1 - alpha on the labels
+    distill_tau: float = 1.0
     # runtime
     device: str = "auto"  # auto | cpu | cuda
     amp: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | off

@@ -36,6 +36,7 @@ from ..weights.io import atomic_write
 from ..weights.io import save as save_model
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig, resolve_config, save_config
+from .distill import DistillationLoss, TeacherInput, load_teacher
 from .distributed import (
     DistEnv,
     all_reduce_any,
@@ -191,7 +192,7 @@ class Trainer:
             self.val_data, max(cfg.batch_size, 256), shuffle=False, drop_last=False, seed=cfg.seed,
             num_workers=cfg.num_workers, device=self.device, **shards,
         )  # fmt: skip
-        self.loss_fn = loss_fn or self._default_loss
+        self.loss_fn = loss_fn or (self._distillation_loss() if cfg.teacher else self._default_loss)
 
         self.parallel_model = wrap_model(
             self.model, self.dist, cfg.distributed, self.device
@@ -226,6 +227,24 @@ class Trainer:
 
         return build_dataset(
             self.cfg.dataset, split, data_dir=self.cfg.data_dir, on_error=self.cfg.on_bad_image
+        )
+
+    def _distillation_loss(self) -> DistillationLoss:
+        """DeiT distillation from ``cfg.teacher``; a distilled ViT student returns both heads' logits in training."""
+        cfg = self.cfg
+        teacher = load_teacher(cfg.teacher, self.device).to(memory_format=self.memory_format)
+        data = getattr(teacher, "data_config", None) or {}
+        if data.get("in_chans") not in (None, self.train_data.num_channels):
+            raise ValueError(
+                f"teacher {cfg.teacher} takes {data['in_chans']}-channel images but {cfg.dataset} has "
+                f"{self.train_data.num_channels}"
+            )
+        adapt = TeacherInput(self.mean, self.std, data.get("mean", self.mean), data.get("std", self.std),
+                             data.get("img_size")).to(self.device)  # fmt: skip
+        if getattr(self.model, "distilled", False):
+            self.model.distilled_training = True
+        return DistillationLoss(
+            teacher, self._default_loss, cfg.distill, cfg.distill_alpha, cfg.distill_tau, adapt
         )
 
     def _default_loss(self, logits: Tensor, target: Tensor, images: Tensor | None = None) -> Tensor:
