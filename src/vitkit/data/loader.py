@@ -53,6 +53,10 @@ def rank_share(indices: Tensor, rank: int, world_size: int) -> Tensor:
     return indices if world_size == 1 else indices.tensor_split(world_size)[rank]
 
 
+def _num_batches(num_samples: int, batch_size: int, drop_last: bool) -> int:
+    return num_samples // batch_size if drop_last else math.ceil(num_samples / batch_size)
+
+
 def _check_shards(batch_size: int, drop_last: bool, rank: int, world_size: int) -> None:
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is not in a world of {world_size} processes")
@@ -77,8 +81,7 @@ class _EpochState:
         self.position = 0  # batches of the current epoch already handed out
 
     def __len__(self) -> int:
-        n, b = self.num_samples, self.batch_size
-        return n // b if self.drop_last else math.ceil(n / b)
+        return _num_batches(self.num_samples, self.batch_size, self.drop_last)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch (its shuffle order). Restarts the epoch unless it is the current one, so calling it
@@ -203,20 +206,16 @@ class EpochSampler(Sampler[list[int]]):
         self.shuffle, self.seed, self.rank, self.world_size = shuffle, seed, rank, world_size
         self.epoch, self.start = 0, 0
 
-    def _num_batches(self) -> int:
-        n, b = self.num_samples, self.batch_size
-        return n // b if self.drop_last else math.ceil(n / b)
-
     def __iter__(self) -> Iterator[list[int]]:
         perm = epoch_permutation(self.num_samples, self.seed, self.epoch, self.shuffle)
         b = self.batch_size
-        for k in range(self.start, self._num_batches()):
+        for k in range(self.start, _num_batches(self.num_samples, b, self.drop_last)):
             share = rank_share(perm[k * b : (k + 1) * b], self.rank, self.world_size)
             if len(share):
                 yield share.tolist()
 
     def __len__(self) -> int:
-        return self._num_batches() - self.start
+        return _num_batches(self.num_samples, self.batch_size, self.drop_last) - self.start
 
 
 def _seed_worker(worker_id: int) -> None:
