@@ -15,7 +15,8 @@ What is measured
     - training step: ``model.train()``, forward + cross-entropy + backward + ``AdamW.step()`` + ``zero_grad``.
     Each library gets its own model copy and optimizer; all get the same input batch. ``--dtype bfloat16``
     runs the forward (and loss) under ``torch.autocast`` (bf16 autocast, the usual mixed precision);
-    ``--compile`` wraps all three models in ``torch.compile``.
+    ``--compile`` wraps all three models in ``torch.compile``; ``--compile both`` times eager and compiled
+    rows in the same run.
 
 How
     Each library first runs ``--warmup`` untimed calls (compilation, lazy initialisation, AdamW state
@@ -34,11 +35,14 @@ How
     most robust estimate of each library's own cost). "outside load" is the CPU time other processes took
     during a row's timed rounds (from /proc/stat), in cores: on a shared machine re-run rows where it is
     not ~0, because with as many threads as cores one busy neighbour core can halve a synchronised kernel.
+    Model FLOPs utilisation (MFU) = achieved FLOP/s / the device's peak: known GPUs' dense bf16/fp32 peaks are
+    built in (``PEAK_TFLOPS``), any other device takes ``--peak-tflops``; without a peak the column is omitted.
 
 Run from the repository root (timm and transformers are imported through ``tests/refs.py``):
 
     .venv/bin/python benchmarks/bench_models.py                      # CPU, all models, ~5 min on 2 cores
-    .venv/bin/python benchmarks/bench_models.py --device cuda --dtype bfloat16 --compile
+    .venv/bin/python benchmarks/bench_models.py --device cuda --dtype bfloat16 --compile both
+    .venv/bin/python benchmarks/bench_models.py --models vit_tiny --compile both --peak-tflops measure
     .venv/bin/python benchmarks/bench_models.py --models vit_cifar --repeats 9 --json out.json
 """
 
@@ -71,6 +75,50 @@ from vitkit.models import vit_flops  # noqa: E402
 
 LIBS = ("timm", "vitkit", "hf")
 
+# Dense (no sparsity) peak TFLOP/s by GPU name fragment: (bf16 tensor core, fp32 with TF32 tensor cores).
+PEAK_TFLOPS = {
+    "H200": (989.4, 494.7),
+    "H100 PCIe": (756.0, 378.0),
+    "H100": (989.4, 494.7),  # SXM
+    "A100": (312.0, 156.0),
+    "L4": (121.0, 60.0),
+}
+
+
+def measured_matmul_tflops(device: str, dtype: str, n: int = 2048, iters: int = 10) -> float:
+    """What this device achieves on a large square matmul (fp32, or bf16 with ``dtype``): a measured ceiling for
+    machines without a published peak (CPUs), where the dense-GEMM rate is the honest 100%."""
+    dt = torch.bfloat16 if dtype == "bfloat16" else torch.float32
+    a = torch.randn(n, n, device=device, dtype=dt)
+    b = torch.randn(n, n, device=device, dtype=dt)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    for _ in range(2):
+        a @ b
+    best = math.inf
+    for _ in range(iters):
+        sync()
+        t0 = time.perf_counter()
+        a @ b
+        sync()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e12
+
+
+def device_peak_tflops(args: argparse.Namespace) -> float | None:
+    """The peak MFU is measured against: ``--peak-tflops`` (a number, or ``measure``: the rate of a large matmul
+    here), else the table for a known GPU, else None."""
+    if args.peak_tflops == "measure":
+        args.peak_tflops = f"{measured_matmul_tflops(args.device, args.dtype):.4f}"
+    if args.peak_tflops:
+        return float(args.peak_tflops)
+    if args.device != "cuda":
+        return None
+    name = torch.cuda.get_device_name()
+    for fragment, (bf16, tf32) in PEAK_TFLOPS.items():
+        if fragment in name:
+            return bf16 if args.dtype == "bfloat16" else tf32
+    return None
+
 
 @dataclass(frozen=True)
 class Spec:
@@ -85,6 +133,7 @@ class Spec:
 SPECS = {
     "vit_tiny": Spec("ViT-Ti/16 @224", "vit_tiny_patch16_224", "vit_tiny_patch16_224", {}, 32, 256),
     "vit_small": Spec("ViT-S/16 @224", "vit_small_patch16_224", "vit_small_patch16_224", {}, 32, 256),
+    "vit_base": Spec("ViT-B/16 @224", "vit_base_patch16_224", "vit_base_patch16_224", {}, 8, 256),
     "vit_cifar": Spec(
         "vit_cifar (32px, p4, avg)",
         "vit_cifar",
@@ -210,6 +259,7 @@ class Result:
     batch: int
     iters: int
     gflops_per_img: float
+    compiled: bool = False
     seconds: dict[str, list[float]] = field(default_factory=dict)  # per-iteration times of the kept rounds
     outside_load: float | None = None  # CPU cores busy with other processes during the timed rounds
 
@@ -218,6 +268,9 @@ class Result:
 
     def gflop_s(self, lib: str) -> float:
         return self.img_s(lib) * self.gflops_per_img * (3 if self.mode == "train" else 1)
+
+    def mfu(self, lib: str, peak_tflops: float | None) -> float | None:
+        return None if not peak_tflops else self.gflop_s(lib) / (peak_tflops * 1e3)
 
     def ratio(self, lib: str) -> tuple[float, float, float]:
         """vitkit speed / lib speed per round (the rounds' measurements run back to back): median, min, max."""
@@ -291,7 +344,7 @@ def measure(step: Callable[[Tensor, Tensor], None], x: Tensor, y: Tensor, iters:
     return (time.perf_counter() - t0) / iters
 
 
-def bench(name: str, args: argparse.Namespace, log: Callable[[str], None]) -> list[Result]:
+def bench(name: str, args: argparse.Namespace, compiled: bool, log: Callable[[str], None]) -> list[Result]:
     spec = SPECS[name]
     device = torch.device(args.device)
     batch = args.batch_size or (spec.batch_cuda if device.type == "cuda" else spec.batch_cpu)
@@ -317,7 +370,7 @@ def bench(name: str, args: argparse.Namespace, log: Callable[[str], None]) -> li
         autocast = contextlib.nullcontext
     for lib, m in models.items():
         m.to(device)
-        if args.compile:
+        if compiled:
             models[lib] = torch.compile(m)
 
     results = []
@@ -330,14 +383,14 @@ def bench(name: str, args: argparse.Namespace, log: Callable[[str], None]) -> li
         for _ in range(args.warmup):  # first calls: compilation, lazy init, AdamW state, kernel warm-up
             t_iter = min(measure(steps[lib], x[:wb], y[:wb], 1, sync) for lib in LIBS)
         iters = max(1, min(args.max_iters, math.ceil(args.min_time / (t_iter * batch / wb))))
-        res = Result(name, spec.label, mode, batch, iters, flops, {lib: [] for lib in LIBS})
+        res = Result(name, spec.label, mode, batch, iters, flops, compiled, {lib: [] for lib in LIBS})
         load = OutsideLoad()
         for r in range(args.repeats):
             for lib in LIBS[r % 3 :] + LIBS[: r % 3]:
                 res.seconds[lib].append(measure(steps[lib], x, y, iters, sync))
         res.outside_load = load.cores()
         ratio = res.ratio("timm")
-        log(f"  {mode:5s}: {iters} iter/measurement, {time.perf_counter() - t_start:.0f}s; img/s "
+        log(f"  {mode:5s}{' compiled' if compiled else ''}: {iters} iter/measurement, {time.perf_counter() - t_start:.0f}s; img/s "
             + ", ".join(f"{lib} {res.img_s(lib):.1f}" for lib in LIBS)
             + f"; vitkit/timm {ratio[0]:.3f} [{ratio[1]:.3f}-{ratio[2]:.3f}] best {res.best_ratio('timm'):.3f}"
             + f"; outside load {_fmt_load(res.outside_load)} cores")  # fmt: skip
@@ -369,7 +422,8 @@ def machine_info(args: argparse.Namespace) -> dict[str, str]:
         "vitkit": vitkit.__version__,
         "device": args.device,
         "dtype": args.dtype + (" (autocast)" if args.dtype == "bfloat16" else ""),
-        "compile": str(args.compile),
+        "compile": args.compile,
+        "peak TFLOP/s for MFU": str(device_peak_tflops(args) or "n/a"),
         "method": f"median of {args.repeats} interleaved rounds after {args.warmup} warm-up call(s) per library, "
         f"~{args.min_time}s per measurement",
         "outside load at start (cores, 1 s sample)": _fmt_load(_sample_outside_load(1.0)),
@@ -390,15 +444,20 @@ def _fmt_load(cores: float | None) -> str:
     return "n/a" if cores is None else f"{cores:.2f}"
 
 
-def table(results: list[Result]) -> str:
-    head = ["model", "batch", "GFLOPs/img", "mode", "timm img/s (GFLOP/s)", "vitkit img/s (GFLOP/s)",
-            "HF img/s (GFLOP/s)", "vitkit/timm [rounds min-max]", "vitkit/HF [rounds min-max]",
+def table(results: list[Result], peak_tflops: float | None = None) -> str:
+    unit = "GFLOP/s, MFU" if peak_tflops else "GFLOP/s"
+    head = ["model", "batch", "GFLOPs/img", "mode", f"timm img/s ({unit})", f"vitkit img/s ({unit})",
+            f"HF img/s ({unit})", "vitkit/timm [rounds min-max]", "vitkit/HF [rounds min-max]",
             "vitkit/timm best-vs-best", "outside load (cores)"]  # fmt: skip
     rows = []
     for r in results:
-        mode = {"infer": "inference", "train": "train step"}[r.mode]
+        mode = {"infer": "inference", "train": "train step"}[r.mode] + (", compiled" if r.compiled else "")
         cells = [r.label, str(r.batch), f"{r.gflops_per_img:.3f}", mode]
-        cells += [f"{r.img_s(lib):.1f} ({r.gflop_s(lib):.1f})" for lib in LIBS]
+        for lib in LIBS:
+            mfu = r.mfu(lib, peak_tflops)
+            cells.append(
+                f"{r.img_s(lib):.1f} ({r.gflop_s(lib):.1f}" + (f", {mfu:.1%})" if mfu is not None else ")")
+            )
         for lib in ("timm", "hf"):
             mid, lo, hi = r.ratio(lib)
             cells.append(f"**{mid:.3f}** [{lo:.2f}-{hi:.2f}]")
@@ -414,7 +473,20 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    p.add_argument("--compile", action="store_true", help="torch.compile all three models")
+    p.add_argument(
+        "--compile",
+        nargs="?",
+        const="on",
+        default="off",
+        choices=("off", "on", "both"),
+        help="torch.compile all three models (on), or time eager and compiled rows in one run (both)",
+    )
+    p.add_argument(
+        "--peak-tflops",
+        default=None,
+        help="device peak TFLOP/s for the MFU column, or 'measure' (a large matmul's rate here); default: built in "
+        "for known GPUs, none on CPU",
+    )
     p.add_argument("--models", nargs="+", choices=list(SPECS), default=list(SPECS))
     p.add_argument("--batch-size", type=int, default=None, help="override every model's batch size")
     p.add_argument("--repeats", type=int, default=None, help="timed rounds (default: cpu 3, cuda 10)")
@@ -440,7 +512,7 @@ def main(argv: list[str] | None = None) -> None:
     if cuda and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device visible to this torch build")
     args.repeats = args.repeats or (10 if cuda else 3)
-    args.warmup = max(1, args.warmup or (3 if cuda else 1) + int(args.compile))
+    args.warmup = max(1, args.warmup or (3 if cuda else 1) + int(args.compile != "off"))
     args.min_time = args.min_time or (0.3 if cuda else 0.5)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -455,9 +527,12 @@ def main(argv: list[str] | None = None) -> None:
     print(flush=True)
     t0 = time.perf_counter()
     results = []
+    variants = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
     for name in args.models:
-        results += bench(name, args, lambda s: print(s, file=sys.stderr, flush=True))
-    print(table(results))
+        for compiled in variants:
+            results += bench(name, args, compiled, lambda s: print(s, file=sys.stderr, flush=True))
+    peak = device_peak_tflops(args)
+    print(table(results, peak))
     print(f"\nimg/s = batch / median seconds per iteration; GFLOP/s counts the forward FLOPs x1 (inference) "
           f"or x3 (train step); ratio = median over rounds of the per-round speed ratio [min-max];\n"
           f"best-vs-best = ratio of the fastest measurements; outside load = CPU cores other processes kept busy "
@@ -469,7 +544,8 @@ def main(argv: list[str] | None = None) -> None:
             "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
             "results": [
                 {
-                    "model": r.model, "label": r.label, "mode": r.mode, "batch": r.batch, "iters": r.iters,
+                    "model": r.model, "label": r.label, "mode": r.mode, "compiled": r.compiled,
+                    "batch": r.batch, "iters": r.iters, "mfu": {lib: r.mfu(lib, peak) for lib in LIBS},
                     "gflops_per_img": r.gflops_per_img, "seconds_per_iter": r.seconds,
                     "img_s": {lib: r.img_s(lib) for lib in LIBS},
                     "gflop_s": {lib: r.gflop_s(lib) for lib in LIBS},

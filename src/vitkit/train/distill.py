@@ -23,7 +23,10 @@ KINDS = ("soft", "hard")
 
 
 def soft_distillation(student_logits: Tensor, teacher_logits: Tensor, tau: float = 1.0) -> Tensor:
-    """``tau**2 * KL(softmax(teacher / tau) || softmax(student / tau))``, averaged over the batch."""
+    """``tau**2 * KL(softmax(teacher / tau) || softmax(student / tau))``, averaged over the batch.
+
+    (DeiT's reference code divides the summed KL by batch x classes, i.e. a soft term ``num_classes`` times
+    weaker; here it is the per-sample KL of Hinton et al., so ``alpha`` means the same at any class count.)"""
     log_p_student = F.log_softmax(student_logits.float() / tau, dim=-1)
     log_p_teacher = F.log_softmax(teacher_logits.float() / tau, dim=-1)
     return F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True) * tau * tau
