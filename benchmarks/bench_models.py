@@ -108,7 +108,7 @@ def device_peak_tflops(args: argparse.Namespace) -> float | None:
     """The peak MFU is measured against: ``--peak-tflops`` (a number, or ``measure``: the rate of a large matmul
     here), else the table for a known GPU, else None."""
     if args.peak_tflops == "measure":
-        args.peak_tflops = f"{measured_matmul_tflops(args.device, args.dtype):.4f}"
+        return measured_matmul_tflops(args.device, args.dtype)
     if args.peak_tflops:
         return float(args.peak_tflops)
     if args.device != "cuda":
@@ -401,7 +401,7 @@ def bench(name: str, args: argparse.Namespace, compiled: bool, log: Callable[[st
 
 
 # ---------------------------------------------------------------- report
-def machine_info(args: argparse.Namespace) -> dict[str, str]:
+def machine_info(args: argparse.Namespace, peak_tflops: float | None) -> dict[str, str]:
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -423,7 +423,7 @@ def machine_info(args: argparse.Namespace) -> dict[str, str]:
         "device": args.device,
         "dtype": args.dtype + (" (autocast)" if args.dtype == "bfloat16" else ""),
         "compile": args.compile,
-        "peak TFLOP/s for MFU": str(device_peak_tflops(args) or "n/a"),
+        "peak TFLOP/s for MFU": f"{peak_tflops:.4f}" if peak_tflops else "n/a",
         "method": f"median of {args.repeats} interleaved rounds after {args.warmup} warm-up call(s) per library, "
         f"~{args.min_time}s per measurement",
         "outside load at start (cores, 1 s sample)": _fmt_load(_sample_outside_load(1.0)),
@@ -520,7 +520,8 @@ def main(argv: list[str] | None = None) -> None:
         torch.backends.cuda.matmul.allow_tf32 = True  # the default fp32 mode of most training recipes
         torch.backends.cudnn.allow_tf32 = True
 
-    info = machine_info(args)
+    peak = device_peak_tflops(args)  # measured once, before the models load
+    info = machine_info(args, peak)
     print("## vitkit vs timm vs HuggingFace ViT throughput\n")
     for k, v in info.items():
         print(f"- {k}: {v}")
@@ -531,7 +532,6 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.models:
         for compiled in variants:
             results += bench(name, args, compiled, lambda s: print(s, file=sys.stderr, flush=True))
-    peak = device_peak_tflops(args)
     print(table(results, peak))
     print(f"\nimg/s = batch / median seconds per iteration; GFLOP/s counts the forward FLOPs x1 (inference) "
           f"or x3 (train step); ratio = median over rounds of the per-round speed ratio [min-max];\n"

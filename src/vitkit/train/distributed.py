@@ -116,10 +116,12 @@ def all_reduce_sum(*values: Tensor | float, device: torch.device) -> list[float]
 
 
 def all_reduce_any(flag: Tensor | bool, device: torch.device) -> bool:
-    """True on every rank when ``flag`` is true on any rank (so all ranks take the same branch)."""
+    """True on every rank when ``flag`` is true on any rank (so all ranks take the same branch); on a single
+    process just ``bool(flag)``, with no tensor made (it runs every training step)."""
+    if not dist.is_initialized():
+        return bool(flag)
     t = torch.as_tensor(flag, device=device).reshape(()).to(torch.int32)
-    if dist.is_initialized():
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t)
 
 

@@ -276,6 +276,7 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         """Full training state, the same at any world size (under FSDP every rank must call this)."""
         model_state, optim_state = full_state_dicts(self.model, self.optimizer)
+        rng = _rng_state()
         return {
             "model": model_state,
             "optimizer": optim_state,
@@ -285,8 +286,8 @@ class Trainer:
             "global_step": self.global_step,
             "best_acc": self.best_acc,
             "loader": self.train_loader.state_dict() if hasattr(self.train_loader, "state_dict") else None,
-            "rng": _rng_state(),
-            "rng_per_rank": gather_objects(_rng_state()) if self.dist.enabled else None,
+            "rng": rng,
+            "rng_per_rank": gather_objects(rng) if self.dist.enabled else None,
             "world_size": self.dist.world_size,
             "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.cfg).items()},
         }
@@ -352,7 +353,7 @@ class Trainer:
                 # On a GPU, reading the loss stalls the pipeline: check every `check_every` steps there (weights
                 # updated after a bad step are never checkpointed), every step on the CPU where it costs nothing.
                 bad = bad | ~torch.isfinite(loss.detach())
-                if (i + 1) % check_every == 0 and self._any_rank(bad):
+                if (i + 1) % check_every == 0 and all_reduce_any(bad, self.device):
                     self._diverged(loss, i + 1, check_every)
                 (loss / cfg.accum_steps).backward()
             if stepping:
@@ -374,7 +375,7 @@ class Trainer:
                 if i % 10 == 0:
                     bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
                                     img_s=f"{seen / (time.perf_counter() - start):.0f}")  # fmt: skip
-        if self._any_rank(bad):
+        if all_reduce_any(bad, self.device):
             self._diverged(loss, i + 1, check_every)
         elapsed = time.perf_counter() - start
         loss_total, correct_total, seen = all_reduce_sum(loss_sum, correct, seen, device=self.device)
@@ -390,9 +391,6 @@ class Trainer:
         if not stepping and hasattr(self.parallel_model, "no_sync"):
             return self.parallel_model.no_sync()
         return nullcontext()
-
-    def _any_rank(self, flag: Tensor) -> bool:
-        return all_reduce_any(flag, self.device) if self.dist.enabled else bool(flag)
 
     def _diverged(self, loss: Tensor, step: int, check_every: int) -> None:
         where = f"step {step}" if check_every == 1 else f"one of the {check_every} steps up to step {step}"
@@ -496,7 +494,7 @@ class Trainer:
             out_of_time = (
                 bool(cfg.time_limit_min) and record["elapsed"] > cfg.time_limit_min * 60 and not last
             )
-            out_of_time = self._any_rank(torch.tensor(out_of_time)) if self.dist.enabled else out_of_time
+            out_of_time = all_reduce_any(out_of_time, self.device)
             if self.epoch % cfg.save_every == 0 or last or out_of_time:
                 self._save_checkpoint()
             if out_of_time:
