@@ -13,13 +13,13 @@ from collections.abc import Sequence
 __all__ = ["main"]
 
 
-def _add_train_flags(p: argparse.ArgumentParser) -> None:
-    """One ``--flag`` per TrainConfig field, typed from the dataclass."""
+def _add_train_flags(p: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
+    """One ``--flag`` per TrainConfig field, typed from the dataclass (except ``skip``)."""
     from .train.config import config_field_types
 
     group = p.add_argument_group("training options (override the recipe / config file)")
     for name, f in config_field_types().items():
-        if name == "recipe":
+        if name == "recipe" or name in skip:
             continue  # its own flag, defined by the caller
         flag = "--" + name.replace("_", "-")
         tp = f.type if not isinstance(f.type, str) else None
@@ -68,6 +68,43 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"epochs: {summary['epochs']}  val top-1: {summary['val_acc']:.4f}  best: {summary['best_val_acc']:.4f}  "
         f"time: {summary['elapsed_s']:.1f}s  params: {summary['params'] / 1e6:.3f}M"
     )
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from .train import train
+
+    overrides = _train_overrides(args)
+    if args.recipe is None and args.config is None and "dataset" not in overrides:
+        raise ValueError("name the data to fine-tune on: --data NAME (or --recipe / --config)")
+    summary = train(recipe=args.recipe, config_file=args.config, resume=args.resume, **overrides)
+    if os.environ.get("RANK", "0") != "0":
+        return 0
+    print(f"fine-tuned from: {overrides.get('init_from')}  mode: {overrides.get('finetune_mode', 'full')}")
+    print(f"run directory: {summary['run_dir']}")
+    print(
+        f"epochs: {summary['epochs']}  val top-1: {summary['val_acc']:.4f}  best: {summary['best_val_acc']:.4f}  "
+        f"time: {summary['elapsed_s']:.1f}s  params: {summary['params'] / 1e6:.3f}M"
+    )
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from .train.pretrain import pretrain
+
+    summary = pretrain(
+        args.method, recipe=args.recipe, config_file=args.config, resume=args.resume, **_train_overrides(args)
+    )
+    if os.environ.get("RANK", "0") != "0":
+        return 0
+    print(f"run directory: {summary['run_dir']}")
+    print(
+        f"epochs: {summary['epochs']}  val masked-patch loss: {summary['val_loss']:.4f}  "
+        f"time: {summary['elapsed_s']:.1f}s  encoder params: {summary['encoder_params'] / 1e6:.3f}M"
+    )
+    run = summary["run_dir"]
+    print(f"encoder: {run}/encoder.safetensors  reconstructions: {run}/reconstructions.png")
+    print(f"next: vitkit finetune --from {run} --data DATASET")
     return 0
 
 
@@ -190,6 +227,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its checkpoint")
     _add_train_flags(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "finetune",
+        help="fine-tune pre-trained weights (vitkit run, MAE run, timm/HF/JAX file): full, linear probe, partial",
+    )
+    p.add_argument("--from", dest="init_from", required=True, metavar="RUN_OR_WEIGHTS",
+                   help="vitkit run directory / model.safetensors / MAE pre-training run, or a timm, HuggingFace "
+                   "or JAX checkpoint (then --model names the architecture)")  # fmt: skip
+    p.add_argument("--data", dest="dataset", default=None, help="dataset to fine-tune on")
+    p.add_argument("--mode", dest="finetune_mode", default=None, choices=("full", "linear", "partial"),
+                   help="full fine-tune (default), linear probe (frozen backbone) or partial (--freeze-blocks)")  # fmt: skip
+    p.add_argument("--recipe", default=None, help=f"named recipe: {', '.join(RECIPES)}")
+    p.add_argument("--config", default=None, help="YAML config file")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its checkpoint")
+    _add_train_flags(p, skip=("init_from", "finetune_mode"))
+    p.set_defaults(func=cmd_finetune)
+
+    from .train.pretrain import PRETRAIN_METHODS
+
+    p = sub.add_parser("pretrain", help="self-supervised pre-training without labels (masked autoencoder)")
+    p.add_argument("--method", default="mae", choices=PRETRAIN_METHODS)
+    p.add_argument("--data", dest="dataset", default=None, help="dataset whose images to pre-train on")
+    p.add_argument("--recipe", default=None, help=f"named recipe: {', '.join(RECIPES)}")
+    p.add_argument("--config", default=None, help="YAML config file")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its checkpoint")
+    _add_train_flags(
+        p, skip=("init_from", "finetune_mode", "freeze_blocks", "layer_decay", "teacher", "distill",
+                 "distill_alpha", "distill_tau", "mixup", "cutmix", "mix_prob", "label_smoothing"),
+    )  # fmt: skip
+    p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("eval", help="evaluate a run or model file on a dataset split")
     p.add_argument("checkpoint", help="run directory or model .safetensors")

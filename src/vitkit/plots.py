@@ -15,7 +15,13 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["read_metrics_jsonl", "plot_training_curves", "plot_confusion_matrix"]
+__all__ = [
+    "read_metrics_jsonl",
+    "plot_training_curves",
+    "plot_confusion_matrix",
+    "plot_image_grid",
+    "plot_metric_comparison",
+]
 
 DPI = 120
 _TRAIN, _VAL, _LR = "#1f77b4", "#d62728", "#2ca02c"
@@ -67,6 +73,7 @@ def plot_training_curves(
     metrics: str | os.PathLike | Iterable[Mapping[str, Any]],
     out_png: str | os.PathLike,
     title: str | None = None,
+    loss_label: str = "cross-entropy",
 ) -> Path:
     """Loss (train/val), accuracy (train/val) and learning rate against epoch, side by side.
 
@@ -91,7 +98,7 @@ def plot_training_curves(
     n = len(records)
     style = {"marker": "o", "markersize": 3.5} if n <= 40 else {}
     panels = [
-        (axes[0], "Loss", "cross-entropy", [("train_loss", "train", _TRAIN), ("val_loss", "val", _VAL)]),
+        (axes[0], "Loss", loss_label, [("train_loss", "train", _TRAIN), ("val_loss", "val", _VAL)]),
         (axes[1], "Accuracy", "top-1 accuracy", [("train_acc", "train", _TRAIN), ("val_acc", "val", _VAL)]),
         (axes[2], "Learning rate", "lr", [("lr", "lr", _LR)]),
     ]
@@ -201,5 +208,55 @@ def plot_confusion_matrix(
     if title is None:
         title = "Confusion matrix" + (" (row-normalised)" if normalize else "")
     ax.set_title(f"{title}\n{n} samples, accuracy {acc:.2%}", fontsize=12)
+    fig.tight_layout()
+    return _save(fig, out_png)
+
+
+def plot_image_grid(
+    rows: Sequence[tuple[str, Any]], out_png: str | os.PathLike, title: str | None = None
+) -> Path:
+    """One row per (label, images (N, C, H, W) in [0, 1]) pair, images side by side (grey or RGB)."""
+    n = max(len(images) for _, images in rows)
+    fig = _new_figure((1.3 * n + 1.2, 1.4 * len(rows) + (0.5 if title else 0.1)))
+    axes = np.atleast_2d(fig.subplots(len(rows), n, squeeze=False))
+    for r, (label, images) in enumerate(rows):
+        arr = np.asarray(images.detach().float().clamp(0, 1).cpu()) if hasattr(images, "detach") else images
+        for c in range(n):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c < len(arr):
+                img = arr[c].transpose(1, 2, 0)
+                ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
+            else:
+                ax.axis("off")
+        axes[r, 0].set_ylabel(label, fontsize=10)
+    if title:
+        fig.suptitle(title, fontsize=12)
+    fig.tight_layout()
+    return _save(fig, out_png)
+
+
+def plot_metric_comparison(
+    runs: Mapping[str, str | os.PathLike | Iterable[Mapping[str, Any]]],
+    out_png: str | os.PathLike,
+    key: str = "val_acc",
+    title: str | None = None,
+    ylabel: str = "top-1 accuracy",
+) -> Path:
+    """``key`` against epoch for several runs in one panel (``runs``: label -> metrics.jsonl or records)."""
+    fig = _new_figure((7.5, 4.6))
+    ax = fig.subplots()
+    for label, metrics in runs.items():
+        records = read_metrics_jsonl(metrics) if isinstance(metrics, (str, os.PathLike)) else list(metrics)
+        xs, ys = _series(records, key)
+        ax.plot(xs, ys, marker="o", markersize=4, linewidth=1.8, label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3, linestyle="--")
+    ax.legend(loc="best", fontsize=9)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    if title:
+        ax.set_title(title, fontsize=12)
     fig.tight_layout()
     return _save(fig, out_png)

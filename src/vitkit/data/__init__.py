@@ -35,6 +35,7 @@ from .loader import (
 )
 from .mixup_cutmix import MixupCutmix, smooth_one_hot
 from .safe_pickle import RestrictedUnpickler, UnsafePickleError, safe_load_pickle
+from .subset import SubsetDataset, stratified_indices, stratified_subset
 from .transforms import (
     Normalize,
     Resize,
@@ -56,6 +57,9 @@ __all__ = [
     "CIFAR10JPEG",
     "CIFAR10_CLASSES",
     "FileImageDataset",
+    "SubsetDataset",
+    "stratified_indices",
+    "stratified_subset",
     "ImageFolder",
     "ManifestDataset",
     "read_manifest",

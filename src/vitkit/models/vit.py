@@ -203,7 +203,7 @@ class VisionTransformer(nn.Module):
             self.pos_embed = sincos_2d(new_grid, self.embed_dim)[None].to(self.pos_embed.device)
 
     # ---------------------------------------------------------------- forward
-    def _prefix_tokens(self, batch: int) -> list[Tensor]:
+    def prefix_tokens(self, batch: int) -> list[Tensor]:
         tokens = [t for t in (self.cls_token, self.dist_token, self.reg_token) if t is not None]
         return [t.expand(batch, -1, -1) for t in tokens]
 
@@ -221,7 +221,7 @@ class VisionTransformer(nn.Module):
                     pos_embed = sincos_2d((h, w), D)[None].to(x)
         else:
             pos_embed = self.pos_embed
-        prefix = self._prefix_tokens(x.shape[0])
+        prefix = self.prefix_tokens(x.shape[0])
         if pos_embed is None:
             x = torch.cat(prefix + [x], dim=1)
         elif self.no_embed_class:

@@ -25,6 +25,14 @@ class TrainConfig:
     data_dir: str | None = None
     val_split: str = "test"
     on_bad_image: str = "skip"  # "skip" (count and report) or "raise"
+    train_subset: float | None = None  # class-balanced subset of the training split: fraction (<1) or count
+    # fine-tuning: start from pre-trained weights (vitkit run / model file / MAE run, or a timm/HF/JAX file)
+    init_from: str | None = None
+    finetune_mode: str = (
+        "full"  # full | linear (frozen backbone, linear probe) | partial (freeze_blocks frozen)
+    )
+    freeze_blocks: int = 0  # partial: the patch embedding and the first N blocks stay fixed
+    layer_decay: float | None = None  # layer-wise lr decay: block i of L trains at lr * decay ** (L + 1 - i)
     # schedule
     epochs: int = 100
     batch_size: int = 128
@@ -97,6 +105,11 @@ RECIPES: dict[str, dict[str, Any]] = {
     "cifar10-cpu": dict(
         model="vitc_cifar", dataset="cifar10-jpeg", epochs=12, batch_size=128, lr=2e-3, warmup_epochs=1,
         weight_decay=0.05, pad_crop=4, hflip=True, drop_path=0.05, label_smoothing=0.1, channels_last=True,
+    ),
+    # MAE pre-training on the Fashion-MNIST training images (labels unused): vit_mnist encoder, 75% masking
+    "mae-fashion-mnist": dict(
+        model="mae_vit_mnist", dataset="fashion-mnist", epochs=20, batch_size=256, lr=1.5e-3, warmup_epochs=1,
+        weight_decay=0.05, betas=(0.9, 0.95), pad_crop=2, hflip=True, drop_path=0.0, eval_every=5,
     ),
     # CIFAR-10 on a GPU: longer schedule with RandAugment, mixup/cutmix and EMA
     "cifar10": dict(
@@ -174,6 +187,14 @@ def _validate(cfg: TrainConfig) -> None:
         problems.append(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {cfg.device!r}")
     if not 0 <= cfg.label_smoothing < 1:
         problems.append(f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
+    if cfg.finetune_mode not in ("full", "linear", "partial"):
+        problems.append(f"finetune_mode must be 'full', 'linear' or 'partial', got {cfg.finetune_mode!r}")
+    if cfg.finetune_mode != "full" and not cfg.init_from:
+        problems.append(f"finetune_mode={cfg.finetune_mode!r} needs init_from (the weights to start from)")
+    if cfg.layer_decay is not None and not 0 < cfg.layer_decay <= 1:
+        problems.append(f"layer_decay must be in (0, 1], got {cfg.layer_decay}")
+    if cfg.train_subset is not None and cfg.train_subset <= 0:
+        problems.append(f"train_subset must be a fraction in (0, 1) or a count >= 1, got {cfg.train_subset}")
     if problems:
         raise ValueError("invalid training config: " + "; ".join(problems))
 

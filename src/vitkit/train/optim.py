@@ -1,4 +1,4 @@
-"""AdamW with weight decay only on >=2-D weights, and a per-step warmup + cosine schedule."""
+"""AdamW with weight decay only on >=2-D weights (optionally layer-wise lr decay), and warmup + cosine."""
 
 from __future__ import annotations
 
@@ -8,7 +8,12 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-__all__ = ["param_groups_weight_decay", "build_optimizer", "warmup_cosine_schedule"]
+__all__ = [
+    "param_groups_weight_decay",
+    "param_groups_layer_decay",
+    "build_optimizer",
+    "warmup_cosine_schedule",
+]
 
 
 def param_groups_weight_decay(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -22,10 +27,47 @@ def param_groups_weight_decay(model: nn.Module, weight_decay: float) -> list[dic
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def param_groups_layer_decay(model: nn.Module, weight_decay: float, layer_decay: float) -> list[dict]:
+    """Layer-wise lr decay (BEiT, MAE fine-tuning): a parameter at depth ``i`` of ``L + 1`` gets the lr times
+    ``layer_decay ** (L + 1 - i)`` (embeddings the least, the head the full lr); weight decay as above."""
+    from .finetune import layer_id
+
+    depth = len(model.blocks) if hasattr(model, "blocks") else 0
+    if not 0 < layer_decay <= 1:
+        raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        lid, decay = layer_id(name, depth), not (p.ndim <= 1 or name in skip)
+        group = groups.setdefault(
+            (lid, decay),
+            {"params": [], "weight_decay": weight_decay if decay else 0.0,
+             "lr_scale": layer_decay ** (depth + 1 - lid)},
+        )  # fmt: skip
+        group["params"].append(p)
+    return [groups[k] for k in sorted(groups)]
+
+
 def build_optimizer(
-    model: nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.999), fused: bool | None = None
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    betas=(0.9, 0.999),
+    fused: bool | None = None,
+    layer_decay: float | None = None,
 ) -> torch.optim.Optimizer:
-    groups = param_groups_weight_decay(model, weight_decay)
+    """AdamW over the trainable parameters; with ``layer_decay`` each group's lr is ``lr * lr_scale``."""
+    if layer_decay is not None and layer_decay != 1.0:
+        groups = param_groups_layer_decay(model, weight_decay, layer_decay)
+        for group in groups:
+            group["lr"] = lr * group["lr_scale"]
+    else:
+        groups = param_groups_weight_decay(model, weight_decay)
+    groups = [g for g in groups if g["params"]]
+    if not groups:
+        raise ValueError("nothing to train: every parameter of the model is frozen")
     kwargs = {"fused": True} if fused else {}
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), **kwargs)
 

@@ -50,6 +50,7 @@ from .distributed import (
     shutdown_distributed,
     wrap_model,
 )
+from .finetune import apply_mode, build_from_pretrained, fold_probe_heads
 from .optim import build_optimizer, warmup_cosine_schedule
 
 __all__ = ["Trainer", "train", "TrainingDivergedError"]
@@ -88,6 +89,15 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 def _as_tuple(x):
     return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def _input_size(model: nn.Module) -> tuple[int, int] | None:
+    """The image size a vitkit model expects (an MAE's is its encoder's), or None when it takes any size."""
+    for m in (model, getattr(model, "encoder", None)):
+        size = getattr(m, "config", {}).get("img_size")
+        if size is not None:
+            return tuple(size)
+    return None
 
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:
@@ -148,15 +158,15 @@ class Trainer:
         from .. import data as vdata
 
         self.train_data = train_data if train_data is not None else self._build_dataset("train")
+        if cfg.train_subset is not None:
+            self.train_data = vdata.stratified_subset(self.train_data, cfg.train_subset, cfg.seed)
         self.val_data = val_data if val_data is not None else self._build_dataset(cfg.val_split)
         self.classes = list(self.train_data.classes)
         in_chans = int(self.train_data.num_channels)
 
         if model is None:
-            model = create_model(
-                cfg.model, num_classes=len(self.classes), in_chans=in_chans, drop_path_rate=cfg.drop_path,
-                **cfg.model_args,
-            )  # fmt: skip
+            model = self.build_model(in_chans)
+        self.frozen_modules = apply_mode(model, cfg.finetune_mode, cfg.freeze_blocks)  # kept in eval mode
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         if self.dist.enabled and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
             if self.device.type == "cuda":  # batch statistics over the global batch, as on one process
@@ -168,7 +178,7 @@ class Trainer:
         self.model = model.to(self.device, memory_format=self.memory_format)
         if cfg.grad_checkpointing:
             self.model.set_grad_checkpointing(True)
-        self.input_size = tuple(self.model.config["img_size"]) if hasattr(self.model, "config") else None
+        self.input_size = _input_size(self.model)
 
         mean, std = vdata.dataset_stats(cfg.dataset, self.train_data)
         self.mean, self.std = list(map(float, mean)), list(map(float, std))
@@ -198,8 +208,9 @@ class Trainer:
             self.model, self.dist, cfg.distributed, self.device
         )  # before the optimizer
         self.optimizer = build_optimizer(
-            self.model, cfg.lr, cfg.weight_decay, cfg.betas, fused=self.device.type == "cuda"
-        )
+            self.model, cfg.lr, cfg.weight_decay, cfg.betas, fused=self.device.type == "cuda",
+            layer_decay=cfg.layer_decay,
+        )  # fmt: skip
         self.steps_per_epoch = max(1, len(self.train_loader) // cfg.accum_steps)
         total = cfg.epochs * self.steps_per_epoch
         self.scheduler = warmup_cosine_schedule(
@@ -217,11 +228,28 @@ class Trainer:
         self.global_step = 0
         self.best_acc = 0.0
         self.history: list[dict[str, Any]] = []
-        name = cfg.name or f"{cfg.model}-{cfg.dataset}-{datetime.now():%Y%m%d-%H%M%S}"
+        kind = f"finetune-{cfg.model}" if cfg.init_from else cfg.model
+        name = cfg.name or f"{kind}-{cfg.dataset}-{datetime.now():%Y%m%d-%H%M%S}"
         self.run_dir = Path(run_dir) if run_dir else Path(cfg.out_dir) / name
         self._tb = None
 
     # ---------------------------------------------------------------- set-up helpers
+    def build_model(self, in_chans: int) -> nn.Module:
+        """The configured model: from the registry, or from pre-trained weights when ``init_from`` is set."""
+        cfg = self.cfg
+        if cfg.init_from:
+            model = build_from_pretrained(
+                cfg.init_from, len(self.classes), in_chans, cfg.model, cfg.model_args, cfg.drop_path
+            )
+            cfg.model = (
+                getattr(model, "model_name", "") or cfg.model
+            )  # the architecture the weights came with
+            return model
+        return create_model(
+            cfg.model, num_classes=len(self.classes), in_chans=in_chans, drop_path_rate=cfg.drop_path,
+            **cfg.model_args,
+        )  # fmt: skip
+
     def _build_dataset(self, split: str):
         from ..data import build_dataset
 
@@ -328,6 +356,8 @@ class Trainer:
     def train_one_epoch(self, bar=None) -> dict[str, float]:
         cfg = self.cfg
         self.model.train()
+        for module in self.frozen_modules:  # frozen parts: no dropout, BatchNorm statistics unchanged
+            module.eval()
         if hasattr(self.train_loader, "set_epoch"):
             self.train_loader.set_epoch(self.epoch)
         loss_sum = torch.zeros((), device=self.device)
@@ -368,8 +398,7 @@ class Trainer:
             n = y.shape[0]
             seen += n
             loss_sum += loss.detach() * n
-            logits_main = logits[0] if isinstance(logits, tuple) else logits
-            correct += (logits_main.detach().argmax(-1) == y).sum()
+            correct += self.count_correct(logits, y)
             if show:
                 bar.update(1)
                 if i % 10 == 0:
@@ -385,6 +414,11 @@ class Trainer:
             "images_per_s": seen / elapsed,
             "train_time": elapsed,
         }
+
+    def count_correct(self, outputs: Tensor | tuple[Tensor, ...], targets: Tensor) -> Tensor:
+        """Training-batch hits for ``train_acc`` (the class head's logits when the model returns a tuple)."""
+        logits = outputs[0] if isinstance(outputs, tuple) else outputs
+        return (logits.detach().argmax(-1) == targets).sum()
 
     def _grad_sync(self, stepping: bool):
         """DDP skips the gradient all-reduce on accumulation micro-steps (it runs on the stepping one)."""
@@ -483,7 +517,7 @@ class Trainer:
                 if self.ema is not None:
                     ema_eval = self.evaluate(self.ema.module)
                     record["ema_val_loss"], record["ema_val_acc"] = ema_eval["val_loss"], ema_eval["val_acc"]
-                self.best_acc = max(self.best_acc, record.get("ema_val_acc", 0.0), record["val_acc"])
+                self.best_acc = max(self.best_acc, record.get("ema_val_acc", 0.0), record.get("val_acc", 0.0))
             record["lr"] = self.optimizer.param_groups[0]["lr"]
             record["elapsed"] = time.perf_counter() - t0
             record["skipped_images"] = skipped
@@ -520,6 +554,7 @@ class Trainer:
     def finish(self, stopped_early: bool = False) -> dict[str, Any]:
         """Write the final model, evaluation, plots; return the summary."""
         model = self.final_model()
+        fold_probe_heads(model)  # a linear probe's BatchNorm folds into its linear layer: a plain ViT again
         model.data_config = self.data_config()
         weights = full_model_state(model) if is_sharded(model) else None
         if self.is_main:
@@ -535,6 +570,7 @@ class Trainer:
             "best_val_acc": max(self.best_acc, result["val_acc"]),
             "elapsed_s": self.history[-1]["elapsed"] if self.history else 0.0,
             "params": sum(p.numel() for p in model.parameters()),  # DTensors count their full size
+            "train_images": len(self.train_data),
             "world_size": self.dist.world_size,
             "stopped_early": stopped_early,
             "used_ema": model is not self.model,

@@ -1,0 +1,188 @@
+"""Fine-tuning: start a model from pre-trained weights, choose what trains, and scale learning rates by depth.
+
+- :func:`build_from_pretrained`: a vitkit run / model file / MAE pre-training run (the architecture comes from the
+  file, ``model_args`` may change e.g. ``img_size``) or a timm / HuggingFace / JAX checkpoint (the architecture is
+  ``model`` + ``model_args``), with a freshly initialised head for the new classes and the position table resampled
+  to the new image size.
+- :func:`apply_mode`: ``full`` (everything trains), ``linear`` (linear probe: frozen backbone, MAE's probe of a
+  parameter-free BatchNorm then a linear layer, folded into one linear layer when training ends) or ``partial``
+  (the patch embedding, prefix tokens, position table and the first ``freeze_blocks`` blocks frozen).
+- :func:`layer_id`: the depth of a parameter, for layer-wise learning-rate decay (BEiT / MAE fine-tuning).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..models import MaskedAutoencoder, VisionTransformer
+from ..registry import create_model, get_family
+from ..weights import load_pretrained
+from ..weights.io import CheckpointError, load, read_metadata
+
+__all__ = [
+    "FINETUNE_MODES",
+    "resolve_source",
+    "build_from_pretrained",
+    "apply_mode",
+    "ProbeHead",
+    "fold_probe_heads",
+    "layer_id",
+]
+
+log = logging.getLogger(__name__)
+
+FINETUNE_MODES = ("full", "linear", "partial")
+HEAD_PREFIXES = ("head.", "head_dist.")
+
+
+def resolve_source(path: str | Path) -> Path:
+    """A run directory -> its weights (``encoder.safetensors`` of an MAE run, else ``model.safetensors``)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("encoder.safetensors", "model.safetensors"):
+            if (path / name).exists():
+                return path / name
+        raise FileNotFoundError(f"{path} holds no encoder.safetensors or model.safetensors to fine-tune from")
+    if not path.exists():
+        raise FileNotFoundError(f"weights to fine-tune from not found: {path}")
+    return path
+
+
+def _vitkit_source(path: Path) -> tuple[nn.Module, dict[str, Any]] | None:
+    """(source model, its config) when ``path`` is a vitkit model file; an MAE model gives its encoder."""
+    if path.suffix != ".safetensors":
+        return None
+    try:
+        meta = read_metadata(path)
+    except CheckpointError:
+        return None
+    if meta.get("format") != "vitkit":
+        return None
+    source = load(path)
+    if isinstance(source, MaskedAutoencoder):
+        source = source.encoder
+    if not isinstance(source, VisionTransformer):
+        raise ValueError(f"fine-tuning starts from a ViT; {path} holds a {type(source).__name__}")
+    return source, dict(source.config)
+
+
+def build_from_pretrained(
+    path: str | Path,
+    num_classes: int,
+    in_chans: int,
+    model: str | None = None,
+    model_args: dict[str, Any] | None = None,
+    drop_path_rate: float | None = None,
+) -> nn.Module:
+    """A ViT for ``num_classes`` classes with every backbone weight from ``path`` and a new head.
+
+    Raises a CheckpointError naming the keys when the backbone does not match, and a ValueError when the
+    channels differ.
+    """
+    path = resolve_source(path)
+    model_args = dict(model_args or {})
+    if drop_path_rate is not None:
+        model_args["drop_path_rate"] = drop_path_rate
+    found = _vitkit_source(path)
+    if found is not None:
+        source, config = found
+        config.update(model_args, num_classes=num_classes)
+        if int(config["in_chans"]) != in_chans:
+            raise ValueError(
+                f"{path} was trained on {config['in_chans']}-channel images, the data has {in_chans}"
+            )
+        target = get_family("vit")(**config)
+        target.model_name = getattr(source, "model_name", "")
+        state: Any = source.state_dict()
+    else:  # timm / HuggingFace / JAX file: the architecture is named by the caller
+        if model is None:
+            raise ValueError(f"{path} is not a vitkit model file: name the architecture (model=...)")
+        target = create_model(model, num_classes=num_classes, in_chans=in_chans, **model_args)
+        state = str(path)
+    if not isinstance(target, VisionTransformer):
+        raise ValueError(f"fine-tuning builds a ViT; {model!r} is a {type(target).__name__}")
+    load_pretrained(target, state, ignore_head=True)
+    loaded = sum(1 for k in target.state_dict() if not k.startswith(HEAD_PREFIXES))
+    log.info("fine-tuning from %s: %d backbone tensors loaded, new %d-class head", path, loaded, num_classes)
+    return target
+
+
+class ProbeHead(nn.Module):
+    """MAE's linear probe: BatchNorm without affine parameters, then a linear layer."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm1d(linear.in_features, affine=False, eps=1e-6)
+        self.linear = linear
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.norm(x))
+
+    @torch.no_grad()
+    def fold(self) -> nn.Linear:
+        """The one linear layer equal to this head in eval mode (BatchNorm's running statistics folded in)."""
+        scale = (self.norm.running_var + self.norm.eps).rsqrt()
+        out = nn.Linear(self.linear.in_features, self.linear.out_features, device=scale.device)
+        out.weight.copy_(self.linear.weight * scale)
+        out.bias.copy_(self.linear.bias - out.weight @ self.norm.running_mean)
+        return out
+
+
+def fold_probe_heads(model: nn.Module) -> None:
+    """Replace :class:`ProbeHead` heads by their folded linear layers (the model is a plain ViT again)."""
+    for name in ("head", "head_dist"):
+        head = getattr(model, name, None)
+        if isinstance(head, ProbeHead):
+            setattr(model, name, head.fold())
+
+
+def _backbone_parts(model: VisionTransformer, freeze_blocks: int | None) -> list[nn.Module]:
+    blocks = list(model.blocks) if freeze_blocks is None else list(model.blocks)[:freeze_blocks]
+    parts = [model.patch_embed, model.norm_pre, *blocks]
+    if freeze_blocks is None:
+        parts += [model.norm, model.fc_norm]
+    return parts
+
+
+def apply_mode(model: nn.Module, mode: str = "full", freeze_blocks: int = 0) -> list[nn.Module]:
+    """Freeze what ``mode`` leaves fixed; returns the frozen modules (to keep in eval mode while training)."""
+    if mode not in FINETUNE_MODES:
+        raise ValueError(f"finetune_mode must be one of {list(FINETUNE_MODES)}, got {mode!r}")
+    if mode == "full":
+        return []
+    if not isinstance(model, VisionTransformer):
+        raise ValueError(f"finetune_mode={mode!r} needs a ViT, got {type(model).__name__}")
+    depth = len(model.blocks)
+    if mode == "partial" and not 0 <= freeze_blocks <= depth:
+        raise ValueError(
+            f"freeze_blocks must be in [0, {depth}] for a {depth}-block model, got {freeze_blocks}"
+        )
+    frozen = _backbone_parts(model, None if mode == "linear" else freeze_blocks)
+    for module in frozen:
+        module.requires_grad_(False)
+    for name in ("cls_token", "dist_token", "reg_token", "pos_embed"):
+        p = getattr(model, name, None)
+        if isinstance(p, nn.Parameter):
+            p.requires_grad_(False)
+    if mode == "linear":
+        for name in ("head", "head_dist"):
+            head = getattr(model, name, None)
+            if isinstance(head, nn.Linear):
+                setattr(model, name, ProbeHead(head))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info("finetune_mode=%s: %d trainable parameters", mode, trainable)
+    return frozen
+
+
+def layer_id(name: str, depth: int) -> int:
+    """0 for embeddings and prefix tokens, i + 1 for ``blocks.i``, depth + 1 for the final norm and head."""
+    if name.startswith(("patch_embed.", "cls_token", "dist_token", "reg_token", "pos_embed", "norm_pre.")):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return depth + 1
