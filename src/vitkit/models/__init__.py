@@ -1,7 +1,8 @@
 """Model families. Importing this package registers every family and named config."""
 
+from .bert import BertEncoder
 from .mae import MaskedAutoencoder
 from .resnet import ResNet
 from .vit import VisionTransformer, vit_flops
 
-__all__ = ["MaskedAutoencoder", "ResNet", "VisionTransformer", "vit_flops"]
+__all__ = ["BertEncoder", "MaskedAutoencoder", "ResNet", "VisionTransformer", "vit_flops"]

@@ -1,0 +1,135 @@
+"""Text: HuggingFace ``tokenizers`` behind a small batching API, and the SST-2 sentiment data.
+
+:class:`TextTokenizer` loads an existing vocabulary (``tokenizer.json`` or a BERT ``vocab.txt``) or trains a
+WordPiece one on a corpus, and turns a batch of strings into ``input_ids`` / ``attention_mask`` tensors, padded to
+the longest sequence and truncated to ``max_length`` (with the special tokens kept).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .base import DatasetNotFoundError, check_split
+
+__all__ = ["TextTokenizer", "read_sst2", "SST2_CLASSES"]
+
+SST2_CLASSES = ["negative", "positive"]
+_SPECIAL = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+class TextTokenizer:
+    """A ``tokenizers.Tokenizer`` with BERT's special tokens, batching to padded tensors."""
+
+    def __init__(self, tokenizer, max_length: int = 128) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        missing = [t for t in _SPECIAL if tokenizer.token_to_id(t) is None]
+        if missing:
+            raise ValueError(f"the vocabulary lacks the special tokens {missing}")
+        self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (
+            tokenizer.token_to_id(t) for t in _SPECIAL
+        )
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size()
+
+    @classmethod
+    def from_file(
+        cls, path: str | os.PathLike, max_length: int = 128, lowercase: bool = True
+    ) -> TextTokenizer:
+        """Load ``tokenizer.json``, a BERT ``vocab.txt``, or a folder holding either."""
+        from tokenizers import Tokenizer
+        from tokenizers.implementations import BertWordPieceTokenizer
+
+        path = Path(path)
+        if path.is_dir():
+            found = [path / n for n in ("tokenizer.json", "vocab.txt") if (path / n).exists()]
+            if not found:
+                raise FileNotFoundError(f"{path} holds no tokenizer.json or vocab.txt")
+            path = found[0]
+        if not path.exists():
+            raise FileNotFoundError(f"tokenizer file not found: {path}")
+        if path.suffix == ".json":
+            return cls(Tokenizer.from_file(str(path)), max_length)
+        return cls(BertWordPieceTokenizer(str(path), lowercase=lowercase)._tokenizer, max_length)
+
+    @classmethod
+    def train_wordpiece(
+        cls, texts: Iterable[str], vocab_size: int = 8000, min_frequency: int = 2, lowercase: bool = True,
+        max_length: int = 128,
+    ) -> TextTokenizer:  # fmt: skip
+        """Train a BERT-style WordPiece vocabulary on ``texts``."""
+        from tokenizers.implementations import BertWordPieceTokenizer
+        from tokenizers.processors import BertProcessing
+
+        tok = BertWordPieceTokenizer(lowercase=lowercase)
+        tok.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=min_frequency,
+                                special_tokens=list(_SPECIAL))  # fmt: skip
+        inner = tok._tokenizer
+        inner.post_processor = BertProcessing(
+            ("[SEP]", inner.token_to_id("[SEP]")), ("[CLS]", inner.token_to_id("[CLS]"))
+        )  # [CLS] text [SEP], as a loaded BERT vocabulary does
+        return cls(inner, max_length)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        from ..weights.io import atomic_write
+
+        return atomic_write(path, lambda tmp: self.tokenizer.save(str(tmp)))
+
+    def __call__(self, texts: str | Sequence[str], max_length: int | None = None) -> dict[str, Tensor]:
+        """Strings -> {'input_ids': (B, L) int64, 'attention_mask': (B, L) int64, 1 = token}; ``[CLS] ... [SEP]``."""
+        if isinstance(texts, str):
+            texts = [texts]
+        texts = list(texts)
+        if not texts:
+            raise ValueError("no texts to tokenize (an empty batch)")
+        bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+        if bad:
+            raise TypeError(f"texts must be strings; item {bad[0]} is {type(texts[bad[0]]).__name__}")
+        limit = max_length or self.max_length
+        if limit < 2:
+            raise ValueError(f"max_length must leave room for [CLS] and [SEP], got {limit}")
+        encodings = self.tokenizer.encode_batch(texts)
+        ids = [e.ids[: limit - 1] + ([self.sep_id] if len(e.ids) > limit else []) for e in encodings]
+        longest = max(len(i) for i in ids)
+        input_ids = torch.full((len(ids), longest), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(ids), longest), dtype=torch.long)
+        for row, seq in enumerate(ids):
+            input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+            mask[row, : len(seq)] = 1
+        return {"input_ids": input_ids, "attention_mask": mask}
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids))
+
+
+def read_sst2(data_dir: str | os.PathLike | None = None, split: str = "train") -> tuple[list[str], list[int]]:
+    """SST-2 (GLUE) sentences and labels (0 negative, 1 positive); ``split`` is 'train' or 'dev'."""
+    from .factory import resolve_data_dir
+
+    check_split(split, ("train", "dev"))
+    root = Path(resolve_data_dir(data_dir))
+    path = root / "sst2" / f"{split}.tsv.gz"
+    if not path.exists():
+        raise DatasetNotFoundError("sst2", [path.parent], f"{path.name} (GLUE SST-2, sentence<TAB>label)")
+    with gzip.open(path, "rt", encoding="utf-8", newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    if not rows or rows[0][:2] != ["sentence", "label"]:
+        raise ValueError(f"{path}: expected a 'sentence<TAB>label' header, got {rows[:1]}")
+    sentences, labels = [], []
+    for n, row in enumerate(rows[1:], start=2):
+        if len(row) != 2 or row[1] not in ("0", "1"):
+            raise ValueError(f"{path}:{n}: expected 'sentence<TAB>0|1', got {row!r}")
+        sentences.append(row[0].strip())
+        labels.append(int(row[1]))
+    return sentences, labels

