@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     plot = args.plot or out / "transfer.png"
     plot_metric_comparison(
-        curves, plot, title=f"{transfer_data}: fine-tuning on {t_mae.get('train_images', '?')} labelled images",
+        curves, plot, title=f"{transfer_data}: fine-tuning on {t_mae.get('train_samples', '?')} labelled images",
     )  # fmt: skip
     gain = tuned["val_acc"] - scratch["val_acc"]
     rows = [

@@ -142,3 +142,43 @@ def test_read_sst2(data_dir):
     assert len(sentences) == 67349 and all(s == s.strip() for s in sentences[:100])
     with pytest.raises(ValueError, match="unknown split"):
         read_sst2(data_dir, "test")
+
+
+def _tiny_sst2(tmp_path, rows):
+    import gzip
+
+    folder = tmp_path / "data" / "sst2"
+    folder.mkdir(parents=True)
+    for split, items in rows.items():
+        with gzip.open(folder / f"{split}.tsv.gz", "wt", encoding="utf-8") as f:
+            f.write("sentence\tlabel\n" + "".join(f"{s} \t{y}\n" for s, y in items))
+    return tmp_path / "data"
+
+
+def test_text_classification_trains_through_the_trainer(tmp_path):
+    from vitkit.train import train
+
+    good = ["a great film", "wonderful and moving", "truly great acting", "a joy to watch", "great fun"]
+    bad = ["a dull mess", "boring and awful", "truly awful acting", "a waste of time", "dull fun"]
+    rows = [(s, 1) for s in good] + [(s, 0) for s in bad]
+    data = _tiny_sst2(tmp_path, {"train": rows * 8, "dev": rows})
+    summary = train(dataset="sst2", data_dir=str(data), model="bert_tiny", model_args={"depth": 1},
+                    epochs=6, batch_size=16, lr=3e-3, warmup_epochs=1, threads=1, progress=False,
+                    out_dir=str(tmp_path), name="txt")  # fmt: skip
+    assert summary["val_acc"] >= 0.9 and summary["train_samples"] == 80
+    run = tmp_path / "txt"
+    tok = TextTokenizer.from_file(run / "tokenizer.json")  # the vocabulary trained on the training texts
+    model = vitkit.load(run / "model.safetensors").eval()
+    assert model.data_config["modality"] == "text" and model.data_config["classes"] == [
+        "negative",
+        "positive",
+    ]
+    with torch.no_grad():
+        logits = model(tok(["a great joy", "an awful waste"])["input_ids"])
+    assert logits.argmax(-1).tolist() == [1, 0]
+    # fine-tuning a text run: same tokenizer found beside the weights, a fresh head
+    again = train(dataset="sst2", data_dir=str(data), init_from=str(run), epochs=1, batch_size=16, threads=1,
+                  progress=False, out_dir=str(tmp_path), name="txt-ft", warmup_epochs=0)  # fmt: skip
+    assert again["val_acc"] >= 0.5
+    with pytest.raises(ValueError, match="text training takes no mixup"):
+        train(dataset="sst2", data_dir=str(data), model="bert_tiny", mixup=0.5, out_dir=str(tmp_path))

@@ -36,6 +36,7 @@ from .loader import (
 from .mixup_cutmix import MixupCutmix, smooth_one_hot
 from .safe_pickle import RestrictedUnpickler, UnsafePickleError, safe_load_pickle
 from .subset import SubsetDataset, stratified_indices, stratified_subset
+from .text import TextClassificationDataset, TextTokenizer, is_text_dataset
 from .transforms import (
     Normalize,
     Resize,
@@ -58,6 +59,9 @@ __all__ = [
     "CIFAR10_CLASSES",
     "FileImageDataset",
     "SubsetDataset",
+    "TextClassificationDataset",
+    "TextTokenizer",
+    "is_text_dataset",
     "stratified_indices",
     "stratified_subset",
     "ImageFolder",

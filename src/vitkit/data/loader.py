@@ -180,7 +180,7 @@ class TensorBatchLoader(_EpochState):
                 continue
             x = self.data[idx].to(self.device, non_blocking=True)
             y = self.targets[idx].to(self.device, non_blocking=True)
-            if self.to_float and not x.is_floating_point():
+            if self.to_float and x.dtype == torch.uint8:  # images; integer token ids stay integers
                 x = x.float().div_(255)
             if self.transform is not None:
                 x = self.transform(x)
@@ -328,7 +328,7 @@ def make_loader(
 ) -> TensorBatchLoader | DatasetLoader:
     """:class:`TensorBatchLoader` for in-memory datasets (``num_workers`` is ignored; ``device`` keeps the data
     there), else :func:`make_dataloader`. Batches are ``(float images in [0, 1], int64 labels)``."""
-    if isinstance(dataset, TensorImageDataset):
+    if isinstance(dataset, TensorImageDataset) or getattr(dataset, "modality", None) == "text":
         return TensorBatchLoader.from_dataset(
             dataset, batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed, device=device, **kw
         )

@@ -55,4 +55,6 @@ def stratified_subset(dataset: Dataset, size: float, seed: int = 0) -> Dataset:
     idx = stratified_indices(dataset.targets, size, seed)
     if isinstance(dataset, TensorImageDataset):
         return TensorImageDataset(dataset.raw[idx], dataset.targets[idx], dataset.classes)
+    if hasattr(dataset, "select"):  # e.g. tokenised text
+        return dataset.select(idx)
     return SubsetDataset(dataset, idx)

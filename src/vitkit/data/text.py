@@ -15,10 +15,20 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from torch.utils.data import Dataset
 
 from .base import DatasetNotFoundError, check_split
 
-__all__ = ["TextTokenizer", "read_sst2", "SST2_CLASSES"]
+__all__ = [
+    "TextTokenizer",
+    "TextClassificationDataset",
+    "read_sst2",
+    "SST2_CLASSES",
+    "TEXT_DATASETS",
+    "is_text_dataset",
+    "read_text_split",
+    "build_text_dataset",
+]
 
 SST2_CLASSES = ["negative", "positive"]
 _SPECIAL = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -133,3 +143,73 @@ def read_sst2(data_dir: str | os.PathLike | None = None, split: str = "train") -
         sentences.append(row[0].strip())
         labels.append(int(row[1]))
     return sentences, labels
+
+
+class TextClassificationDataset(Dataset):
+    """Tokenised sentences in memory: ``raw`` (N, L) int64 token ids padded with ``pad_id``, ``targets`` (N,).
+
+    Batches are cut to their longest sentence by the Trainer, so padding to the corpus maximum costs nothing.
+    """
+
+    modality = "text"
+
+    def __init__(
+        self, input_ids: Tensor, targets: Sequence[int] | Tensor, classes: Sequence[str], pad_id: int
+    ):
+        if input_ids.dim() != 2 or input_ids.dtype != torch.long:
+            raise ValueError(
+                f"input_ids must be int64 (N, L), got {input_ids.dtype} {tuple(input_ids.shape)}"
+            )
+        self.raw = input_ids
+        self.targets = torch.as_tensor(targets, dtype=torch.long)
+        if len(self.targets) != len(self.raw):
+            raise ValueError(f"{len(self.raw)} sentences but {len(self.targets)} labels")
+        self.classes, self.pad_id = list(classes), int(pad_id)
+
+    @classmethod
+    def from_texts(
+        cls, texts: Sequence[str], labels: Sequence[int], classes: Sequence[str], tokenizer: TextTokenizer
+    ) -> TextClassificationDataset:
+        return cls(tokenizer(texts)["input_ids"], labels, classes, tokenizer.pad_id)
+
+    def select(self, indices: Tensor) -> TextClassificationDataset:
+        """The sentences at ``indices``, as a new in-memory dataset."""
+        return TextClassificationDataset(self.raw[indices], self.targets[indices], self.classes, self.pad_id)
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        return self.raw[index], int(self.targets[index])
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(n={len(self)}, classes={len(self.classes)}, max_len={self.raw.shape[1]})"
+        )
+
+
+# name -> (reader(data_dir, split) -> (texts, labels), class names, {vitkit split: the dataset's split})
+TEXT_DATASETS = {
+    "sst2": (read_sst2, SST2_CLASSES, {"train": "train", "test": "dev", "val": "dev", "dev": "dev"}),
+}
+
+
+def is_text_dataset(name: str | None) -> bool:
+    return name is not None and name.strip().lower().replace("-", "") in TEXT_DATASETS
+
+
+def read_text_split(name: str, split: str, data_dir: str | os.PathLike | None = None):
+    """(texts, labels, classes) of a text dataset split (``test`` means SST-2's labelled GLUE dev set)."""
+    key = name.strip().lower().replace("-", "")
+    reader, classes, splits = TEXT_DATASETS[key]
+    if split not in splits:
+        raise ValueError(f"unknown split {split!r} for {name}; expected one of {list(splits)}")
+    texts, labels = reader(data_dir, splits[split])
+    return texts, labels, classes
+
+
+def build_text_dataset(
+    name: str, split: str, tokenizer: TextTokenizer, data_dir: str | os.PathLike | None = None
+) -> TextClassificationDataset:
+    texts, labels, classes = read_text_split(name, split, data_dir)
+    return TextClassificationDataset.from_texts(texts, labels, classes, tokenizer)

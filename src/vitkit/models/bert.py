@@ -122,13 +122,18 @@ class BertEncoder(nn.Module):
     def forward_features(
         self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None
     ) -> Tensor:
-        """Token ids (B, L) -> hidden states (B, L, D). ``attention_mask``: 1 = token, 0 = padding."""
+        """Token ids (B, L) -> hidden states (B, L, D).
+
+        ``attention_mask``: 1 = token, 0 = padding; by default every ``pad_token_id`` position is padding.
+        """
         if input_ids.dtype not in (torch.int32, torch.int64) or input_ids.dim() != 2:
             raise TypeError(
                 f"input_ids must be integer (batch, length), got {input_ids.dtype} {tuple(input_ids.shape)}"
             )
         x = self.embeddings(input_ids, token_type_ids)
-        padding = None if attention_mask is None else attention_mask == 0
+        padding = input_ids == self.pad_token_id if attention_mask is None else attention_mask == 0
+        if not padding.any():
+            padding = None  # no mask at all: the fastest attention kernel
         for block in self.blocks:
             x = block(x, key_padding_mask=padding)
         return x

@@ -25,6 +25,10 @@ class TrainConfig:
     data_dir: str | None = None
     val_split: str = "test"
     on_bad_image: str = "skip"  # "skip" (count and report) or "raise"
+    tokenizer: str | None = (
+        None  # text: tokenizer.json / vocab.txt / folder (default: init_from's, or trained)
+    )
+    max_length: int = 128  # text: longest token sequence kept ([CLS] and [SEP] included)
     train_subset: float | None = None  # class-balanced subset of the training split: fraction (<1) or count
     # fine-tuning: start from pre-trained weights (vitkit run / model file / MAE run, or a timm/HF/JAX file)
     init_from: str | None = None

@@ -181,7 +181,9 @@ def apply_mode(model: nn.Module, mode: str = "full", freeze_blocks: int = 0) -> 
 
 def layer_id(name: str, depth: int) -> int:
     """0 for embeddings and prefix tokens, i + 1 for ``blocks.i``, depth + 1 for the final norm and head."""
-    if name.startswith(("patch_embed.", "cls_token", "dist_token", "reg_token", "pos_embed", "norm_pre.")):
+    if name.startswith(
+        ("patch_embed.", "cls_token", "dist_token", "reg_token", "pos_embed", "norm_pre.", "embeddings.")
+    ):
         return 0
     if name.startswith("blocks."):
         return int(name.split(".")[1]) + 1

@@ -91,6 +91,29 @@ def _as_tuple(x):
     return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
+def build_text_model(cfg: TrainConfig, num_classes: int, tokenizer) -> nn.Module:
+    """A text classifier: a HuggingFace BERT folder or vitkit text run (``init_from``) with a new head, or a fresh
+    ``cfg.model`` sized to the tokenizer's vocabulary."""
+    from ..models.bert import bert_from_huggingface
+    from ..weights.io import load
+
+    if cfg.init_from:
+        src = Path(cfg.init_from)
+        if (src / "config.json").exists():
+            model = bert_from_huggingface(src, num_classes=num_classes)
+        else:
+            model = load(src / "model.safetensors" if src.is_dir() else src)
+            model.reset_classifier(num_classes)
+        vocab = model.embeddings.word.num_embeddings
+        if tokenizer.vocab_size > vocab:
+            raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens, the model's table {vocab}")
+        return model
+    return create_model(
+        cfg.model, num_classes=num_classes, vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_id,
+        **cfg.model_args,
+    )  # fmt: skip
+
+
 def _input_size(model: nn.Module) -> tuple[int, int] | None:
     """The image size a vitkit model expects (an MAE's is its encoder's), or None when it takes any size."""
     for m in (model, getattr(model, "encoder", None)):
@@ -157,12 +180,22 @@ class Trainer:
 
         from .. import data as vdata
 
+        self.modality = (
+            getattr(train_data, "modality", "image")
+            if train_data is not None
+            else ("text" if vdata.is_text_dataset(cfg.dataset) else "image")
+        )
+        if self.modality == "text" and (
+            cfg.mixup or cfg.cutmix or cfg.teacher or cfg.finetune_mode != "full"
+        ):
+            raise ValueError("text training takes no mixup/cutmix, teacher or frozen fine-tuning modes")
+        self.tokenizer = self._build_tokenizer() if self.modality == "text" else None
         self.train_data = train_data if train_data is not None else self._build_dataset("train")
         if cfg.train_subset is not None:
             self.train_data = vdata.stratified_subset(self.train_data, cfg.train_subset, cfg.seed)
         self.val_data = val_data if val_data is not None else self._build_dataset(cfg.val_split)
         self.classes = list(self.train_data.classes)
-        in_chans = int(self.train_data.num_channels)
+        in_chans = int(getattr(self.train_data, "num_channels", 0))
 
         if model is None:
             model = self.build_model(in_chans)
@@ -180,14 +213,16 @@ class Trainer:
             self.model.set_grad_checkpointing(True)
         self.input_size = _input_size(self.model)
 
-        mean, std = vdata.dataset_stats(cfg.dataset, self.train_data)
-        self.mean, self.std = list(map(float, mean)), list(map(float, std))
-        self.normalize = vdata.Normalize(self.mean, self.std).to(self.device)
-        self.augment = vdata.build_train_augment(
-            self.input_size, rrc_scale=cfg.rrc_scale, hflip=cfg.hflip, pad_crop=cfg.pad_crop,
-            randaugment=cfg.randaugment or None, trivialaugment=cfg.trivialaugment,
-            random_erasing=cfg.random_erasing,
-        ).to(self.device)  # fmt: skip
+        self.mean = self.std = self.normalize = self.augment = None  # text: token ids go in as they are
+        if self.modality == "image":
+            mean, std = vdata.dataset_stats(cfg.dataset, self.train_data)
+            self.mean, self.std = list(map(float, mean)), list(map(float, std))
+            self.normalize = vdata.Normalize(self.mean, self.std).to(self.device)
+            self.augment = vdata.build_train_augment(
+                self.input_size, rrc_scale=cfg.rrc_scale, hflip=cfg.hflip, pad_crop=cfg.pad_crop,
+                randaugment=cfg.randaugment or None, trivialaugment=cfg.trivialaugment,
+                random_erasing=cfg.random_erasing,
+            ).to(self.device)  # fmt: skip
         self.mix = (
             vdata.MixupCutmix(cfg.mixup, cfg.cutmix, cfg.mix_prob, label_smoothing=cfg.label_smoothing,
                               num_classes=len(self.classes))
@@ -237,6 +272,8 @@ class Trainer:
     def build_model(self, in_chans: int) -> nn.Module:
         """The configured model: from the registry, or from pre-trained weights when ``init_from`` is set."""
         cfg = self.cfg
+        if self.modality == "text":
+            return build_text_model(cfg, len(self.classes), self.tokenizer)
         if cfg.init_from:
             model = build_from_pretrained(
                 cfg.init_from, len(self.classes), in_chans, cfg.model, cfg.model_args, cfg.drop_path
@@ -250,9 +287,29 @@ class Trainer:
             **cfg.model_args,
         )  # fmt: skip
 
+    def _build_tokenizer(self):
+        """Text: ``cfg.tokenizer``, else the one beside ``init_from``, else WordPiece trained on the training texts."""
+        from ..data.text import TextTokenizer, read_text_split
+
+        cfg = self.cfg
+        if cfg.tokenizer:
+            return TextTokenizer.from_file(cfg.tokenizer, cfg.max_length)
+        if cfg.init_from:
+            src = Path(cfg.init_from)
+            for name in ("tokenizer.json", "vocab.txt"):
+                found = (src if src.is_dir() else src.parent) / name
+                if found.exists():
+                    return TextTokenizer.from_file(found, cfg.max_length)
+        texts, _, _ = read_text_split(cfg.dataset, "train", cfg.data_dir)
+        return TextTokenizer.train_wordpiece(texts, vocab_size=8000, max_length=cfg.max_length)
+
     def _build_dataset(self, split: str):
         from ..data import build_dataset
 
+        if self.modality == "text":
+            from ..data.text import build_text_dataset
+
+            return build_text_dataset(self.cfg.dataset, split, self.tokenizer, self.cfg.data_dir)
         return build_dataset(
             self.cfg.dataset, split, data_dir=self.cfg.data_dir, on_error=self.cfg.on_bad_image
         )
@@ -281,6 +338,9 @@ class Trainer:
         return F.cross_entropy(logits.float(), target, label_smoothing=self.cfg.label_smoothing)
 
     def data_config(self) -> dict[str, Any]:
+        if self.modality == "text":
+            return {"dataset": self.cfg.dataset, "classes": self.classes, "modality": "text",
+                    "max_length": self.cfg.max_length}  # fmt: skip
         return {
             "dataset": self.cfg.dataset, "classes": self.classes, "mean": self.mean, "std": self.std,
             "img_size": list(self.input_size) if self.input_size else None,
@@ -289,6 +349,8 @@ class Trainer:
 
     def _prepare(self, x: Tensor, train: bool) -> Tensor:
         x = x.to(self.device, non_blocking=True)
+        if self.modality == "text":  # token ids: cut the batch to its longest sentence
+            return x[:, : int((x != self.tokenizer.pad_id).sum(1).max())]
         if x.dtype == torch.uint8:
             x = x.float().div_(255)
         if self.input_size and tuple(x.shape[-2:]) != self.input_size:
@@ -489,6 +551,8 @@ class Trainer:
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
+            if self.tokenizer is not None:  # the vocabulary the model's token ids mean
+                self.tokenizer.save(self.run_dir / "tokenizer.json")
         if cfg.tensorboard and self.is_main:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -570,7 +634,7 @@ class Trainer:
             "best_val_acc": max(self.best_acc, result["val_acc"]),
             "elapsed_s": self.history[-1]["elapsed"] if self.history else 0.0,
             "params": sum(p.numel() for p in model.parameters()),  # DTensors count their full size
-            "train_images": len(self.train_data),
+            "train_samples": len(self.train_data),
             "world_size": self.dist.world_size,
             "stopped_early": stopped_early,
             "used_ema": model is not self.model,
