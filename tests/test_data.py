@@ -682,3 +682,24 @@ def test_data_package_imports_neither_torchvision_nor_kornia():
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
+
+
+def test_length_bucketed_batches_are_a_permutation_with_similar_lengths():
+    from vitkit.data.loader import TensorBatchLoader, length_bucketed
+
+    lengths = torch.randint(1, 60, (1000,))
+    perm = torch.randperm(1000)
+    out = length_bucketed(perm, lengths, batch_size=10, seed=0, epoch=3)
+    assert sorted(out.tolist()) == list(range(1000))
+    spread = (
+        lengths[out[:990]].view(99, 10).max(1).values - lengths[out[:990]].view(99, 10).min(1).values
+    ).float()
+    random_spread = (
+        lengths[perm[:990]].view(99, 10).max(1).values - lengths[perm[:990]].view(99, 10).min(1).values
+    )
+    assert spread.mean() < 0.25 * random_spread.float().mean()
+    assert torch.equal(out, length_bucketed(perm, lengths, 10, seed=0, epoch=3))  # reproducible: exact resume
+    ids = torch.arange(1000)[:, None].repeat(1, 4)
+    loader = TensorBatchLoader(ids, torch.zeros(1000), 10, seed=1, lengths=lengths, drop_last=True)
+    seen = torch.cat([x[:, 0] for x, _ in loader])
+    assert len(seen) == 1000 and len(set(seen.tolist())) == 1000

@@ -32,6 +32,7 @@ from .base import TensorImageDataset
 __all__ = [
     "epoch_permutation",
     "rank_share",
+    "length_bucketed",
     "TensorBatchLoader",
     "EpochSampler",
     "DatasetLoader",
@@ -46,6 +47,22 @@ def epoch_permutation(n: int, seed: int, epoch: int, shuffle: bool = True) -> Te
         return torch.arange(n)
     g = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(epoch)) % (2**63))
     return torch.randperm(n, generator=g)
+
+
+def length_bucketed(
+    perm: Tensor, lengths: Tensor, batch_size: int, seed: int, epoch: int, window: int = 64
+) -> Tensor:
+    """Reorder an epoch's permutation so batches hold sequences of similar length (less padding), still at random.
+
+    ``perm`` is cut into windows of ``window`` batches, each sorted by length; the full batches are then shuffled
+    (seeded by ``(seed, epoch)``, so resuming reproduces it) and a final partial batch stays last.
+    """
+    chunk = batch_size * window
+    out = torch.cat([p[torch.argsort(lengths[p], stable=True)] for p in perm.split(chunk)])
+    nb = len(out) // batch_size
+    g = torch.Generator().manual_seed((int(seed) * 7_000_003 + int(epoch) + 1) % (2**63))
+    full = out[: nb * batch_size].view(nb, batch_size)[torch.randperm(nb, generator=g)].flatten()
+    return torch.cat([full, out[nb * batch_size :]])
 
 
 def rank_share(indices: Tensor, rank: int, world_size: int) -> Tensor:
@@ -127,6 +144,7 @@ class TensorBatchLoader(_EpochState):
     ``device``: where batches are produced; with ``move_data`` (default) the whole dataset is copied there
     once, so batching is a single gather on the device. uint8 data is converted to float [0, 1] per batch
     when ``to_float``. ``transform`` (e.g. an augmentation module) is applied to each float batch.
+    ``lengths`` (N,) (token sequences): shuffled batches group similar lengths (:func:`length_bucketed`).
     """
 
     def __init__(
@@ -143,6 +161,7 @@ class TensorBatchLoader(_EpochState):
         move_data: bool = True,
         rank: int = 0,
         world_size: int = 1,
+        lengths: Tensor | None = None,
     ) -> None:
         targets = torch.as_tensor(targets, dtype=torch.long)
         if len(data) != len(targets):
@@ -161,6 +180,7 @@ class TensorBatchLoader(_EpochState):
         )
         self.num_samples = len(data)
         self.to_float, self.transform = to_float, transform
+        self.lengths = None if lengths is None else torch.as_tensor(lengths)
         _check_shards(self.batch_size, drop_last, rank, world_size)
         self.rank, self.world_size = int(rank), int(world_size)
         self._init_state()
@@ -168,10 +188,13 @@ class TensorBatchLoader(_EpochState):
     @classmethod
     def from_dataset(cls, dataset: TensorImageDataset, batch_size: int, **kw: Any) -> TensorBatchLoader:
         """Loader over a preloaded dataset's stored tensor (uint8 stays uint8 until batching)."""
-        return cls(dataset.raw, dataset.targets, batch_size, **kw)
+        return cls(dataset.raw, dataset.targets, batch_size, lengths=getattr(dataset, "lengths", None), **kw)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        perm = epoch_permutation(self.num_samples, self.seed, self.epoch, self.shuffle).to(self.data.device)
+        perm = epoch_permutation(self.num_samples, self.seed, self.epoch, self.shuffle)
+        if self.lengths is not None and self.shuffle:
+            perm = length_bucketed(perm, self.lengths, self.batch_size, self.seed, self.epoch)
+        perm = perm.to(self.data.device)
         b, nb = self.batch_size, len(self)
         while self.position < nb:
             idx = rank_share(perm[self.position * b : (self.position + 1) * b], self.rank, self.world_size)

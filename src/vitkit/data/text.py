@@ -165,6 +165,7 @@ class TextClassificationDataset(Dataset):
         if len(self.targets) != len(self.raw):
             raise ValueError(f"{len(self.raw)} sentences but {len(self.targets)} labels")
         self.classes, self.pad_id = list(classes), int(pad_id)
+        self.lengths = (self.raw != self.pad_id).sum(1)  # for length-bucketed batches
 
     @classmethod
     def from_texts(
