@@ -182,3 +182,54 @@ def test_text_classification_trains_through_the_trainer(tmp_path):
     assert again["val_acc"] >= 0.5
     with pytest.raises(ValueError, match="text training takes no mixup"):
         train(dataset="sst2", data_dir=str(data), model="bert_tiny", mixup=0.5, out_dir=str(tmp_path))
+
+
+def test_mlm_masking_follows_the_80_10_10_rule():
+    from vitkit.models.bert import mask_tokens
+
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 1000, (400, 50))
+    ids[:, 0], ids[:, -1], ids[:, 40:49] = 2, 3, 0  # [CLS] ... [SEP], padding: never chosen
+    corrupted, labels = mask_tokens(
+        ids, mask_token_id=4, vocab_size=1000, special_ids=[0, 1, 2, 3, 4], generator=g
+    )
+    chosen = labels != -100
+    ordinary = (ids > 4).sum().item()
+    assert abs(chosen.sum().item() / ordinary - 0.15) < 0.01
+    assert not chosen[:, 0].any() and not chosen[:, -1].any() and not chosen[:, 40:49].any()
+    assert torch.equal(labels[chosen], ids[chosen]) and torch.equal(corrupted[~chosen], ids[~chosen])
+    masked = (corrupted[chosen] == 4).float().mean().item()
+    kept = (corrupted[chosen] == ids[chosen]).float().mean().item()
+    assert abs(masked - 0.8) < 0.02 and abs(kept - 0.1) < 0.015  # the rest (~10%) are random tokens
+    with pytest.raises(ValueError, match="mask_prob"):
+        mask_tokens(ids, 4, 1000, [0], mask_prob=0.0)
+
+
+def test_mlm_pretrain_then_finetune(tmp_path):
+    from vitkit.train import train
+    from vitkit.train.pretrain import pretrain
+
+    good = ["a great film", "wonderful and moving", "truly great acting", "a joy to watch", "great fun"]
+    bad = ["a dull mess", "boring and awful", "truly awful acting", "a waste of time", "dull fun"]
+    rows = [(s, 1) for s in good] + [(s, 0) for s in bad]
+    data = _tiny_sst2(tmp_path, {"train": rows * 8, "dev": rows})
+    common = dict(
+        dataset="sst2", data_dir=str(data), batch_size=16, threads=1, progress=False, out_dir=str(tmp_path)
+    )
+    summary = pretrain("mlm", model="bert_tiny", model_args={"depth": 1}, epochs=4, lr=3e-3, warmup_epochs=1,
+                       name="mlm", **common)  # fmt: skip
+    run = tmp_path / "mlm"
+    records = [__import__("json").loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["train_loss"] < records[0]["train_loss"] and "val_mlm_acc" in records[-1]
+    assert (
+        summary["method"] == "mlm"
+        and (run / "encoder.safetensors").exists()
+        and (run / "tokenizer.json").exists()
+    )
+    tuned = train(init_from=str(run), epochs=4, lr=3e-3, warmup_epochs=1, name="ft", **common)
+    assert tuned["val_acc"] >= 0.8
+    encoder = vitkit.load(run / "encoder.safetensors")
+    model = vitkit.load(tmp_path / "ft" / "model.safetensors")
+    assert model.embeddings.word.weight.shape == encoder.embeddings.word.weight.shape
+    with pytest.raises(ValueError, match="pre-trains on text"):
+        pretrain("mlm", model="bert_tiny", dataset="digits", out_dir=str(tmp_path))

@@ -99,11 +99,12 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         return 0
     print(f"run directory: {summary['run_dir']}")
     print(
-        f"epochs: {summary['epochs']}  val masked-patch loss: {summary['val_loss']:.4f}  "
+        f"epochs: {summary['epochs']}  val {args.method} loss: {summary['val_loss']:.4f}  "
         f"time: {summary['elapsed_s']:.1f}s  encoder params: {summary['encoder_params'] / 1e6:.3f}M"
     )
     run = summary["run_dir"]
-    print(f"encoder: {run}/encoder.safetensors  reconstructions: {run}/reconstructions.png")
+    extra = f"  reconstructions: {run}/reconstructions.png" if args.method == "mae" else ""
+    print(f"encoder: {run}/encoder.safetensors{extra}")
     print(f"next: vitkit finetune --from {run} --data DATASET")
     return 0
 
@@ -246,9 +247,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .train.pretrain import PRETRAIN_METHODS
 
-    p = sub.add_parser("pretrain", help="self-supervised pre-training without labels (masked autoencoder)")
+    p = sub.add_parser(
+        "pretrain",
+        help="self-supervised pre-training without labels: masked autoencoder (images), masked LM (text)",
+    )
     p.add_argument("--method", default="mae", choices=PRETRAIN_METHODS)
-    p.add_argument("--data", dest="dataset", default=None, help="dataset whose images to pre-train on")
+    p.add_argument(
+        "--data", dest="dataset", default=None, help="dataset whose images / sentences to pre-train on"
+    )
     p.add_argument("--recipe", default=None, help=f"named recipe: {', '.join(RECIPES)}")
     p.add_argument("--config", default=None, help="YAML config file")
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its checkpoint")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,17 @@ import torch
 from torch import Tensor, nn
 
 from ..layers import EncoderBlock
-from ..registry import register_family, register_model
+from ..registry import create_model, register_family, register_model
 
-__all__ = ["TextEmbeddings", "BertEncoder", "convert_hf_bert", "bert_config_from_hf", "bert_from_huggingface"]
+__all__ = [
+    "TextEmbeddings",
+    "BertEncoder",
+    "MaskedLanguageModel",
+    "mask_tokens",
+    "convert_hf_bert",
+    "bert_config_from_hf",
+    "bert_from_huggingface",
+]
 
 
 class TextEmbeddings(nn.Module):
@@ -261,3 +270,84 @@ def bert_from_huggingface(path: str | os.PathLike, num_classes: int = 0) -> Bert
     check_state_dict(model, state, source=str(path))
     model.load_state_dict(state)
     return model
+
+
+# ---------------------------------------------------------------- masked-language-model pre-training
+def mask_tokens(
+    input_ids: Tensor,
+    mask_token_id: int,
+    vocab_size: int,
+    special_ids: Sequence[int],
+    mask_prob: float = 0.15,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """BERT's masking: each ordinary token is chosen with ``mask_prob``; of those 80% become ``[MASK]``, 10% a
+    random token, 10% stay. Returns (corrupted ids, labels) with label -100 where nothing is predicted."""
+    if not 0 < mask_prob < 1:
+        raise ValueError(f"mask_prob must be in (0, 1), got {mask_prob}")
+    device = input_ids.device
+    ordinary = ~torch.isin(input_ids, torch.as_tensor(list(special_ids), device=device))
+    chosen = (torch.rand(input_ids.shape, generator=generator, device=device) < mask_prob) & ordinary
+    labels = torch.where(chosen, input_ids, torch.full_like(input_ids, -100))
+    draw = torch.rand(input_ids.shape, generator=generator, device=device)
+    to_mask = chosen & (draw < 0.8)
+    to_random = chosen & (draw >= 0.8) & (draw < 0.9)
+    random_ids = torch.randint(vocab_size, input_ids.shape, generator=generator, device=device)
+    corrupted = torch.where(to_mask, torch.full_like(input_ids, mask_token_id), input_ids)
+    corrupted = torch.where(to_random, random_ids, corrupted)
+    return corrupted, labels
+
+
+class MaskedLanguageModel(nn.Module):
+    """A registry text encoder plus BERT's MLM head (dense + GELU + LayerNorm, decoder tied to the word table).
+
+    ``forward(input_ids) -> (loss, logits of the chosen positions, labels)``: the ids are corrupted with
+    :func:`mask_tokens` inside, so the Trainer feeds plain token ids; the loss is the cross-entropy over the chosen
+    (15%) positions only.
+    """
+
+    def __init__(
+        self,
+        encoder: str = "bert_tiny",
+        encoder_args: dict[str, Any] | None = None,
+        mask_token_id: int = 4,
+        special_ids: Sequence[int] = (0, 1, 2, 3, 4),
+        mask_prob: float = 0.15,
+    ) -> None:
+        super().__init__()
+        encoder_args = {**(encoder_args or {}), "num_classes": 0}
+        self.config: dict[str, Any] = {"encoder": encoder, "encoder_args": encoder_args,
+                                       "mask_token_id": mask_token_id, "special_ids": [int(i) for i in special_ids],
+                                       "mask_prob": mask_prob}  # fmt: skip
+        self.encoder = create_model(encoder, **encoder_args)
+        if not isinstance(self.encoder, BertEncoder):
+            raise ValueError(f"the MLM encoder must be a BERT encoder, got {encoder!r}")
+        dim = self.encoder.embed_dim
+        eps = self.encoder.config["norm_eps"]
+        self.transform = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.LayerNorm(dim, eps=eps))
+        self.decoder_bias = nn.Parameter(torch.zeros(self.encoder.embeddings.word.num_embeddings))
+        self.mask_token_id, self.special_ids, self.mask_prob = mask_token_id, list(special_ids), mask_prob
+        nn.init.normal_(self.transform[0].weight, std=0.02)
+        nn.init.zeros_(self.transform[0].bias)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return set()
+
+    def forward(
+        self, input_ids: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        vocab = self.encoder.embeddings.word.num_embeddings
+        corrupted, labels = mask_tokens(input_ids, self.mask_token_id, vocab, self.special_ids, self.mask_prob,
+                                        generator)  # fmt: skip
+        attention_mask = (input_ids != self.encoder.pad_token_id).long()
+        hidden = self.encoder.forward_features(corrupted, attention_mask)
+        chosen = labels != -100
+        feats = self.transform(hidden[chosen])  # only the predicted positions reach the vocabulary projection
+        logits = feats @ self.encoder.embeddings.word.weight.T + self.decoder_bias
+        target = labels[chosen]
+        loss = nn.functional.cross_entropy(logits.float(), target) if len(target) else hidden.sum() * 0
+        return loss, logits, target
+
+
+register_family("bert_mlm", MaskedLanguageModel)

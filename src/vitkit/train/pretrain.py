@@ -1,10 +1,13 @@
-"""Self-supervised pre-training with the Trainer: ``vitkit pretrain --method mae``.
+"""Self-supervised pre-training with the Trainer: ``vitkit pretrain --method mae|mlm``.
 
-:class:`MAEPretrainer` is the classification :class:`~vitkit.train.trainer.Trainer` (same data pipeline,
+A :class:`Pretrainer` is the classification :class:`~vitkit.train.trainer.Trainer` (same data pipeline,
 augmentation, optimizer, schedule, checkpoints, exact resume, torchrun data parallelism) with the model's own
-reconstruction loss in place of the labels, a validation reconstruction loss in place of accuracy, and different
-outputs: ``model.safetensors`` (the whole MAE), ``encoder.safetensors`` (the ViT encoder alone, what
-``vitkit finetune --from RUN`` starts from) and ``reconstructions.png``.
+loss in place of the labels (which are never read) and a validation loss in place of accuracy. It writes
+``model.safetensors`` (the whole pre-training model) and ``encoder.safetensors`` (the encoder alone: what
+``vitkit finetune --from RUN`` starts from).
+
+- :class:`MAEPretrainer`: masked autoencoder on images (``mae_*`` models), plus ``reconstructions.png``.
+- :class:`MLMPretrainer`: BERT's masked language model on text (any ``bert`` encoder; the run's tokenizer).
 """
 
 from __future__ import annotations
@@ -17,87 +20,59 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..models.bert import MaskedLanguageModel
 from ..registry import create_model
 from ..weights.io import save as save_model
 from .config import resolve_config
 from .distributed import all_reduce_sum, shutdown_distributed
 from .trainer import Trainer
 
-__all__ = ["MAEPretrainer", "pretrain", "PRETRAIN_METHODS"]
+__all__ = ["Pretrainer", "MAEPretrainer", "MLMPretrainer", "pretrain", "PRETRAIN_METHODS"]
 
 log = logging.getLogger(__name__)
 
-PRETRAIN_METHODS = ("mae",)
+
+def _own_loss(outputs: tuple[Tensor, ...], targets: Tensor, inputs: Tensor) -> Tensor:
+    return outputs[0]  # the model computes its loss on what it hid; labels are never looked at
 
 
-def _reconstruction_loss(outputs: tuple[Tensor, Tensor, Tensor], targets: Tensor, images: Tensor) -> Tensor:
-    return outputs[0]  # the MAE computes its own loss on the masked patches; labels are never looked at
+class Pretrainer(Trainer):
+    """Shared by the pre-training methods: the model returns (loss, ...) and is scored by that loss."""
 
-
-class MAEPretrainer(Trainer):
-    """Masked-autoencoder pre-training; ``cfg.model`` names an ``mae`` family model (e.g. ``mae_vit_mnist``)."""
-
+    method = ""
     val_seed = 1234  # validation masks are the same at every evaluation, so the loss curve is comparable
 
     def __init__(self, cfg, **kwargs: Any) -> None:
         if cfg.teacher or cfg.init_from or cfg.mixup or cfg.cutmix:
-            raise ValueError("MAE pre-training takes no teacher, init_from, mixup or cutmix")
-        super().__init__(cfg, loss_fn=_reconstruction_loss, **kwargs)
-
-    def build_model(self, in_chans: int) -> nn.Module:
-        model = create_model(
-            self.cfg.model, in_chans=in_chans, drop_path_rate=self.cfg.drop_path, **self.cfg.model_args
-        )
-        if getattr(model, "family", None) != "mae":
-            raise ValueError(f"--method mae needs an MAE model (e.g. mae_vit_mnist), got {self.cfg.model!r}")
-        return model
+            raise ValueError(f"{self.method} pre-training takes no teacher, init_from, mixup or cutmix")
+        super().__init__(cfg, loss_fn=_own_loss, **kwargs)
 
     def count_correct(self, outputs, targets: Tensor) -> Tensor:
         return torch.zeros((), device=self.device)  # no accuracy without labels
 
+    def _val_generator(self) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(self.val_seed + self.dist.rank)
+
     @torch.inference_mode()
     def evaluate(self, model: nn.Module | None = None, return_outputs: bool = False) -> dict[str, Any]:
-        """Mean reconstruction loss of the masked patches over the validation split (fixed masks)."""
+        """Mean pre-training loss over the validation split (the same masks every time)."""
         model = model or self.model
         was_training = model.training
         model.eval()
-        g = torch.Generator(device=self.device).manual_seed(self.val_seed + self.dist.rank)
+        g = self._val_generator()
         loss_sum, count = 0.0, 0
         for x, _ in self.val_loader:
             x = self._prepare(x, train=False)
             with self._autocast():
-                loss, _, _ = model(x, generator=g)
+                loss = model(x, generator=g)[0]
             loss_sum += float(loss) * len(x)
             count += len(x)
         model.train(was_training)
         loss_sum, count = all_reduce_sum(loss_sum, count, device=self.device)
         return {"val_loss": loss_sum / max(count, 1)}
 
-    @torch.inference_mode()
-    def reconstructions(self, n: int = 8) -> list[tuple[str, Tensor]]:
-        """Rows (original, masked, reconstruction) for the first ``n`` validation images, in [0, 1]."""
-        model = self.final_model().eval()
-        images = torch.stack([self.val_data[i][0] for i in range(min(n, len(self.val_data)))]).to(self.device)
-        x = self._prepare(images, train=False)
-        g = torch.Generator(device=self.device).manual_seed(self.val_seed)
-        _, pred, mask = model(x, generator=g)
-        masked, recon = model.reconstruct(x, pred.float(), mask)
-        mean = torch.tensor(self.mean, device=self.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=self.device).view(1, -1, 1, 1)
-        unnorm = lambda t: (t * std + mean).clamp(0, 1)  # noqa: E731
-        hidden = (mask[..., None] * torch.ones_like(pred)).float()
-        shade = 1 - self._unpatch(hidden, model)  # grey out the masked patches of the input row
-        return [
-            ("original", images.clamp(0, 1)),
-            ("masked", unnorm(masked) * shade + 0.5 * (1 - shade)),
-            ("reconstruction", unnorm(recon)),
-        ]
-
-    @staticmethod
-    def _unpatch(patches: Tensor, model: nn.Module) -> Tensor:
-        from ..models.mae import unpatchify
-
-        return unpatchify(patches, model.patch_size, model.grid_size, model.in_chans)
+    def extra_outputs(self, model: nn.Module) -> None:
+        """Method-specific files written at the end (rank 0)."""
 
     def finish(self, stopped_early: bool = False) -> dict[str, Any]:
         model = self.final_model()
@@ -106,7 +81,7 @@ class MAEPretrainer(Trainer):
         result = self.evaluate(model)
         summary: dict[str, Any] = {
             "run_dir": str(self.run_dir),
-            "method": "mae",
+            "method": self.method,
             "epochs": self.epoch,
             "val_loss": result["val_loss"],
             "elapsed_s": self.history[-1]["elapsed"] if self.history else 0.0,
@@ -119,17 +94,99 @@ class MAEPretrainer(Trainer):
             return summary
         save_model(model, self.run_dir / "model.safetensors", data_config=data_config)
         save_model(model.encoder, self.run_dir / "encoder.safetensors", data_config=data_config)
-        from ..plots import plot_image_grid, plot_training_curves
+        from ..plots import plot_training_curves
+
+        plot_training_curves(
+            self.run_dir / "metrics.jsonl", self.run_dir / "curves.png", loss_label=f"{self.method} loss"
+        )
+        self.extra_outputs(model)
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+
+class MAEPretrainer(Pretrainer):
+    """Masked-autoencoder pre-training; ``cfg.model`` names an ``mae`` family model (e.g. ``mae_vit_mnist``)."""
+
+    method = "mae"
+
+    def build_model(self, in_chans: int) -> nn.Module:
+        if self.modality != "image":
+            raise ValueError(
+                f"--method mae pre-trains on images; {self.cfg.dataset!r} is text (use --method mlm)"
+            )
+        cfg = self.cfg
+        model = create_model(cfg.model, in_chans=in_chans, drop_path_rate=cfg.drop_path, **cfg.model_args)
+        if getattr(model, "family", None) != "mae":
+            raise ValueError(f"--method mae needs an MAE model (e.g. mae_vit_mnist), got {cfg.model!r}")
+        return model
+
+    @torch.inference_mode()
+    def reconstructions(self, n: int = 8) -> list[tuple[str, Tensor]]:
+        """Rows (original, masked, reconstruction) for the first ``n`` validation images, in [0, 1]."""
+        from ..models.mae import unpatchify
+
+        model = self.final_model().eval()
+        images = torch.stack([self.val_data[i][0] for i in range(min(n, len(self.val_data)))]).to(self.device)
+        x = self._prepare(images, train=False)
+        _, pred, mask = model(x, generator=torch.Generator(device=self.device).manual_seed(self.val_seed))
+        masked, recon = model.reconstruct(x, pred.float(), mask)
+        mean = torch.tensor(self.mean, device=self.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=self.device).view(1, -1, 1, 1)
+        hidden = unpatchify(
+            mask[..., None].expand_as(pred).float(), model.patch_size, model.grid_size, model.in_chans
+        )
+        return [
+            ("original", images.clamp(0, 1)),
+            ("masked", (masked * std + mean).clamp(0, 1) * (1 - hidden) + 0.5 * hidden),  # grey = hidden
+            ("reconstruction", (recon * std + mean).clamp(0, 1)),
+        ]
+
+    def extra_outputs(self, model: nn.Module) -> None:
+        from ..plots import plot_image_grid
 
         plot_image_grid(
             self.reconstructions(), self.run_dir / "reconstructions.png",
             title=f"MAE {self.cfg.model}: mask ratio {model.mask_ratio:g}, epoch {self.epoch}",
         )  # fmt: skip
-        plot_training_curves(
-            self.run_dir / "metrics.jsonl", self.run_dir / "curves.png", loss_label="masked-patch MSE"
+
+
+class MLMPretrainer(Pretrainer):
+    """BERT masked-language-model pre-training of ``cfg.model`` (a ``bert`` encoder) on a text dataset's sentences."""
+
+    method = "mlm"
+
+    def build_model(self, in_chans: int) -> nn.Module:
+        if self.modality != "text":
+            raise ValueError(f"--method mlm pre-trains on text; {self.cfg.dataset!r} is an image dataset")
+        tok = self.tokenizer
+        encoder_args = {"vocab_size": tok.vocab_size, "pad_token_id": tok.pad_id, **self.cfg.model_args}
+        specials = [tok.pad_id, tok.unk_id, tok.cls_id, tok.sep_id, tok.mask_id]
+        return MaskedLanguageModel(
+            self.cfg.model, encoder_args, mask_token_id=tok.mask_id, special_ids=specials
         )
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        return summary
+
+    @torch.inference_mode()
+    def evaluate(self, model: nn.Module | None = None, return_outputs: bool = False) -> dict[str, Any]:
+        """Masked-token cross-entropy and accuracy (top-1 of the hidden tokens) over the validation split."""
+        model = model or self.model
+        was_training = model.training
+        model.eval()
+        g = self._val_generator()
+        loss_sum, correct, count = 0.0, 0, 0
+        for x, _ in self.val_loader:
+            x = self._prepare(x, train=False)
+            with self._autocast():
+                loss, logits, target = model(x, generator=g)
+            loss_sum += float(loss) * len(target)
+            correct += int((logits.argmax(-1) == target).sum())
+            count += len(target)
+        model.train(was_training)
+        loss_sum, correct, count = all_reduce_sum(loss_sum, correct, count, device=self.device)
+        return {"val_loss": loss_sum / max(count, 1), "val_mlm_acc": correct / max(count, 1)}
+
+
+PRETRAINERS: dict[str, type[Pretrainer]] = {"mae": MAEPretrainer, "mlm": MLMPretrainer}
+PRETRAIN_METHODS = tuple(PRETRAINERS)
 
 
 def pretrain(
@@ -140,16 +197,17 @@ def pretrain(
     **overrides: Any,
 ) -> dict[str, Any]:
     """Python API of ``vitkit pretrain``: resolve the config, pre-train, return the summary dict."""
-    if method not in PRETRAIN_METHODS:
+    if method not in PRETRAINERS:
         raise ValueError(f"unknown pre-training method {method!r}; known: {list(PRETRAIN_METHODS)}")
+    cls = PRETRAINERS[method]
     if resume is not None:
         run_dir = Path(resume)
         cfg = resolve_config(config_file=run_dir / "config.yaml", **overrides)
-        trainer = MAEPretrainer(cfg, run_dir=run_dir)
+        trainer = cls(cfg, run_dir=run_dir)
         trainer.resume(run_dir)
     else:
         cfg = resolve_config(recipe, config_file, **overrides)
-        trainer = MAEPretrainer(cfg)
+        trainer = cls(cfg)
     try:
         return trainer.fit()
     finally:

@@ -50,7 +50,7 @@ from .distributed import (
     shutdown_distributed,
     wrap_model,
 )
-from .finetune import apply_mode, build_from_pretrained, fold_probe_heads
+from .finetune import apply_mode, build_from_pretrained, fold_probe_heads, resolve_source
 from .optim import build_optimizer, warmup_cosine_schedule
 
 __all__ = ["Trainer", "train", "TrainingDivergedError"]
@@ -101,8 +101,8 @@ def build_text_model(cfg: TrainConfig, num_classes: int, tokenizer) -> nn.Module
         src = Path(cfg.init_from)
         if (src / "config.json").exists():
             model = bert_from_huggingface(src, num_classes=num_classes)
-        else:
-            model = load(src / "model.safetensors" if src.is_dir() else src)
+        else:  # a vitkit text run or file; an MLM pre-training run gives its encoder
+            model = load(resolve_source(src))
             model.reset_classifier(num_classes)
         vocab = model.embeddings.word.num_embeddings
         if tokenizer.vocab_size > vocab:
