@@ -69,8 +69,11 @@ def scaled_dot_product(
 
     ``need_weights=True`` forces the eager path, whose weights have shape (B, H, Lq, Lk) and sum to 1 over keys.
     """
+    if is_causal and q.shape[-2] == 1:
+        is_causal = False  # one query at the end of the keys (cached decoding) may see all of them
+    aligned = q.shape[-2] == k.shape[-2]  # SDPA's own causal mask is top-left aligned: only for equal lengths
     if fused and not need_weights:
-        if key_padding_mask is None and (attn_mask is None or not is_causal):
+        if key_padding_mask is None and (attn_mask is None or not is_causal) and (aligned or not is_causal):
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal and attn_mask is None
             )
@@ -150,11 +153,21 @@ class Attention(_AttentionBase):
         key_padding_mask: Tensor | None = None,
         is_causal: bool = False,
         need_weights: bool = False,
+        cache: dict[str, Tensor] | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
-        """x: (B, L, C) -> (B, L, C); with ``need_weights`` also the (B, H, L, L) attention weights."""
+        """x: (B, L, C) -> (B, L, C); with ``need_weights`` also the (B, H, L, L) attention weights.
+
+        ``cache`` (incremental decoding): a dict holding the keys/values of earlier positions; the new ones are
+        appended to it and ``x`` holds only the new positions (a causal mask is then aligned to the end).
+        ``key_padding_mask`` covers all keys, cached ones included.
+        """
         B, L, C = x.shape
         qkv = self.qkv(x).reshape(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each B, H, L, head_dim
+        if cache is not None:
+            if "k" in cache:
+                k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
+            cache["k"], cache["v"] = k, v
         return self._attend(q, k, v, attn_mask, key_padding_mask, is_causal, need_weights)
 
 
@@ -175,11 +188,20 @@ class CrossAttention(_AttentionBase):
         attn_mask: Tensor | None = None,
         key_padding_mask: Tensor | None = None,
         need_weights: bool = False,
+        cache: dict[str, Tensor] | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
-        """x: (B, Lq, C), memory: (B, Lk, C_kv) -> (B, Lq, C). ``key_padding_mask`` masks memory positions."""
+        """x: (B, Lq, C), memory: (B, Lk, C_kv) -> (B, Lq, C). ``key_padding_mask`` masks memory positions.
+
+        ``cache``: the memory's keys/values are projected once and reused on later calls (incremental decoding).
+        """
         B, Lq, _ = x.shape
         Lk = memory.shape[1]
         q = self.q(x).reshape(B, Lq, self.num_heads, self.head_dim).transpose(1, 2)
-        kv = self.kv(memory).reshape(B, Lk, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        k, v = kv.unbind(0)
+        if cache is not None and "k" in cache:
+            k, v = cache["k"], cache["v"]
+        else:
+            kv = self.kv(memory).reshape(B, Lk, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            k, v = kv.unbind(0)
+            if cache is not None:
+                cache["k"], cache["v"] = k, v
         return self._attend(q, k, v, attn_mask, key_padding_mask, False, need_weights)

@@ -104,13 +104,28 @@ class DecoderBlock(nn.Module):
         self_key_padding_mask: Tensor | None = None,
         memory_key_padding_mask: Tensor | None = None,
         is_causal: bool = True,
+        cache: dict[str, dict[str, Tensor]] | None = None,
     ) -> Tensor:
-        """x: (B, Lt, C) target tokens, memory: (B, Ls, C_mem) -> (B, Lt, C)."""
+        """x: (B, Lt, C) target tokens, memory: (B, Ls, C_mem) -> (B, Lt, C).
+
+        ``cache`` (incremental decoding, ``{}`` on the first call): keeps this block's self-attention keys/values
+        and the projected memory, so each later call passes only the new target positions.
+        """
         dp = self.drop_path
+        self_cache = cross_cache = None
+        if cache is not None:
+            self_cache, cross_cache = cache.setdefault("self", {}), cache.setdefault("cross", {})
+
+        def attn(h: Tensor) -> Tensor:
+            return self.self_attn(h, None, self_key_padding_mask, is_causal, cache=self_cache)
+
+        def cross(h: Tensor) -> Tensor:
+            return self.cross_attn(h, memory, key_padding_mask=memory_key_padding_mask, cache=cross_cache)
+
         if self.norm_first:
-            x = x + dp(self.self_attn(self.norm1(x), None, self_key_padding_mask, is_causal))
-            x = x + dp(self.cross_attn(self.norm2(x), memory, key_padding_mask=memory_key_padding_mask))
+            x = x + dp(attn(self.norm1(x)))
+            x = x + dp(cross(self.norm2(x)))
             return x + dp(self.mlp(self.norm3(x)))
-        x = self.norm1(x + dp(self.self_attn(x, None, self_key_padding_mask, is_causal)))
-        x = self.norm2(x + dp(self.cross_attn(x, memory, key_padding_mask=memory_key_padding_mask)))
+        x = self.norm1(x + dp(attn(x)))
+        x = self.norm2(x + dp(cross(x)))
         return self.norm3(x + dp(self.mlp(x)))

@@ -3,6 +3,14 @@
 from .bert import BertEncoder
 from .mae import MaskedAutoencoder
 from .resnet import ResNet
+from .seq2seq import Seq2SeqTransformer
 from .vit import VisionTransformer, vit_flops
 
-__all__ = ["BertEncoder", "MaskedAutoencoder", "ResNet", "VisionTransformer", "vit_flops"]
+__all__ = [
+    "BertEncoder",
+    "MaskedAutoencoder",
+    "Seq2SeqTransformer",
+    "ResNet",
+    "VisionTransformer",
+    "vit_flops",
+]
