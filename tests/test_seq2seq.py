@@ -100,3 +100,59 @@ def test_a_reversal_task_is_learned():
     beam = beam_search(model, src, beam_size=3, max_len=7)
     assert (greedy == tgt).float().mean() >= 0.95, f"token accuracy after {time.perf_counter() - start:.0f}s"
     assert (beam == tgt).float().mean() >= 0.95
+
+
+def _tiny_multi30k(root, n_train=240):
+    import gzip
+    import random
+
+    rng = random.Random(0)
+    words = ["hund", "katze", "mann", "frau", "kind", "ball", "haus", "baum"]
+    english = dict(zip(words, ["dog", "cat", "man", "woman", "child", "ball", "house", "tree"], strict=True))
+    folder = root / "multi30k" / "task1" / "raw"
+    folder.mkdir(parents=True)
+    for split, n in (("train", n_train), ("val", 150), ("test_2016_flickr", 150)):
+        de = [" ".join(rng.choice(words) for _ in range(rng.randint(2, 5))) for _ in range(n)]
+        en = [" ".join(english[w] for w in line.split()) for line in de]
+        for lang, lines in (("de", de), ("en", en)):
+            with gzip.open(folder / f"{split}.{lang}.gz", "wt", encoding="utf-8") as f:
+                f.write("\n".join(lines) + "\n")
+    return root
+
+
+def test_translation_trains_through_the_trainer_and_the_cli(tmp_path, capsys):
+    import json
+
+    from vitkit.cli import main
+
+    data = _tiny_multi30k(tmp_path / "data")
+    rc = main(["translate", "train", "--data", "multi30k-de-en", "--data-dir", str(data), "--model", "transformer_tiny",
+               "--model-args", '{"vocab_size": 60}', "--epochs", "20", "--batch-size", "32", "--lr", "3e-3",
+               "--warmup-epochs", "1", "--schedule", "inverse_sqrt", "--label-smoothing", "0", "--threads", "1",
+               "--no-progress", "--out-dir", str(tmp_path), "--name", "tr"])  # fmt: skip
+    assert rc == 0
+    run = tmp_path / "tr"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["test_bleu_greedy"] > 20 and summary["val_token_acc"] > 0.8  # a word-for-word toy language
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["val_bleu"] > records[0]["val_bleu"]
+    capsys.readouterr()
+    assert main(["translate", str(run), "hund katze", "--beam", "2"]) == 0
+    assert "-> dog cat" in capsys.readouterr().out
+    assert main(["translate", str(run), " "]) == 2
+    assert main(["translate", "train", "--data", "multi30k-xx", "--data-dir", str(data)]) == 2
+    assert "multi30k-SRC-TGT" in capsys.readouterr().err
+
+
+def test_inverse_sqrt_schedule_warms_up_then_decays():
+    from vitkit.train.optim import inverse_sqrt_schedule
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = inverse_sqrt_schedule(opt, warmup_steps=4)
+    lrs = []
+    for _ in range(16):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert lrs[15] == pytest.approx((4 / 16) ** 0.5)

@@ -109,6 +109,58 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _translate_train_parser() -> argparse.ArgumentParser:
+    from .train.config import RECIPES
+
+    p = argparse.ArgumentParser(
+        prog="vitkit translate train", description="train an encoder-decoder translator"
+    )
+    p.add_argument("--data", dest="dataset", default=None, help="multi30k-SRC-TGT, e.g. multi30k-de-en")
+    p.add_argument("--recipe", default=None, help=f"named recipe: {', '.join(RECIPES)}")
+    p.add_argument("--config", default=None, help="YAML config file")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its checkpoint")
+    _add_train_flags(p, skip=("init_from", "finetune_mode", "freeze_blocks", "layer_decay", "teacher", "distill",
+                              "distill_alpha", "distill_tau", "mixup", "cutmix", "mix_prob"))  # fmt: skip
+    return p
+
+
+def cmd_translate(args: argparse.Namespace) -> int:
+    """``vitkit translate train [flags]`` or ``vitkit translate RUN "sentence" ... [--beam K]``."""
+    if args.target == "train":
+        from .train.translate import train_translation
+
+        targs = _translate_train_parser().parse_args(args.rest)
+        overrides = _train_overrides(targs)
+        if targs.recipe is None and targs.config is None and "dataset" not in overrides:
+            targs.recipe = "multi30k-de-en"
+        summary = train_translation(targs.recipe, targs.config, targs.resume, **overrides)
+        if os.environ.get("RANK", "0") != "0":
+            return 0
+        print(f"run directory: {summary['run_dir']}")
+        print(
+            f"epochs: {summary['epochs']}  val BLEU: {summary['val_bleu']:.2f}  test_2016_flickr BLEU: greedy "
+            f"{summary['test_bleu_greedy']:.2f}, beam 4 {summary['test_bleu_beam4']:.2f}  "
+            f"time: {summary['elapsed_s']:.1f}s  params: {summary['params'] / 1e6:.2f}M"
+        )
+        return 0
+    from .train.translate import load_translator, translate
+
+    p = argparse.ArgumentParser(
+        prog="vitkit translate RUN", description="translate sentences with a trained run"
+    )
+    p.add_argument("sentences", nargs="+")
+    p.add_argument("--beam", type=int, default=4, help="beam size (1 = greedy)")
+    p.add_argument("--max-len", type=int, default=64)
+    targs = p.parse_args(args.rest)
+    if any(not s.strip() for s in targs.sentences):
+        raise ValueError("empty sentence: nothing to translate")
+    model, tokenizer = load_translator(args.target)
+    outputs = translate(model, tokenizer, targs.sentences, targs.beam, targs.max_len)
+    for src, out in zip(targs.sentences, outputs, strict=True):
+        print(f"{src}\n  -> {out}")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
     from .metrics import format_metrics_table
@@ -263,6 +315,15 @@ def build_parser() -> argparse.ArgumentParser:
                  "distill_alpha", "distill_tau", "mixup", "cutmix", "mix_prob", "label_smoothing"),
     )  # fmt: skip
     p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser(
+        "translate",
+        help="'translate train [flags]' trains an encoder-decoder (Multi30k); 'translate RUN \"text\"' translates",
+        add_help=False,
+    )
+    p.add_argument("target", metavar="train|RUN", help="'train', or a translation run directory")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="training flags, or the sentences (and --beam K)")
+    p.set_defaults(func=cmd_translate)
 
     p = sub.add_parser("eval", help="evaluate a run or model file on a dataset split")
     p.add_argument("checkpoint", help="run directory or model .safetensors")

@@ -351,7 +351,10 @@ def make_loader(
 ) -> TensorBatchLoader | DatasetLoader:
     """:class:`TensorBatchLoader` for in-memory datasets (``num_workers`` is ignored; ``device`` keeps the data
     there), else :func:`make_dataloader`. Batches are ``(float images in [0, 1], int64 labels)``."""
-    if isinstance(dataset, TensorImageDataset) or getattr(dataset, "modality", None) == "text":
+    if isinstance(dataset, TensorImageDataset) or getattr(dataset, "modality", None) in (
+        "text",
+        "translation",
+    ):
         return TensorBatchLoader.from_dataset(
             dataset, batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed, device=device, **kw
         )

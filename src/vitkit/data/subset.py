@@ -52,6 +52,13 @@ class SubsetDataset(Dataset):
 
 def stratified_subset(dataset: Dataset, size: float, seed: int = 0) -> Dataset:
     """A class-balanced subset of ``dataset`` (see :func:`stratified_indices`); in-memory datasets stay in memory."""
+    if not getattr(dataset, "classes", None):  # not classification (e.g. translation pairs): a random subset
+        n = len(dataset)
+        count = round(size * n) if 0 < size < 1 else int(size)
+        if not 1 <= count <= n:
+            raise ValueError(f"subset size must be a fraction in (0, 1) or a count in [1, {n}], got {size}")
+        g = torch.Generator().manual_seed(int(seed))
+        return dataset.select(torch.randperm(n, generator=g)[:count].sort().values)
     idx = stratified_indices(dataset.targets, size, seed)
     if isinstance(dataset, TensorImageDataset):
         return TensorImageDataset(dataset.raw[idx], dataset.targets[idx], dataset.classes)

@@ -91,6 +91,25 @@ class TextTokenizer:
         )  # [CLS] text [SEP], as a loaded BERT vocabulary does
         return cls(inner, max_length)
 
+    @classmethod
+    def train_bpe(
+        cls, texts: Iterable[str], vocab_size: int = 8000, min_frequency: int = 2, max_length: int = 128
+    ) -> TextTokenizer:
+        """Train a SentencePiece-style BPE vocabulary (whitespace kept in the pieces, so decoding gives the text
+        back exactly: what translation needs for BLEU), with BERT's special tokens; ``[CLS] text [SEP]``."""
+        from tokenizers import SentencePieceBPETokenizer
+        from tokenizers.processors import TemplateProcessing
+
+        tok = SentencePieceBPETokenizer()
+        tok.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=min_frequency,
+                                special_tokens=list(_SPECIAL))  # fmt: skip
+        inner = tok._tokenizer
+        cls_id, sep_id = inner.token_to_id("[CLS]"), inner.token_to_id("[SEP]")
+        inner.post_processor = TemplateProcessing(
+            single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+        )
+        return cls(inner, max_length)
+
     def save(self, path: str | os.PathLike) -> Path:
         from ..weights.io import atomic_write
 
@@ -120,7 +139,11 @@ class TextTokenizer:
         return {"input_ids": input_ids, "attention_mask": mask}
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids))
+        """Token ids -> text, special tokens (and anything after the first [SEP]) dropped."""
+        ids = [int(i) for i in ids]
+        if self.sep_id in ids:
+            ids = ids[: ids.index(self.sep_id)]
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
 
 def read_sst2(data_dir: str | os.PathLike | None = None, split: str = "train") -> tuple[list[str], list[int]]:

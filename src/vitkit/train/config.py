@@ -43,6 +43,9 @@ class TrainConfig:
     lr: float = 1e-3
     min_lr: float = 1e-5
     warmup_epochs: float = 5.0
+    schedule: str = (
+        "cosine"  # cosine (warmup then cosine to min_lr) | inverse_sqrt (warmup then 1/sqrt(step))
+    )
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.999)
     clip_grad: float | None = 1.0
@@ -114,6 +117,12 @@ RECIPES: dict[str, dict[str, Any]] = {
     "mae-fashion-mnist": dict(
         model="mae_vit_mnist", dataset="fashion-mnist", epochs=20, batch_size=256, lr=1.5e-3, warmup_epochs=1,
         weight_decay=0.05, betas=(0.9, 0.95), pad_crop=2, hflip=True, drop_path=0.0, eval_every=5,
+    ),
+    # Multi30k German -> English on a CPU: a small pre-norm Transformer, joint BPE, inverse-sqrt schedule
+    "multi30k-de-en": dict(
+        model="transformer_small", dataset="multi30k-de-en", epochs=12, batch_size=128, lr=1e-3, warmup_epochs=1,
+        schedule="inverse_sqrt", weight_decay=0.0, betas=(0.9, 0.98), label_smoothing=0.1, drop_path=0.0,
+        max_length=64, clip_grad=1.0,
     ),
     # CIFAR-10 on a GPU: longer schedule with RandAugment, mixup/cutmix and EMA
     "cifar10": dict(
@@ -191,6 +200,8 @@ def _validate(cfg: TrainConfig) -> None:
         problems.append(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {cfg.device!r}")
     if not 0 <= cfg.label_smoothing < 1:
         problems.append(f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
+    if cfg.schedule not in ("cosine", "inverse_sqrt"):
+        problems.append(f"schedule must be 'cosine' or 'inverse_sqrt', got {cfg.schedule!r}")
     if cfg.finetune_mode not in ("full", "linear", "partial"):
         problems.append(f"finetune_mode must be 'full', 'linear' or 'partial', got {cfg.finetune_mode!r}")
     if cfg.finetune_mode != "full" and not cfg.init_from:

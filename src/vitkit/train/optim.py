@@ -13,6 +13,7 @@ __all__ = [
     "param_groups_layer_decay",
     "build_optimizer",
     "warmup_cosine_schedule",
+    "inverse_sqrt_schedule",
 ]
 
 
@@ -70,6 +71,18 @@ def build_optimizer(
         raise ValueError("nothing to train: every parameter of the model is frozen")
     kwargs = {"fused": True} if fused else {}
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), **kwargs)
+
+
+def inverse_sqrt_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int) -> LambdaLR:
+    """Vaswani et al. (2017): the lr factor rises linearly for ``warmup_steps`` then decays as 1/sqrt(step)
+    (1 at the end of warmup, so ``lr`` is the peak)."""
+    warmup = max(1, warmup_steps)
+
+    def factor(step: int) -> float:
+        step += 1
+        return min(step / warmup, math.sqrt(warmup / step))
+
+    return LambdaLR(optimizer, factor)
 
 
 def warmup_cosine_schedule(

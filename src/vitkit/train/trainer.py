@@ -51,7 +51,7 @@ from .distributed import (
     wrap_model,
 )
 from .finetune import apply_mode, build_from_pretrained, fold_probe_heads, resolve_source
-from .optim import build_optimizer, warmup_cosine_schedule
+from .optim import build_optimizer, inverse_sqrt_schedule, warmup_cosine_schedule
 
 __all__ = ["Trainer", "train", "TrainingDivergedError"]
 
@@ -180,16 +180,14 @@ class Trainer:
 
         from .. import data as vdata
 
-        self.modality = (
-            getattr(train_data, "modality", "image")
-            if train_data is not None
-            else ("text" if vdata.is_text_dataset(cfg.dataset) else "image")
-        )
-        if self.modality == "text" and (
+        self.modality = self.detect_modality(train_data)  # image | text | translation
+        if self.modality != "image" and (
             cfg.mixup or cfg.cutmix or cfg.teacher or cfg.finetune_mode != "full"
         ):
-            raise ValueError("text training takes no mixup/cutmix, teacher or frozen fine-tuning modes")
-        self.tokenizer = self._build_tokenizer() if self.modality == "text" else None
+            raise ValueError(
+                f"{self.modality} training takes no mixup/cutmix, teacher or frozen fine-tuning modes"
+            )
+        self.tokenizer = self._build_tokenizer() if self.modality != "image" else None
         self.train_data = train_data if train_data is not None else self._build_dataset("train")
         if cfg.train_subset is not None:
             self.train_data = vdata.stratified_subset(self.train_data, cfg.train_subset, cfg.seed)
@@ -248,8 +246,11 @@ class Trainer:
         )  # fmt: skip
         self.steps_per_epoch = max(1, len(self.train_loader) // cfg.accum_steps)
         total = cfg.epochs * self.steps_per_epoch
-        self.scheduler = warmup_cosine_schedule(
-            self.optimizer, int(cfg.warmup_epochs * self.steps_per_epoch), total, cfg.min_lr / cfg.lr
+        warmup = int(cfg.warmup_epochs * self.steps_per_epoch)
+        self.scheduler = (
+            inverse_sqrt_schedule(self.optimizer, warmup)
+            if cfg.schedule == "inverse_sqrt"
+            else warmup_cosine_schedule(self.optimizer, warmup, total, cfg.min_lr / cfg.lr)
         )
         self.ema = (
             AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
@@ -286,6 +287,14 @@ class Trainer:
             cfg.model, num_classes=len(self.classes), in_chans=in_chans, drop_path_rate=cfg.drop_path,
             **cfg.model_args,
         )  # fmt: skip
+
+    def detect_modality(self, train_data=None) -> str:
+        """What the batches hold: 'image' tensors, 'text' token ids (classification) or 'translation' pairs."""
+        if train_data is not None:
+            return getattr(train_data, "modality", "image")
+        from ..data import is_text_dataset
+
+        return "text" if is_text_dataset(self.cfg.dataset) else "image"
 
     def _build_tokenizer(self):
         """Text: ``cfg.tokenizer``, else the one beside ``init_from``, else WordPiece trained on the training texts."""
@@ -349,7 +358,7 @@ class Trainer:
 
     def _prepare(self, x: Tensor, train: bool) -> Tensor:
         x = x.to(self.device, non_blocking=True)
-        if self.modality == "text":  # token ids: cut the batch to its longest sentence
+        if self.modality != "image":  # token ids: cut the batch to its longest sentence
             return x[:, : int((x != self.tokenizer.pad_id).sum(1).max())]
         if x.dtype == torch.uint8:
             x = x.float().div_(255)
@@ -440,7 +449,7 @@ class Trainer:
             stepping = (i + 1) % cfg.accum_steps == 0
             with self._grad_sync(stepping):
                 with self._autocast():
-                    logits = self.step_model(x)
+                    logits = self.forward_step(x, target)
                 loss = self.loss_fn(logits, target, x)
                 # On a GPU, reading the loss stalls the pipeline: check every `check_every` steps there (weights
                 # updated after a bad step are never checkpointed), every step on the CPU where it costs nothing.
@@ -476,6 +485,10 @@ class Trainer:
             "images_per_s": seen / elapsed,
             "train_time": elapsed,
         }
+
+    def forward_step(self, x: Tensor, target: Tensor) -> Any:
+        """The training forward pass (a sequence-to-sequence model also takes the target)."""
+        return self.step_model(x)
 
     def count_correct(self, outputs: Tensor | tuple[Tensor, ...], targets: Tensor) -> Tensor:
         """Training-batch hits for ``train_acc`` (the class head's logits when the model returns a tuple)."""
