@@ -233,3 +233,11 @@ def test_mlm_pretrain_then_finetune(tmp_path):
     assert model.embeddings.word.weight.shape == encoder.embeddings.word.weight.shape
     with pytest.raises(ValueError, match="pre-trains on text"):
         pretrain("mlm", model="bert_tiny", dataset="digits", out_dir=str(tmp_path))
+
+
+def test_image_commands_refuse_text_models_clearly(tmp_path, capsys):
+    from vitkit.cli import main
+
+    vitkit.save(vitkit.create_model("bert_tiny", vocab_size=50), tmp_path / "model.safetensors")
+    assert main(["predict", str(tmp_path), "a sentence"]) == 2
+    assert "not an image classifier" in capsys.readouterr().err

@@ -204,6 +204,13 @@ def load_for_inference(
                 f"checkpoint.pt holds training state).{hint}"
             )
     model = load(model_file, device=device)
+    family = getattr(model, "family", "")
+    if family in ("bert", "bert_mlm", "seq2seq", "mae"):
+        use = {"seq2seq": "vitkit translate RUN 'text'", "mae": "vitkit finetune --from RUN --data DATASET"}
+        raise ValueError(
+            f"{model_file} holds a {type(model).__name__} ({family}), not an image classifier: "
+            f"{use.get(family, 'vitkit.data.text.TextTokenizer + the model in Python (see the README, Text)')}"
+        )
     data_config = resolve_data_config(model, strict=strict, source=str(model_file))
     model.data_config = data_config
     return model.eval(), data_config
