@@ -1,6 +1,7 @@
 """Model families. Importing this package registers every family and named config."""
 
 from .bert import BertEncoder
+from .detr import DETR
 from .mae import MaskedAutoencoder
 from .resnet import ResNet
 from .seq2seq import Seq2SeqTransformer
@@ -8,6 +9,7 @@ from .vit import VisionTransformer, vit_flops
 
 __all__ = [
     "BertEncoder",
+    "DETR",
     "MaskedAutoencoder",
     "Seq2SeqTransformer",
     "ResNet",

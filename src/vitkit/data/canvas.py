@@ -1,0 +1,158 @@
+"""Multi-object canvases from real Fashion-MNIST / MNIST items, with exact boxes and masks, in COCO format.
+
+:func:`make_canvases` places ``objects`` random items (resized to a random scale) at random places on a blank
+canvas, deterministically for a seed; each object's box is the tight box of its visible pixels and the semantic
+mask holds ``class + 1`` where an object's pixel shows (0 = background; later objects cover earlier ones).
+:func:`write_coco` writes PNGs + a COCO ``annotations.json`` (boxes ``[x, y, w, h]``) that
+:class:`CocoDetection` -- or pycocotools -- reads back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import Dataset
+
+__all__ = ["make_canvases", "write_coco", "CocoDetection"]
+
+
+def make_canvases(
+    items: Tensor,
+    labels: Tensor,
+    num_images: int,
+    canvas: int = 64,
+    objects: tuple[int, int] = (1, 4),
+    scale: tuple[float, float] = (0.5, 1.2),
+    seed: int = 0,
+    threshold: float = 0.1,
+) -> tuple[Tensor, list[dict[str, Tensor]], Tensor]:
+    """(images (N, 1, canvas, canvas) uint8, targets [{"boxes" xyxy pixels, "labels"}], masks (N, canvas, canvas)).
+
+    ``items`` (M, 1, h, w) uint8 or float in [0, 1]; each object is an item scaled by a factor in ``scale``.
+    """
+    g = torch.Generator().manual_seed(int(seed))
+    items = items.float() / 255 if items.dtype == torch.uint8 else items.float()
+    images = torch.zeros(num_images, 1, canvas, canvas)
+    masks = torch.zeros(num_images, canvas, canvas, dtype=torch.long)
+    targets = []
+    for n in range(num_images):
+        k = int(torch.randint(objects[0], objects[1] + 1, (1,), generator=g))
+        boxes, classes = [], []
+        for _ in range(k):
+            i = int(torch.randint(len(items), (1,), generator=g))
+            f = scale[0] + (scale[1] - scale[0]) * float(torch.rand(1, generator=g))
+            size = max(6, min(canvas, round(items.shape[-1] * f)))
+            item = F.interpolate(
+                items[i : i + 1], size=(size, size), mode="bilinear", antialias=True, align_corners=False
+            )[0, 0]
+            y = int(torch.randint(canvas - size + 1, (1,), generator=g))
+            x = int(torch.randint(canvas - size + 1, (1,), generator=g))
+            shown = item > threshold
+            if not shown.any():
+                continue
+            region = images[n, 0, y : y + size, x : x + size]
+            images[n, 0, y : y + size, x : x + size] = torch.where(shown, item, region)
+            masks[n, y : y + size, x : x + size][shown] = int(labels[i]) + 1
+            boxes.append((x, y, size, i))
+            classes.append(int(labels[i]))
+        # boxes from the *visible* pixels of each object, after later objects were drawn over it
+        final, kept = [], []
+        for (x, y, size, _), c in zip(boxes, classes, strict=True):
+            ys, xs = torch.nonzero(masks[n, y : y + size, x : x + size] == c + 1, as_tuple=True)
+            if len(ys) < 4:
+                continue  # hidden almost entirely under later objects
+            final.append(
+                [x + xs.min().item(), y + ys.min().item(), x + xs.max().item() + 1, y + ys.max().item() + 1]
+            )
+            kept.append(c)
+        targets.append({"boxes": torch.tensor(final, dtype=torch.float32).reshape(-1, 4),
+                        "labels": torch.tensor(kept, dtype=torch.long)})  # fmt: skip
+    return (images * 255).round().to(torch.uint8), targets, masks
+
+
+def write_coco(
+    out_dir: str | os.PathLike, images: Tensor, targets: Sequence[dict[str, Tensor]], classes: Sequence[str]
+) -> Path:
+    """PNG files + ``annotations.json`` (COCO: images, annotations with ``bbox`` [x, y, w, h], categories)."""
+    from PIL import Image
+
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    coco: dict[str, Any] = {"images": [], "annotations": [],
+                            "categories": [{"id": i + 1, "name": c} for i, c in enumerate(classes)]}  # fmt: skip
+    ann_id = 1
+    for n, (img, t) in enumerate(zip(images, targets, strict=True)):
+        name = f"images/{n:06d}.png"
+        Image.fromarray(img[0].numpy()).save(out / name)
+        coco["images"].append(
+            {"id": n + 1, "file_name": name, "height": int(img.shape[-2]), "width": int(img.shape[-1])}
+        )
+        for box, label in zip(t["boxes"].tolist(), t["labels"].tolist(), strict=True):
+            w, h = box[2] - box[0], box[3] - box[1]
+            coco["annotations"].append({"id": ann_id, "image_id": n + 1, "category_id": label + 1,
+                                        "bbox": [box[0], box[1], w, h], "area": w * h, "iscrowd": 0})  # fmt: skip
+            ann_id += 1
+    path = out / "annotations.json"
+    path.write_text(json.dumps(coco))
+    return path
+
+
+class CocoDetection(Dataset):
+    """A COCO-format detection set (``annotations.json`` + images) in memory.
+
+    Items are ``(image float (C, H, W) in [0, 1], {"boxes": (n, 4) cxcywh normalised, "labels": (n,), "image_id"})``;
+    class indices are the categories' order in the JSON (COCO ids are kept for evaluation in ``category_ids``).
+    """
+
+    modality = "detection"
+
+    def __init__(
+        self, root: str | os.PathLike, annotations: str = "annotations.json", channels: int | None = None
+    ):
+        from PIL import Image
+
+        root = Path(root)
+        path = root / annotations
+        if not path.exists():
+            raise FileNotFoundError(f"COCO annotations not found: {path}")
+        coco = json.loads(path.read_text())
+        for key in ("images", "annotations", "categories"):
+            if key not in coco:
+                raise ValueError(f"{path} is not COCO detection JSON: no {key!r}")
+        self.annotation_file = path
+        self.category_ids = [c["id"] for c in coco["categories"]]
+        self.classes = [c["name"] for c in coco["categories"]]
+        index = {cid: i for i, cid in enumerate(self.category_ids)}
+        per_image: dict[int, list[dict]] = {img["id"]: [] for img in coco["images"]}
+        for a in coco["annotations"]:
+            per_image.setdefault(a["image_id"], []).append(a)
+        self.images, self.targets, self.image_ids = [], [], []
+        for img in coco["images"]:
+            with Image.open(root / img["file_name"]) as im:
+                arr = np.asarray(im.convert("L" if channels == 1 else "RGB") if channels else im)
+            t = torch.from_numpy(arr.copy())
+            t = t[None] if t.ndim == 2 else t.permute(2, 0, 1)
+            H, W = t.shape[-2:]
+            anns = [a for a in per_image[img["id"]] if not a.get("iscrowd", 0)]
+            xywh = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
+            scale = torch.tensor([W, H, W, H], dtype=torch.float32)
+            cxcywh = torch.cat([xywh[:, :2] + xywh[:, 2:] / 2, xywh[:, 2:]], 1) / scale
+            self.images.append(t)
+            self.targets.append({"boxes": cxcywh, "labels": torch.tensor([index[a["category_id"]] for a in anns],
+                                                                          dtype=torch.long)})  # fmt: skip
+            self.image_ids.append(img["id"])
+        self.num_channels = int(self.images[0].shape[0]) if self.images else 0
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
+        return self.images[index].float() / 255, {**self.targets[index], "image_id": self.image_ids[index]}

@@ -1,0 +1,96 @@
+"""DETR (Carion et al. 2020) on a ViT backbone: learned object queries decode the patch features into boxes.
+
+Read top to bottom: image -> registry ViT -> patch tokens (B, N, D_b) -> LayerNorm + linear to the decoder width,
+plus fixed 2D sin-cos positions -> decoder blocks (the library's :class:`~vitkit.layers.DecoderBlock`, no causal
+mask: queries attend to each other and to the patches) -> per query a class (``num_classes`` + "no object") and a
+box (cx, cy, w, h in [0, 1] of the image). Every decoder layer's output is also scored (auxiliary losses).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..layers import DecoderBlock, Mlp, sincos_2d
+from ..registry import create_model, register_family, register_model
+from .vit import VisionTransformer
+
+__all__ = ["DETR"]
+
+
+class DETR(nn.Module):
+    """Set-prediction detector. ``forward(images) -> {"pred_logits": (B, Q, C + 1), "pred_boxes": (B, Q, 4),
+    "aux_outputs": [...]}`` (the last class is "no object"; boxes cxcywh normalised to [0, 1])."""
+
+    def __init__(
+        self,
+        backbone: str = "vit_mnist",
+        backbone_args: dict[str, Any] | None = None,
+        num_classes: int = 10,
+        num_queries: int = 16,
+        embed_dim: int = 128,
+        decoder_depth: int = 3,
+        num_heads: int = 4,
+        mlp_ratio: float = 4.0,
+        drop_rate: float = 0.1,
+        in_chans: int | None = None,
+        img_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        backbone_args = dict(backbone_args or {})
+        if in_chans is not None:
+            backbone_args["in_chans"] = in_chans
+        if img_size is not None:
+            backbone_args["img_size"] = img_size
+        backbone_args["num_classes"] = 0
+        self.config: dict[str, Any] = {
+            "backbone": backbone, "backbone_args": backbone_args, "num_classes": num_classes,
+            "num_queries": num_queries, "embed_dim": embed_dim, "decoder_depth": decoder_depth,
+            "num_heads": num_heads, "mlp_ratio": mlp_ratio, "drop_rate": drop_rate,
+        }  # fmt: skip
+        self.backbone = create_model(backbone, **backbone_args)
+        if not isinstance(self.backbone, VisionTransformer):
+            raise ValueError(f"the DETR backbone must be a ViT, got {backbone!r}")
+        self.num_classes, self.num_queries = num_classes, num_queries
+        self.input_proj = nn.Sequential(
+            nn.LayerNorm(self.backbone.embed_dim), nn.Linear(self.backbone.embed_dim, embed_dim)
+        )
+        self.register_buffer(
+            "pos_embed", sincos_2d(self.backbone.patch_embed.grid_size, embed_dim)[None], False
+        )
+        self.query_embed = nn.Parameter(torch.randn(1, num_queries, embed_dim) * 0.02)
+        self.decoder = nn.ModuleList([
+            DecoderBlock(embed_dim, num_heads, mlp_ratio=mlp_ratio, proj_drop=drop_rate) for _ in range(decoder_depth)
+        ])  # fmt: skip
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.class_head = nn.Linear(embed_dim, num_classes + 1)
+        self.box_head = Mlp(embed_dim, embed_dim, out_features=4)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {f"backbone.{n}" for n in self.backbone.no_weight_decay()} | {"query_embed"}
+
+    def features(self, images: Tensor) -> Tensor:
+        """Patch tokens of the backbone, projected, with positions: (B, N, D)."""
+        tokens = self.backbone.forward_features(images)[:, self.backbone.num_prefix_tokens :]
+        return self.input_proj(tokens) + self.pos_embed
+
+    def _heads(self, x: Tensor) -> dict[str, Tensor]:
+        x = self.norm(x)
+        return {"pred_logits": self.class_head(x), "pred_boxes": self.box_head(x).sigmoid()}
+
+    def forward(self, images: Tensor) -> dict[str, Any]:
+        memory = self.features(images)
+        x = self.query_embed.expand(images.shape[0], -1, -1)
+        outputs = []
+        for block in self.decoder:
+            x = block(x, memory, is_causal=False)
+            outputs.append(self._heads(x))
+        return {**outputs[-1], "aux_outputs": outputs[:-1]}
+
+
+register_family("detr", DETR)
+register_model("detr_vit_canvas", "detr", backbone="vit_mnist", backbone_args={"img_size": 64, "patch_size": 8},
+               num_queries=16, embed_dim=128, decoder_depth=3, num_heads=4)  # fmt: skip

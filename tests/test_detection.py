@@ -1,0 +1,106 @@
+"""Detection pieces: box formats, IoU/GIoU, the Hungarian matcher, DETR's set loss, canvases in COCO format."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+import vitkit
+from vitkit.data.canvas import CocoDetection, make_canvases, write_coco
+from vitkit.detection import (
+    HungarianMatcher,
+    SetCriterion,
+    box_cxcywh_to_xyxy,
+    box_iou,
+    box_xyxy_to_cxcywh,
+    generalized_box_iou,
+)
+
+
+def test_box_formats_round_trip():
+    xyxy = torch.tensor([[0.1, 0.2, 0.5, 0.9], [0.0, 0.0, 1.0, 1.0]])
+    torch.testing.assert_close(box_cxcywh_to_xyxy(box_xyxy_to_cxcywh(xyxy)), xyxy)
+    assert box_xyxy_to_cxcywh(xyxy)[0].tolist() == pytest.approx([0.3, 0.55, 0.4, 0.7])
+
+
+def test_iou_and_giou_of_known_boxes():
+    a = torch.tensor([[0.0, 0.0, 2.0, 2.0]])
+    b = torch.tensor([[1.0, 1.0, 3.0, 3.0], [0.0, 0.0, 2.0, 2.0], [4.0, 4.0, 5.0, 5.0]])
+    assert box_iou(a, b)[0].tolist() == pytest.approx([1 / 7, 1.0, 0.0])
+    # GIoU = IoU - (enclosing - union) / enclosing: 1/7 - (9 - 7)/9;  1;  0 - (25 - 5)/25
+    assert generalized_box_iou(a, b)[0].tolist() == pytest.approx([1 / 7 - 2 / 9, 1.0, -0.8])
+    with pytest.raises(ValueError, match="x1 >= x0"):
+        generalized_box_iou(torch.tensor([[1.0, 0.0, 0.0, 1.0]]), a)
+
+
+def test_matcher_is_optimal_against_brute_force():
+    torch.manual_seed(0)
+    matcher = HungarianMatcher()
+    for _ in range(20):
+        Q, n = 5, int(torch.randint(1, 5, (1,)))
+        logits = torch.randn(1, Q, 4)
+        boxes = torch.rand(1, Q, 4) * 0.5 + 0.25
+        target = {"labels": torch.randint(0, 3, (n,)), "boxes": torch.rand(n, 4) * 0.5 + 0.25}
+        cost = matcher.cost_matrix(logits[0], boxes[0], target["labels"], target["boxes"])
+        rows, cols = matcher(logits, boxes, [target])[0]
+        got = cost[rows, cols].sum().item()
+        best = min(sum(cost[p[j], j].item() for j in range(n)) for p in itertools.permutations(range(Q), n))
+        assert got == pytest.approx(best, abs=1e-5)
+        assert sorted(cols.tolist()) == list(range(n))  # every object matched exactly once
+
+
+def test_set_loss_is_low_for_perfect_predictions_and_counts_no_object():
+    boxes = torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.7, 0.6, 0.3, 0.3]])
+    target = [{"labels": torch.tensor([1, 2]), "boxes": boxes}]
+    logits = torch.full((1, 4, 4), -10.0)
+    logits[0, 0, 2] = logits[0, 2, 1] = 10.0  # query 0 -> class 2, query 2 -> class 1
+    logits[0, 1, 3] = logits[0, 3, 3] = 10.0  # the others say "no object" (index 3)
+    pred = torch.rand(1, 4, 4) * 0.1 + 0.4
+    pred[0, 0], pred[0, 2] = boxes[1], boxes[0]
+    criterion = SetCriterion(num_classes=3)
+    loss, parts = criterion({"pred_logits": logits, "pred_boxes": pred}, target)
+    assert parts["bbox"] < 1e-6 and parts["giou"] < 1e-6 and parts["class"] < 1e-3
+    wrong = logits.clone()
+    wrong[0, 1, 3], wrong[0, 1, 0] = -10.0, 10.0  # a spurious object is penalised
+    assert criterion({"pred_logits": wrong, "pred_boxes": pred}, target)[1]["class"] > parts["class"] + 0.5
+
+
+def test_detr_outputs_and_aux_losses():
+    model = vitkit.create_model("detr_vit_canvas", num_classes=10, backbone_args={"img_size": 64, "patch_size": 8,
+                                                                                    "depth": 1})  # fmt: skip
+    out = model(torch.randn(2, 1, 64, 64))
+    assert out["pred_logits"].shape == (2, 16, 11) and out["pred_boxes"].shape == (2, 16, 4)
+    assert len(out["aux_outputs"]) == 2 and ((out["pred_boxes"] >= 0) & (out["pred_boxes"] <= 1)).all()
+    target = [{"labels": torch.tensor([3]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.3]])}] * 2
+    loss, _ = SetCriterion(10)(out, target)
+    loss.backward()
+    assert model.backbone.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+
+
+def test_canvases_are_deterministic_and_coco_loads(tmp_path):
+    items = torch.zeros(4, 1, 28, 28, dtype=torch.uint8)
+    items[:, :, 6:22, 8:20] = 200  # solid 16x12 blobs
+    labels = torch.tensor([0, 1, 2, 3])
+    images, targets, masks = make_canvases(items, labels, num_images=6, canvas=64, seed=3)
+    again = make_canvases(items, labels, num_images=6, canvas=64, seed=3)
+    assert torch.equal(images, again[0]) and all(
+        torch.equal(a["boxes"], b["boxes"]) for a, b in zip(targets, again[1], strict=True)
+    )
+    for t, m in zip(targets, masks, strict=True):
+        for box, label in zip(t["boxes"].long().tolist(), t["labels"].tolist(), strict=True):
+            inside = m[box[1] : box[3], box[0] : box[2]] == label + 1
+            assert (
+                inside[0].any() and inside[-1].any() and inside[:, 0].any() and inside[:, -1].any()
+            )  # tight
+    path = write_coco(tmp_path / "canvas", images, targets, ["a", "b", "c", "d"])
+    from pycocotools.coco import COCO
+
+    coco = COCO(str(path))
+    assert len(coco.getImgIds()) == 6 and len(coco.getAnnIds()) == sum(len(t["labels"]) for t in targets)
+    ds = CocoDetection(tmp_path / "canvas")
+    image, target = ds[0]
+    assert image.shape == (1, 64, 64) and torch.equal(target["labels"], targets[0]["labels"])
+    expected = box_xyxy_to_cxcywh(targets[0]["boxes"]) / 64
+    torch.testing.assert_close(target["boxes"], expected)
