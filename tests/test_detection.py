@@ -100,7 +100,34 @@ def test_canvases_are_deterministic_and_coco_loads(tmp_path):
     coco = COCO(str(path))
     assert len(coco.getImgIds()) == 6 and len(coco.getAnnIds()) == sum(len(t["labels"]) for t in targets)
     ds = CocoDetection(tmp_path / "canvas")
-    image, target = ds[0]
-    assert image.shape == (1, 64, 64) and torch.equal(target["labels"], targets[0]["labels"])
-    expected = box_xyxy_to_cxcywh(targets[0]["boxes"]) / 64
-    torch.testing.assert_close(target["boxes"], expected)
+    image, index = ds[0]
+    assert image.shape == (1, 64, 64) and index == 0 and torch.equal(ds.raw[0], images[0])
+    assert torch.equal(ds.annotations[0]["labels"], targets[0]["labels"])
+    torch.testing.assert_close(ds.annotations[0]["boxes"], box_xyxy_to_cxcywh(targets[0]["boxes"]) / 64)
+
+
+def test_a_tiny_detector_overfits_a_handful_of_images(tmp_path):
+    from vitkit.train.detect import train_detection
+
+    torch.manual_seed(0)
+    items = torch.zeros(3, 1, 28, 28, dtype=torch.uint8)
+    items[0, :, 4:24, 4:24] = 255  # a square
+    items[1, :, 2:26, 11:17] = 255  # a bar
+    items[2, :, 8:20, 2:26] = 160  # a dim slab
+    labels = torch.tensor([0, 1, 2])
+    images, targets, _ = make_canvases(
+        items, labels, num_images=8, canvas=32, objects=(1, 2), scale=(0.4, 0.6)
+    )
+    for split in ("train", "val"):  # the same images: this checks the detector can fit, not generalise
+        write_coco(tmp_path / "data" / split, images, targets, ["square", "bar", "slab"])
+    summary = train_detection(
+        dataset=f"coco:{tmp_path / 'data'}", model="detr_vit_canvas", epochs=150, batch_size=2, lr=2e-3,
+        warmup_epochs=5, weight_decay=1e-4, drop_path=0.0, eval_every=50, threads=1, progress=False,
+        model_args={"backbone_args": {"patch_size": 4, "depth": 2, "embed_dim": 64, "num_heads": 2},
+                    "embed_dim": 64, "num_heads": 2, "num_queries": 6, "decoder_depth": 2, "drop_rate": 0.0},
+        out_dir=str(tmp_path), name="det",
+    )  # fmt: skip
+    assert summary["val_AP50"] >= 0.9, summary
+    assert (tmp_path / "det" / "predictions.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="does not move boxes"):
+        train_detection(dataset=f"coco:{tmp_path / 'data'}", model="detr_vit_canvas", hflip=True)

@@ -106,17 +106,20 @@ def write_coco(
 
 
 class CocoDetection(Dataset):
-    """A COCO-format detection set (``annotations.json`` + images) in memory.
+    """A COCO-format detection set (``annotations.json`` + images) held in memory.
 
-    Items are ``(image float (C, H, W) in [0, 1], {"boxes": (n, 4) cxcywh normalised, "labels": (n,), "image_id"})``;
-    class indices are the categories' order in the JSON (COCO ids are kept for evaluation in ``category_ids``).
+    ``raw`` (N, C, H, W) uint8 holds the images (resized to ``image_size`` when given; otherwise they must share a
+    size); ``annotations[i]`` is ``{"boxes": (n, 4) cxcywh normalised to [0, 1], "labels": (n,)}`` with class
+    indices in the JSON's category order (COCO ids kept in ``category_ids``); ``targets`` are the item indices, so
+    batch loaders hand out (images, indices) and the boxes are looked up by index. Items are ``(image, index)``.
     """
 
     modality = "detection"
 
     def __init__(
-        self, root: str | os.PathLike, annotations: str = "annotations.json", channels: int | None = None
-    ):
+        self, root: str | os.PathLike, annotations: str = "annotations.json", channels: int | None = None,
+        image_size: int | tuple[int, int] | None = None,
+    ) -> None:  # fmt: skip
         from PIL import Image
 
         root = Path(root)
@@ -127,32 +130,50 @@ class CocoDetection(Dataset):
         for key in ("images", "annotations", "categories"):
             if key not in coco:
                 raise ValueError(f"{path} is not COCO detection JSON: no {key!r}")
-        self.annotation_file = path
+        if not coco["images"]:
+            raise ValueError(f"{path} lists no images")
+        self.root, self.annotation_file = root, path
         self.category_ids = [c["id"] for c in coco["categories"]]
         self.classes = [c["name"] for c in coco["categories"]]
         index = {cid: i for i, cid in enumerate(self.category_ids)}
         per_image: dict[int, list[dict]] = {img["id"]: [] for img in coco["images"]}
         for a in coco["annotations"]:
             per_image.setdefault(a["image_id"], []).append(a)
-        self.images, self.targets, self.image_ids = [], [], []
+        size = (
+            None
+            if image_size is None
+            else ((image_size, image_size) if isinstance(image_size, int) else image_size)
+        )
+        images, self.annotations, self.image_ids, self.sizes = [], [], [], []
         for img in coco["images"]:
             with Image.open(root / img["file_name"]) as im:
-                arr = np.asarray(im.convert("L" if channels == 1 else "RGB") if channels else im)
+                mode = {1: "L", 3: "RGB"}.get(channels or 0, im.mode if im.mode in ("L", "RGB") else "RGB")
+                im = im.convert(mode)
+                self.sizes.append((im.height, im.width))
+                if size is not None and (im.height, im.width) != tuple(size):
+                    im = im.resize((size[1], size[0]), Image.BILINEAR)
+                arr = np.asarray(im)
             t = torch.from_numpy(arr.copy())
-            t = t[None] if t.ndim == 2 else t.permute(2, 0, 1)
-            H, W = t.shape[-2:]
+            images.append(t[None] if t.ndim == 2 else t.permute(2, 0, 1))
+            H, W = self.sizes[-1]
             anns = [a for a in per_image[img["id"]] if not a.get("iscrowd", 0)]
             xywh = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
             scale = torch.tensor([W, H, W, H], dtype=torch.float32)
             cxcywh = torch.cat([xywh[:, :2] + xywh[:, 2:] / 2, xywh[:, 2:]], 1) / scale
-            self.images.append(t)
-            self.targets.append({"boxes": cxcywh, "labels": torch.tensor([index[a["category_id"]] for a in anns],
-                                                                          dtype=torch.long)})  # fmt: skip
+            labels = torch.tensor([index[a["category_id"]] for a in anns], dtype=torch.long)
+            self.annotations.append({"boxes": cxcywh, "labels": labels})
             self.image_ids.append(img["id"])
-        self.num_channels = int(self.images[0].shape[0]) if self.images else 0
+        shapes = {tuple(t.shape) for t in images}
+        if len(shapes) > 1:
+            raise ValueError(
+                f"{path}: images of different sizes {sorted(shapes)[:3]}...; pass image_size to resize"
+            )
+        self.raw = torch.stack(images)
+        self.targets = torch.arange(len(images))
+        self.num_channels = int(self.raw.shape[1])
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.raw)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
-        return self.images[index].float() / 255, {**self.targets[index], "image_id": self.image_ids[index]}
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        return self.raw[index].float() / 255, index

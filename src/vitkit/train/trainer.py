@@ -116,7 +116,7 @@ def build_text_model(cfg: TrainConfig, num_classes: int, tokenizer) -> nn.Module
 
 def _input_size(model: nn.Module) -> tuple[int, int] | None:
     """The image size a vitkit model expects (an MAE's is its encoder's), or None when it takes any size."""
-    for m in (model, getattr(model, "encoder", None)):
+    for m in (model, getattr(model, "encoder", None), getattr(model, "backbone", None)):
         size = getattr(m, "config", {}).get("img_size")
         if size is not None:
             return tuple(size)
@@ -181,13 +181,13 @@ class Trainer:
         from .. import data as vdata
 
         self.modality = self.detect_modality(train_data)  # image | text | translation
-        if self.modality != "image" and (
+        if self.modality not in ("image", "detection") and (
             cfg.mixup or cfg.cutmix or cfg.teacher or cfg.finetune_mode != "full"
         ):
             raise ValueError(
                 f"{self.modality} training takes no mixup/cutmix, teacher or frozen fine-tuning modes"
             )
-        self.tokenizer = self._build_tokenizer() if self.modality != "image" else None
+        self.tokenizer = self._build_tokenizer() if self.modality not in ("image", "detection") else None
         self.train_data = train_data if train_data is not None else self._build_dataset("train")
         if cfg.train_subset is not None:
             self.train_data = vdata.stratified_subset(self.train_data, cfg.train_subset, cfg.seed)
@@ -212,7 +212,7 @@ class Trainer:
         self.input_size = _input_size(self.model)
 
         self.mean = self.std = self.normalize = self.augment = None  # text: token ids go in as they are
-        if self.modality == "image":
+        if self.modality in ("image", "detection"):
             mean, std = vdata.dataset_stats(cfg.dataset, self.train_data)
             self.mean, self.std = list(map(float, mean)), list(map(float, std))
             self.normalize = vdata.Normalize(self.mean, self.std).to(self.device)
@@ -358,7 +358,7 @@ class Trainer:
 
     def _prepare(self, x: Tensor, train: bool) -> Tensor:
         x = x.to(self.device, non_blocking=True)
-        if self.modality != "image":  # token ids: cut the batch to its longest sentence
+        if self.modality not in ("image", "detection"):  # token ids: cut the batch to its longest sentence
             return x[:, : int((x != self.tokenizer.pad_id).sum(1).max())]
         if x.dtype == torch.uint8:
             x = x.float().div_(255)
