@@ -131,3 +131,15 @@ def test_a_tiny_detector_overfits_a_handful_of_images(tmp_path):
     assert (tmp_path / "det" / "predictions.png").stat().st_size > 0
     with pytest.raises(ValueError, match="does not move boxes"):
         train_detection(dataset=f"coco:{tmp_path / 'data'}", model="detr_vit_canvas", hflip=True)
+
+
+def test_cli_make_canvas_writes_coco(tmp_path, capsys):
+    from vitkit.cli import main
+
+    rc = main(["detect", "make-canvas", "--source", "digits", "--out", str(tmp_path / "c"), "--train", "6", "--val",
+               "3", "--canvas", "32", "--scale", "1.5", "2.5"])  # fmt: skip
+    assert rc == 0 and "train: 6 canvases" in capsys.readouterr().out
+    ds = CocoDetection(tmp_path / "c" / "val")
+    assert len(ds) == 3 and ds.classes == [str(i) for i in range(10)] and ds.raw.shape[-1] == 32
+    assert main(["detect", "train", "--data", "not-coco"]) == 2
+    assert "coco:DIR" in capsys.readouterr().err

@@ -9,6 +9,7 @@ import os
 import sys
 import typing
 from collections.abc import Sequence
+from pathlib import Path
 
 __all__ = ["main"]
 
@@ -159,6 +160,61 @@ def cmd_translate(args: argparse.Namespace) -> int:
     for src, out in zip(targs.sentences, outputs, strict=True):
         print(f"{src}\n  -> {out}")
     return 0
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    """``vitkit detect make-canvas ...`` writes a COCO canvas set; ``vitkit detect train ...`` trains DETR."""
+    if args.action == "make-canvas":
+        from .data import build_dataset
+        from .data.canvas import make_canvases, write_coco
+
+        p = argparse.ArgumentParser(prog="vitkit detect make-canvas",
+                                    description="multi-object canvases of real dataset items, in COCO format")  # fmt: skip
+        p.add_argument(
+            "--source", default="fashion-mnist", help="dataset whose items are placed (train/test)"
+        )
+        p.add_argument("--data-dir", default=None)
+        p.add_argument("--out", required=True, help="output folder (gets train/ and val/)")
+        p.add_argument(
+            "--train", type=int, default=5000, help="training canvases (items from the train split)"
+        )
+        p.add_argument("--val", type=int, default=500, help="validation canvases (items from the test split)")
+        p.add_argument("--canvas", type=int, default=64)
+        p.add_argument("--objects", type=int, nargs=2, default=(1, 4), metavar=("MIN", "MAX"))
+        p.add_argument("--scale", type=float, nargs=2, default=(0.5, 1.2), metavar=("MIN", "MAX"))
+        p.add_argument("--seed", type=int, default=0)
+        a = p.parse_args(args.rest)
+        for split, n, seed in (("train", a.train, a.seed), ("val", a.val, a.seed + 1)):
+            source = build_dataset(a.source, "train" if split == "train" else "test", data_dir=a.data_dir)
+            images, targets, _ = make_canvases(source.raw, source.targets, n, a.canvas, tuple(a.objects),
+                                               tuple(a.scale), seed=seed)  # fmt: skip
+            path = write_coco(Path(a.out) / split, images, targets, source.classes)
+            print(f"{split}: {n} canvases, {sum(len(t['labels']) for t in targets)} objects -> {path}")
+        return 0
+    if args.action == "train":
+        from .train.detect import train_detection
+
+        p = argparse.ArgumentParser(prog="vitkit detect train", description="train DETR on COCO-format data")
+        p.add_argument("--data", dest="dataset", required=True, help="coco:DIR (DIR/train, DIR/val)")
+        p.add_argument("--recipe", default=None)
+        p.add_argument("--config", default=None)
+        p.add_argument("--resume", default=None, metavar="RUN_DIR")
+        _add_train_flags(p, skip=("init_from", "finetune_mode", "freeze_blocks", "layer_decay", "teacher", "distill",
+                                  "distill_alpha", "distill_tau", "mixup", "cutmix", "mix_prob"))  # fmt: skip
+        a = p.parse_args(args.rest)
+        overrides = _train_overrides(a)
+        overrides.setdefault("model", "detr_vit_canvas")
+        summary = train_detection(a.recipe, a.config, a.resume, **overrides)
+        if os.environ.get("RANK", "0") != "0":
+            return 0
+        print(f"run directory: {summary['run_dir']}")
+        print(
+            f"epochs: {summary['epochs']}  val AP50: {summary.get('val_AP50', float('nan')):.3f}  "
+            f"AP: {summary.get('val_AP', float('nan')):.3f}  time: {summary['elapsed_s']:.1f}s  "
+            f"params: {summary['params'] / 1e6:.2f}M"
+        )
+        return 0
+    raise ValueError(f"unknown detect action {args.action!r}: make-canvas or train")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -324,6 +380,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", metavar="train|RUN", help="'train', or a translation run directory")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="training flags, or the sentences (and --beam K)")
     p.set_defaults(func=cmd_translate)
+
+    p = sub.add_parser(
+        "detect", add_help=False,
+        help="'detect make-canvas --out DIR' writes COCO canvases; 'detect train --data coco:DIR' trains DETR",
+    )  # fmt: skip
+    p.add_argument("action", metavar="make-canvas|train")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_detect)
 
     p = sub.add_parser("eval", help="evaluate a run or model file on a dataset split")
     p.add_argument("checkpoint", help="run directory or model .safetensors")
