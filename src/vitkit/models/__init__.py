@@ -4,6 +4,7 @@ from .bert import BertEncoder
 from .detr import DETR
 from .mae import MaskedAutoencoder
 from .resnet import ResNet
+from .segmenter import Segmenter
 from .seq2seq import Seq2SeqTransformer
 from .vit import VisionTransformer, vit_flops
 
@@ -13,6 +14,7 @@ __all__ = [
     "MaskedAutoencoder",
     "Seq2SeqTransformer",
     "ResNet",
+    "Segmenter",
     "VisionTransformer",
     "vit_flops",
 ]
