@@ -151,11 +151,16 @@ def main(argv: list[str] | None = None) -> None:
         lines.append(f"| {acc:.0%} | {a or 'not reached'} | {b or 'not reached'} |")
     lines += ["", f"few-label gain of MAE fine-tuning over scratch: {gain * 100:+.2f} points (target >= +5)",
               f"transfer curves: {plot}"]  # fmt: skip
+    emit(lines, args.table)
+
+
+def emit(lines: list[str], table: Path | None) -> None:
+    """Print the report and, when ``table`` is given, write it there too."""
     text = "\n".join(lines)
     print(text)
-    if args.table:
-        args.table.parent.mkdir(parents=True, exist_ok=True)
-        args.table.write_text(text + "\n")
+    if table:
+        table.parent.mkdir(parents=True, exist_ok=True)
+        table.write_text(text + "\n")
 
 
 if __name__ == "__main__":

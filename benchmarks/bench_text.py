@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_mae import _run  # noqa: E402  (one step = one reusable run directory)
+from bench_mae import _run, emit  # noqa: E402  (one step = one reusable run directory; the report)
 
 
 def _minilm_default() -> str | None:
@@ -94,11 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         "|---|---|---|---|---|---|",
         *[f"| {' | '.join(r)} |" for r in rows],
     ]
-    text = "\n".join(lines)
-    print(text)
-    if args.table:
-        args.table.parent.mkdir(parents=True, exist_ok=True)
-        args.table.write_text(text + "\n")
+    emit(lines, args.table)
 
 
 if __name__ == "__main__":

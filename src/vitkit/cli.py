@@ -58,18 +58,25 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, typing.Any]:
     return out
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from .train import train
-
-    summary = train(recipe=args.recipe, config_file=args.config, resume=args.resume, **_train_overrides(args))
-    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports for all
+def _report_classifier(summary: dict[str, typing.Any], first_line: str | None = None) -> int:
+    """Print a classification run's summary (rank 0 only: under torchrun it reports for all)."""
+    if os.environ.get("RANK", "0") != "0":
         return 0
+    if first_line:
+        print(first_line)
     print(f"run directory: {summary['run_dir']}")
     print(
         f"epochs: {summary['epochs']}  val top-1: {summary['val_acc']:.4f}  best: {summary['best_val_acc']:.4f}  "
         f"time: {summary['elapsed_s']:.1f}s  params: {summary['params'] / 1e6:.3f}M"
     )
     return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import train
+
+    summary = train(recipe=args.recipe, config_file=args.config, resume=args.resume, **_train_overrides(args))
+    return _report_classifier(summary)
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
@@ -79,15 +86,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if args.recipe is None and args.config is None and "dataset" not in overrides:
         raise ValueError("name the data to fine-tune on: --data NAME (or --recipe / --config)")
     summary = train(recipe=args.recipe, config_file=args.config, resume=args.resume, **overrides)
-    if os.environ.get("RANK", "0") != "0":
-        return 0
-    print(f"fine-tuned from: {overrides.get('init_from')}  mode: {overrides.get('finetune_mode', 'full')}")
-    print(f"run directory: {summary['run_dir']}")
-    print(
-        f"epochs: {summary['epochs']}  val top-1: {summary['val_acc']:.4f}  best: {summary['best_val_acc']:.4f}  "
-        f"time: {summary['elapsed_s']:.1f}s  params: {summary['params'] / 1e6:.3f}M"
-    )
-    return 0
+    source = f"fine-tuned from: {overrides.get('init_from')}  mode: {overrides.get('finetune_mode', 'full')}"
+    return _report_classifier(summary, source)
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
