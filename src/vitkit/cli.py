@@ -58,18 +58,29 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, typing.Any]:
     return out
 
 
-def _report_classifier(summary: dict[str, typing.Any], first_line: str | None = None) -> int:
-    """Print a classification run's summary (rank 0 only: under torchrun it reports for all)."""
+# Options of the classification recipes that other tasks (pre-training, translation, detection) do not take.
+_CLASSIFIER_ONLY = ("init_from", "finetune_mode", "freeze_blocks", "layer_decay", "teacher", "distill",
+                    "distill_alpha", "distill_tau", "mixup", "cutmix", "mix_prob")  # fmt: skip
+
+
+def _report(summary: dict[str, typing.Any], figures: str, first_line: str | None = None) -> int:
+    """Print a run's summary: its folder, then epochs, ``figures``, time and size (rank 0 only under torchrun)."""
     if os.environ.get("RANK", "0") != "0":
         return 0
     if first_line:
         print(first_line)
     print(f"run directory: {summary['run_dir']}")
+    params = summary.get("encoder_params", summary["params"])
     print(
-        f"epochs: {summary['epochs']}  val top-1: {summary['val_acc']:.4f}  best: {summary['best_val_acc']:.4f}  "
-        f"time: {summary['elapsed_s']:.1f}s  params: {summary['params'] / 1e6:.3f}M"
+        f"epochs: {summary['epochs']}  {figures}  time: {summary['elapsed_s']:.1f}s  params: {params / 1e6:.3f}M"
     )
     return 0
+
+
+def _report_classifier(summary: dict[str, typing.Any], first_line: str | None = None) -> int:
+    return _report(
+        summary, f"val top-1: {summary['val_acc']:.4f}  best: {summary['best_val_acc']:.4f}", first_line
+    )
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -96,13 +107,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     summary = pretrain(
         args.method, recipe=args.recipe, config_file=args.config, resume=args.resume, **_train_overrides(args)
     )
+    _report(summary, f"val {args.method} loss: {summary['val_loss']:.4f}")
     if os.environ.get("RANK", "0") != "0":
         return 0
-    print(f"run directory: {summary['run_dir']}")
-    print(
-        f"epochs: {summary['epochs']}  val {args.method} loss: {summary['val_loss']:.4f}  "
-        f"time: {summary['elapsed_s']:.1f}s  encoder params: {summary['encoder_params'] / 1e6:.3f}M"
-    )
     run = summary["run_dir"]
     extra = f"  reconstructions: {run}/reconstructions.png" if args.method == "mae" else ""
     print(f"encoder: {run}/encoder.safetensors{extra}")
@@ -120,8 +127,7 @@ def _translate_train_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", default=None, help=f"named recipe: {', '.join(RECIPES)}")
     p.add_argument("--config", default=None, help="YAML config file")
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its checkpoint")
-    _add_train_flags(p, skip=("init_from", "finetune_mode", "freeze_blocks", "layer_decay", "teacher", "distill",
-                              "distill_alpha", "distill_tau", "mixup", "cutmix", "mix_prob"))  # fmt: skip
+    _add_train_flags(p, skip=_CLASSIFIER_ONLY)
     return p
 
 
@@ -135,15 +141,8 @@ def cmd_translate(args: argparse.Namespace) -> int:
         if targs.recipe is None and targs.config is None and "dataset" not in overrides:
             targs.recipe = "multi30k-de-en"
         summary = train_translation(targs.recipe, targs.config, targs.resume, **overrides)
-        if os.environ.get("RANK", "0") != "0":
-            return 0
-        print(f"run directory: {summary['run_dir']}")
-        print(
-            f"epochs: {summary['epochs']}  val BLEU: {summary['val_bleu']:.2f}  test_2016_flickr BLEU: greedy "
-            f"{summary['test_bleu_greedy']:.2f}, beam 4 {summary['test_bleu_beam4']:.2f}  "
-            f"time: {summary['elapsed_s']:.1f}s  params: {summary['params'] / 1e6:.2f}M"
-        )
-        return 0
+        return _report(summary, f"val BLEU: {summary['val_bleu']:.2f}  test_2016_flickr BLEU: greedy "
+                                f"{summary['test_bleu_greedy']:.2f}, beam 4 {summary['test_bleu_beam4']:.2f}")  # fmt: skip
     from .train.translate import load_translator, translate
 
     p = argparse.ArgumentParser(
@@ -199,21 +198,15 @@ def cmd_detect(args: argparse.Namespace) -> int:
         p.add_argument("--recipe", default=None)
         p.add_argument("--config", default=None)
         p.add_argument("--resume", default=None, metavar="RUN_DIR")
-        _add_train_flags(p, skip=("init_from", "finetune_mode", "freeze_blocks", "layer_decay", "teacher", "distill",
-                                  "distill_alpha", "distill_tau", "mixup", "cutmix", "mix_prob"))  # fmt: skip
+        _add_train_flags(p, skip=_CLASSIFIER_ONLY)
         a = p.parse_args(args.rest)
         overrides = _train_overrides(a)
         overrides.setdefault("model", "detr_vit_canvas")
         summary = train_detection(a.recipe, a.config, a.resume, **overrides)
-        if os.environ.get("RANK", "0") != "0":
-            return 0
-        print(f"run directory: {summary['run_dir']}")
-        print(
-            f"epochs: {summary['epochs']}  val AP50: {summary.get('val_AP50', float('nan')):.3f}  "
-            f"AP: {summary.get('val_AP', float('nan')):.3f}  time: {summary['elapsed_s']:.1f}s  "
-            f"params: {summary['params'] / 1e6:.2f}M"
+        nan = float("nan")
+        return _report(
+            summary, f"val AP50: {summary.get('val_AP50', nan):.3f}  AP: {summary.get('val_AP', nan):.3f}"
         )
-        return 0
     raise ValueError(f"unknown detect action {args.action!r}: make-canvas or train")
 
 
@@ -366,10 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", default=None, help=f"named recipe: {', '.join(RECIPES)}")
     p.add_argument("--config", default=None, help="YAML config file")
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its checkpoint")
-    _add_train_flags(
-        p, skip=("init_from", "finetune_mode", "freeze_blocks", "layer_decay", "teacher", "distill",
-                 "distill_alpha", "distill_tau", "mixup", "cutmix", "mix_prob", "label_smoothing"),
-    )  # fmt: skip
+    _add_train_flags(p, skip=(*_CLASSIFIER_ONLY, "label_smoothing"))
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser(
