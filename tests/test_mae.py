@@ -110,3 +110,14 @@ def test_pretrain_then_finetune_end_to_end_beats_chance(tmp_path):
     assert result["val_acc"] > 0.3  # 10 classes: chance is 0.1
     model = load(tmp_path / "ft" / "model.safetensors")
     assert model.config["pos_embed"] == "sincos" and model.num_classes == 10
+
+
+def test_cli_pretrain_prints_the_next_step(tmp_path, capsys):
+    from vitkit.cli import main
+
+    rc = main(["pretrain", "--method", "mae", "--model", "mae_vit_digits", "--data", "digits", "--epochs", "1",
+               "--threads", "1", "--no-progress", "--out-dir", str(tmp_path), "--name", "pt"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert rc == 0 and "val mae loss" in out and f"vitkit finetune --from {tmp_path / 'pt'}" in out
+    assert main(["pretrain", "--method", "mae", "--model", "vit_digits", "--data", "digits"]) == 2
+    assert "needs an MAE model" in capsys.readouterr().err
