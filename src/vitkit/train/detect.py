@@ -23,9 +23,8 @@ from ..data.canvas import CocoDetection
 from ..detection import SetCriterion, box_cxcywh_to_xyxy
 from ..models.detr import DETR
 from ..registry import create_model
-from .config import resolve_config
-from .distributed import all_reduce_sum, shutdown_distributed
-from .trainer import Trainer
+from .distributed import all_reduce_sum
+from .trainer import Trainer, fit_trainer
 
 __all__ = ["DetectionTrainer", "train_detection", "coco_map", "detections"]
 
@@ -223,16 +222,4 @@ def train_detection(
     **overrides: Any,
 ) -> dict[str, Any]:  # fmt: skip
     """Python API of ``vitkit detect train``."""
-    if resume is not None:
-        run_dir = Path(resume)
-        cfg = resolve_config(config_file=run_dir / "config.yaml", **overrides)
-        trainer = DetectionTrainer(cfg, run_dir=run_dir)
-        trainer.resume(run_dir)
-    else:
-        cfg = resolve_config(recipe, config_file, **overrides)
-        _coco_root(cfg.dataset)
-        trainer = DetectionTrainer(cfg)
-    try:
-        return trainer.fit()
-    finally:
-        shutdown_distributed(trainer.dist)
+    return fit_trainer(DetectionTrainer, recipe, config_file, resume, **overrides)

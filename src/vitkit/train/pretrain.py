@@ -23,9 +23,8 @@ from torch import Tensor, nn
 from ..models.bert import MaskedLanguageModel
 from ..registry import create_model
 from ..weights.io import save as save_model
-from .config import resolve_config
-from .distributed import all_reduce_sum, shutdown_distributed
-from .trainer import Trainer
+from .distributed import all_reduce_sum
+from .trainer import Trainer, fit_trainer
 
 __all__ = ["Pretrainer", "MAEPretrainer", "MLMPretrainer", "pretrain", "PRETRAIN_METHODS"]
 
@@ -199,16 +198,4 @@ def pretrain(
     """Python API of ``vitkit pretrain``: resolve the config, pre-train, return the summary dict."""
     if method not in PRETRAINERS:
         raise ValueError(f"unknown pre-training method {method!r}; known: {list(PRETRAIN_METHODS)}")
-    cls = PRETRAINERS[method]
-    if resume is not None:
-        run_dir = Path(resume)
-        cfg = resolve_config(config_file=run_dir / "config.yaml", **overrides)
-        trainer = cls(cfg, run_dir=run_dir)
-        trainer.resume(run_dir)
-    else:
-        cfg = resolve_config(recipe, config_file, **overrides)
-        trainer = cls(cfg)
-    try:
-        return trainer.fit()
-    finally:
-        shutdown_distributed(trainer.dist)
+    return fit_trainer(PRETRAINERS[method], recipe, config_file, resume, **overrides)

@@ -683,16 +683,29 @@ def train(
 
     ``resume`` continues a run directory from its last checkpoint with that run's saved config.
     """
+    if resume is None and recipe is None and config_file is None and "dataset" not in overrides:
+        recipe = "digits"
+    return fit_trainer(Trainer, recipe, config_file, resume, **overrides)
+
+
+def fit_trainer(
+    cls: type[Trainer],
+    recipe: str | None = None,
+    config_file: str | Path | None = None,
+    resume: str | Path | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Resolve the config, build ``cls`` (a Trainer or subclass), train (or resume ``resume``), return the summary.
+
+    ``resume`` continues a run directory from its last checkpoint with that run's saved config.
+    """
     if resume is not None:
         run_dir = Path(resume)
         cfg = resolve_config(config_file=run_dir / "config.yaml", **overrides)
-        trainer = Trainer(cfg, run_dir=run_dir)
+        trainer = cls(cfg, run_dir=run_dir)
         trainer.resume(run_dir)
     else:
-        if recipe is None and config_file is None and "dataset" not in overrides:
-            recipe = "digits"
-        cfg = resolve_config(recipe, config_file, **overrides)
-        trainer = Trainer(cfg)
+        trainer = cls(resolve_config(recipe, config_file, **overrides))
     try:
         return trainer.fit()
     finally:

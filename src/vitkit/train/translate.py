@@ -23,9 +23,8 @@ from ..data.text import TextTokenizer
 from ..data.translation import TranslationDataset, parse_pair, read_multi30k
 from ..models.seq2seq import Seq2SeqTransformer, beam_search, greedy_decode
 from ..registry import create_model
-from .config import resolve_config
-from .distributed import all_reduce_sum, shutdown_distributed
-from .trainer import Trainer
+from .distributed import all_reduce_sum
+from .trainer import Trainer, fit_trainer
 
 __all__ = ["TranslationTrainer", "train_translation", "translate", "corpus_bleu"]
 
@@ -179,19 +178,7 @@ def train_translation(
     **overrides: Any,
 ) -> dict[str, Any]:  # fmt: skip
     """Python API of ``vitkit translate train``."""
-    if resume is not None:
-        run_dir = Path(resume)
-        cfg = resolve_config(config_file=run_dir / "config.yaml", **overrides)
-        trainer = TranslationTrainer(cfg, run_dir=run_dir)
-        trainer.resume(run_dir)
-    else:
-        cfg = resolve_config(recipe, config_file, **overrides)
-        parse_pair(cfg.dataset)
-        trainer = TranslationTrainer(cfg)
-    try:
-        return trainer.fit()
-    finally:
-        shutdown_distributed(trainer.dist)
+    return fit_trainer(TranslationTrainer, recipe, config_file, resume, **overrides)
 
 
 def load_translator(run: str | Path) -> tuple[Seq2SeqTransformer, TextTokenizer]:
