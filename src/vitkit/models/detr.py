@@ -14,8 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from ..layers import DecoderBlock, Mlp, sincos_2d
-from ..registry import create_model, register_family, register_model
-from .vit import VisionTransformer
+from ..registry import register_family, register_model
+from .vit import build_backbone
 
 __all__ = ["DETR"]
 
@@ -39,20 +39,14 @@ class DETR(nn.Module):
         img_size: int | None = None,
     ) -> None:
         super().__init__()
-        backbone_args = dict(backbone_args or {})
-        if in_chans is not None:
-            backbone_args["in_chans"] = in_chans
-        if img_size is not None:
-            backbone_args["img_size"] = img_size
-        backbone_args["num_classes"] = 0
+        self.backbone, backbone_args = build_backbone(
+            backbone, backbone_args, "DETR backbone", in_chans=in_chans, img_size=img_size
+        )
         self.config: dict[str, Any] = {
             "backbone": backbone, "backbone_args": backbone_args, "num_classes": num_classes,
             "num_queries": num_queries, "embed_dim": embed_dim, "decoder_depth": decoder_depth,
             "num_heads": num_heads, "mlp_ratio": mlp_ratio, "drop_rate": drop_rate,
         }  # fmt: skip
-        self.backbone = create_model(backbone, **backbone_args)
-        if not isinstance(self.backbone, VisionTransformer):
-            raise ValueError(f"the DETR backbone must be a ViT, got {backbone!r}")
         self.num_classes, self.num_queries = num_classes, num_queries
         self.input_proj = nn.Sequential(
             nn.LayerNorm(self.backbone.embed_dim), nn.Linear(self.backbone.embed_dim, embed_dim)

@@ -16,8 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from ..layers import EncoderBlock, sincos_2d
-from ..registry import create_model, register_family, register_model
-from .vit import VisionTransformer
+from ..registry import register_family, register_model
+from .vit import build_backbone
 
 __all__ = ["MaskedAutoencoder", "random_masking", "patchify", "unpatchify"]
 
@@ -90,22 +90,14 @@ class MaskedAutoencoder(nn.Module):
         norm_pix_loss: bool = True,
     ) -> None:
         super().__init__()
-        encoder_args = dict(encoder_args or {})
-        if in_chans is not None:
-            encoder_args["in_chans"] = in_chans
-        if drop_path_rate is not None:
-            encoder_args["drop_path_rate"] = drop_path_rate
-        encoder_args["num_classes"] = 0
+        self.encoder, encoder_args = build_backbone(
+            encoder, encoder_args, "MAE encoder", in_chans=in_chans, drop_path_rate=drop_path_rate
+        )
         self.config: dict[str, Any] = {
             "encoder": encoder, "encoder_args": encoder_args, "mask_ratio": mask_ratio,
             "decoder_dim": decoder_dim, "decoder_depth": decoder_depth, "decoder_heads": decoder_heads,
             "decoder_mlp_ratio": decoder_mlp_ratio, "norm_pix_loss": norm_pix_loss,
         }  # fmt: skip
-        self.encoder = create_model(encoder, **encoder_args)
-        if not isinstance(self.encoder, VisionTransformer):
-            raise ValueError(
-                f"the MAE encoder must be a ViT, got {encoder!r} ({type(self.encoder).__name__})"
-            )
         if self.encoder.dynamic_img_size:
             raise ValueError("the MAE encoder needs a fixed image size (dynamic_img_size=False)")
         if not 0 <= mask_ratio < 1:

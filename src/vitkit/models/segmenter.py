@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers import EncoderBlock
-from ..registry import create_model, register_family, register_model
-from .vit import VisionTransformer
+from ..registry import register_family, register_model
+from .vit import build_backbone
 
 __all__ = ["Segmenter", "segmentation_metrics"]
 
@@ -42,20 +42,14 @@ class Segmenter(nn.Module):
         super().__init__()
         if decoder not in ("linear", "mask"):
             raise ValueError(f"decoder must be 'linear' or 'mask', got {decoder!r}")
-        backbone_args = dict(backbone_args or {})
-        if in_chans is not None:
-            backbone_args["in_chans"] = in_chans
-        if img_size is not None:
-            backbone_args["img_size"] = img_size
-        backbone_args["num_classes"] = 0
+        self.backbone, backbone_args = build_backbone(
+            backbone, backbone_args, "Segmenter backbone", in_chans=in_chans, img_size=img_size
+        )
         self.config: dict[str, Any] = {
             "backbone": backbone, "backbone_args": backbone_args, "num_classes": num_classes, "decoder": decoder,
             "decoder_dim": decoder_dim, "decoder_depth": decoder_depth, "decoder_heads": decoder_heads,
             "drop_rate": drop_rate,
         }  # fmt: skip
-        self.backbone = create_model(backbone, **backbone_args)
-        if not isinstance(self.backbone, VisionTransformer):
-            raise ValueError(f"the Segmenter backbone must be a ViT, got {backbone!r}")
         self.num_classes, self.decoder_type = num_classes, decoder
         dim = self.backbone.embed_dim
         self.norm = nn.LayerNorm(dim, eps=1e-6)

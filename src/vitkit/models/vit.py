@@ -17,7 +17,7 @@ from torch.utils.checkpoint import checkpoint
 from ..layers import EncoderBlock, PatchEmbed, resample_abs_pos_embed, sincos_2d, to_2tuple
 from ..registry import register_family, register_model
 
-__all__ = ["VisionTransformer"]
+__all__ = ["VisionTransformer", "build_backbone"]
 
 PoolType = Literal["token", "avg", "none"]
 
@@ -371,6 +371,21 @@ def _register_vit_variants() -> None:
 
 
 _register_vit_variants()
+
+
+def build_backbone(name: str, args: dict[str, Any] | None, role: str, **overrides: Any):
+    """A headless registry ViT for a larger model (MAE encoder, DETR / Segmenter backbone).
+
+    ``overrides`` that are not None replace entries of ``args``; returns (the ViT, the complete argument dict to
+    store in the owner's config). A model that is not a ViT is refused, naming ``role``.
+    """
+    from ..registry import create_model
+
+    args = {**(args or {}), **{k: v for k, v in overrides.items() if v is not None}, "num_classes": 0}
+    model = create_model(name, **args)
+    if not isinstance(model, VisionTransformer):
+        raise ValueError(f"the {role} must be a ViT, got {name!r} ({type(model).__name__})")
+    return model, args
 
 
 def vit_flops(model: VisionTransformer, img_size: tuple[int, int] | None = None) -> int:
