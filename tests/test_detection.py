@@ -129,7 +129,7 @@ def test_a_tiny_detector_overfits_a_handful_of_images(tmp_path):
     )  # fmt: skip
     assert summary["val_AP50"] >= 0.9, summary
     assert (tmp_path / "det" / "predictions.png").stat().st_size > 0
-    with pytest.raises(ValueError, match="does not move boxes"):
+    with pytest.raises(ValueError, match="does not move its labels"):
         train_detection(dataset=f"coco:{tmp_path / 'data'}", model="detr_vit_canvas", hflip=True)
 
 

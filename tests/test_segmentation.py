@@ -45,3 +45,92 @@ def test_miou_and_pixel_accuracy_on_known_masks():
     assert absent["mIoU"] == 1.0 and math.isnan(absent["iou"][1])  # classes in neither map are left out
     with pytest.raises(ValueError, match="labels outside"):
         segmentation_metrics(torch.full((2, 2), 3), torch.zeros(2, 2), num_classes=3)
+
+
+def _blob_canvases(n: int = 8, canvas: int = 32):
+    from vitkit.data.canvas import make_canvases
+
+    items = torch.zeros(3, 1, 28, 28, dtype=torch.uint8)
+    items[0, :, 4:24, 4:24] = 255  # a square
+    items[1, :, 2:26, 11:17] = 255  # a bar
+    items[2, :, 8:20, 2:26] = 160  # a dim slab
+    return make_canvases(items, torch.tensor([0, 1, 2]), num_images=n, canvas=canvas, objects=(1, 2),
+                         scale=(0.4, 0.6))  # fmt: skip
+
+
+def test_masks_written_with_coco_read_back(tmp_path):
+    from vitkit.data.canvas import write_coco
+    from vitkit.data.segmentation import SegmentationDataset
+
+    images, targets, masks = _blob_canvases(4)
+    write_coco(tmp_path / "s", images, targets, ["square", "bar", "slab"], masks)
+    ds = SegmentationDataset(tmp_path / "s")
+    assert ds.classes == ["background", "square", "bar", "slab"] and ds.modality == "segmentation"
+    assert torch.equal(ds.masks, masks) and torch.equal(ds.raw, images)
+    image, index = ds[2]
+    assert image.shape == (1, 32, 32) and index == 2
+    small = SegmentationDataset(tmp_path / "s", image_size=16)  # nearest resize keeps class indices
+    assert small.masks.shape == (4, 16, 16) and set(small.masks.unique().tolist()) <= {0, 1, 2, 3}
+    (tmp_path / "s" / "masks" / "000001.png").unlink()
+    with pytest.raises(FileNotFoundError, match="no mask for images/000001.png"):
+        SegmentationDataset(tmp_path / "s")
+    with pytest.raises(ValueError, match="mask values run to"):
+        write_coco(tmp_path / "t", images, targets, ["square"], masks)
+
+
+def test_a_tiny_segmenter_fits_canvases_and_draws_overlays(tmp_path):
+    from vitkit.data.canvas import write_coco
+    from vitkit.train.segment import train_segmentation
+
+    images, targets, masks = _blob_canvases(8)
+    for split in ("train", "val"):  # the same images: this checks the model can fit, not generalise
+        write_coco(tmp_path / "data" / split, images, targets, ["square", "bar", "slab"], masks)
+    args = {"backbone_args": {"patch_size": 4, "depth": 1, "embed_dim": 32, "num_heads": 2}, "decoder_dim": 32,
+            "decoder_depth": 1, "decoder_heads": 2}  # fmt: skip
+    summary = train_segmentation(
+        dataset=f"coco:{tmp_path / 'data'}", model="segmenter_vit_canvas", epochs=60, batch_size=4, lr=3e-3,
+        warmup_epochs=2, weight_decay=1e-4, eval_every=30, threads=1, progress=False, model_args=args,
+        out_dir=str(tmp_path), name="seg",
+    )  # fmt: skip
+    assert summary["val_mIoU"] >= 0.6 and summary["val_pixel_acc"] >= 0.9, summary
+    assert set(summary["val_iou"]) == {"background", "square", "bar", "slab"}
+    run = tmp_path / "seg"
+    assert (run / "overlays.png").stat().st_size > 0 and (run / "curves.png").exists()
+    model = vitkit.load(run / "model.safetensors")
+    assert isinstance(model, Segmenter) and model.decoder_type == "mask"
+    with pytest.raises(ValueError, match="does not move its labels"):
+        train_segmentation(dataset=f"coco:{tmp_path / 'data'}", hflip=True)
+    with pytest.raises(ValueError, match="needs a Segmenter"):
+        train_segmentation(dataset=f"coco:{tmp_path / 'data'}", model="vit_tiny_patch16_224", epochs=1)
+
+
+@pytest.mark.parametrize("family", ["segmenter_vit_canvas", "detr_vit_canvas"])
+def test_backbone_starts_from_a_vitkit_vit(tmp_path, family):
+    """``init_from``: the backbone takes the source ViT's architecture and weights (positions resampled)."""
+    from vitkit.data.canvas import write_coco
+    from vitkit.train.config import resolve_config
+    from vitkit.train.detect import DetectionTrainer
+    from vitkit.train.segment import SegmentationTrainer
+
+    images, targets, masks = _blob_canvases(4)
+    for split in ("train", "val"):
+        write_coco(tmp_path / "data" / split, images, targets, ["square", "bar", "slab"], masks)
+    source = vitkit.create_model("vit_mnist", depth=2, num_classes=10)  # 28x28, patch 4
+    vitkit.save(source, tmp_path / "vit.safetensors")
+    trainer_type = SegmentationTrainer if family.startswith("segmenter") else DetectionTrainer
+    cfg = resolve_config(None, None, dataset=f"coco:{tmp_path / 'data'}", model=family, epochs=1, threads=1,
+                         init_from=str(tmp_path / "vit.safetensors"), out_dir=str(tmp_path), progress=False)  # fmt: skip
+    trainer = trainer_type(cfg)
+    backbone = trainer.model.backbone
+    assert len(backbone.blocks) == 2 and backbone.patch_embed.grid_size == (8, 8)  # 32 px canvases, patch 4
+    torch.testing.assert_close(backbone.blocks[1].mlp.fc1.weight, source.blocks[1].mlp.fc1.weight)
+    from vitkit.layers import resample_abs_pos_embed
+
+    prefix = 0 if source.no_embed_class else source.num_prefix_tokens
+    expected = resample_abs_pos_embed(source.pos_embed.detach(), (8, 8), num_prefix_tokens=prefix)
+    torch.testing.assert_close(backbone.pos_embed.detach(), expected)
+    rgb = vitkit.create_model("vit_cifar", depth=1)
+    vitkit.save(rgb, tmp_path / "rgb.safetensors")
+    cfg.init_from = str(tmp_path / "rgb.safetensors")
+    with pytest.raises(ValueError, match="3-channel images, the data has 1"):
+        trainer_type(cfg)

@@ -185,29 +185,67 @@ def cmd_detect(args: argparse.Namespace) -> int:
         a = p.parse_args(args.rest)
         for split, n, seed in (("train", a.train, a.seed), ("val", a.val, a.seed + 1)):
             source = build_dataset(a.source, "train" if split == "train" else "test", data_dir=a.data_dir)
-            images, targets, _ = make_canvases(source.raw, source.targets, n, a.canvas, tuple(a.objects),
-                                               tuple(a.scale), seed=seed)  # fmt: skip
-            path = write_coco(Path(a.out) / split, images, targets, source.classes)
+            images, targets, masks = make_canvases(source.raw, source.targets, n, a.canvas, tuple(a.objects),
+                                                   tuple(a.scale), seed=seed)  # fmt: skip
+            path = write_coco(Path(a.out) / split, images, targets, source.classes, masks)
             print(f"{split}: {n} canvases, {sum(len(t['labels']) for t in targets)} objects -> {path}")
+        return 0
+    if args.action == "make-penn-fudan":
+        from .data.pennfudan import convert_penn_fudan
+
+        p = argparse.ArgumentParser(prog="vitkit detect make-penn-fudan",
+                                    description="Penn-Fudan pedestrians -> COCO boxes + person masks (local use)")  # fmt: skip
+        p.add_argument("--data-dir", default=None, help="folder holding penn-fudan/PennFudanPed-webp.tar.xz")
+        p.add_argument("--out", required=True, help="output folder (gets train/ and val/); keep it local")
+        p.add_argument("--val", type=int, default=50, help="validation images (a seeded split)")
+        p.add_argument("--seed", type=int, default=0)
+        a = p.parse_args(args.rest)
+        from .data import resolve_data_dir
+
+        counts = convert_penn_fudan(resolve_data_dir(a.data_dir), a.out, a.val, a.seed)
+        for split in ("train", "val"):
+            print(f"{split}: {counts[split + '_images']} images, {counts[split + '_people']} people -> "
+                  f"{Path(a.out) / split / 'annotations.json'}")  # fmt: skip
         return 0
     if args.action == "train":
         from .train.detect import train_detection
 
-        p = argparse.ArgumentParser(prog="vitkit detect train", description="train DETR on COCO-format data")
-        p.add_argument("--data", dest="dataset", required=True, help="coco:DIR (DIR/train, DIR/val)")
-        p.add_argument("--recipe", default=None)
-        p.add_argument("--config", default=None)
-        p.add_argument("--resume", default=None, metavar="RUN_DIR")
-        _add_train_flags(p, skip=_CLASSIFIER_ONLY)
-        a = p.parse_args(args.rest)
-        overrides = _train_overrides(a)
-        overrides.setdefault("model", "detr_vit_canvas")
-        summary = train_detection(a.recipe, a.config, a.resume, **overrides)
+        summary = _dense_train(args.rest, "vitkit detect train", "train DETR on COCO-format data",
+                               train_detection, "detr_vit_canvas")  # fmt: skip
         nan = float("nan")
         return _report(
             summary, f"val AP50: {summary.get('val_AP50', nan):.3f}  AP: {summary.get('val_AP', nan):.3f}"
         )
-    raise ValueError(f"unknown detect action {args.action!r}: make-canvas or train")
+    raise ValueError(f"unknown detect action {args.action!r}: make-canvas, make-penn-fudan or train")
+
+
+def _dense_train(rest: list[str], prog: str, description: str, fit, default_model: str) -> dict:
+    """Parse the training flags of a COCO-folder task (detection, segmentation) and run it."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--data", dest="dataset", required=True, help="coco:DIR (DIR/train, DIR/val)")
+    p.add_argument("--recipe", default=None)
+    p.add_argument("--config", default=None)
+    p.add_argument("--resume", default=None, metavar="RUN_DIR")
+    p.add_argument("--from", dest="init_from", default=None, metavar="RUN_OR_WEIGHTS",
+                   help="start the backbone from a vitkit run or model file (supervised ViT or MAE)")  # fmt: skip
+    _add_train_flags(p, skip=_CLASSIFIER_ONLY)
+    a = p.parse_args(rest)
+    overrides = _train_overrides(a)
+    overrides.setdefault("model", default_model)
+    if a.init_from:
+        overrides["init_from"] = a.init_from
+    return fit(a.recipe, a.config, a.resume, **overrides)
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    """``vitkit segment train --data coco:DIR ...`` trains a Segmenter on COCO folders with ``masks/``."""
+    if args.action != "train":
+        raise ValueError(f"unknown segment action {args.action!r}: train")
+    from .train.segment import train_segmentation
+
+    summary = _dense_train(args.rest, "vitkit segment train", "train a Segmenter on COCO folders with masks/",
+                           train_segmentation, "segmenter_vit_canvas")  # fmt: skip
+    return _report(summary, f"val mIoU: {summary['val_mIoU']:.3f}  pixel acc: {summary['val_pixel_acc']:.4f}")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -375,9 +413,18 @@ def build_parser() -> argparse.ArgumentParser:
         "detect", add_help=False,
         help="'detect make-canvas --out DIR' writes COCO canvases; 'detect train --data coco:DIR' trains DETR",
     )  # fmt: skip
-    p.add_argument("action", metavar="make-canvas|train")
+    p.add_argument("action", metavar="make-canvas|make-penn-fudan|train")
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_detect)
+
+    p = sub.add_parser(
+        "segment",
+        add_help=False,
+        help="'segment train --data coco:DIR' trains a Segmenter (mask or linear decoder)",
+    )
+    p.add_argument("action", metavar="train")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("eval", help="evaluate a run or model file on a dataset split")
     p.add_argument("checkpoint", help="run directory or model .safetensors")

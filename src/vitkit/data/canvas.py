@@ -79,19 +79,34 @@ def make_canvases(
 
 
 def write_coco(
-    out_dir: str | os.PathLike, images: Tensor, targets: Sequence[dict[str, Tensor]], classes: Sequence[str]
-) -> Path:
-    """PNG files + ``annotations.json`` (COCO: images, annotations with ``bbox`` [x, y, w, h], categories)."""
+    out_dir: str | os.PathLike, images: Tensor | Sequence[Tensor], targets: Sequence[dict[str, Tensor]],
+    classes: Sequence[str], masks: Tensor | Sequence[Tensor] | None = None,
+) -> Path:  # fmt: skip
+    """PNG files + ``annotations.json`` (COCO: images, annotations with ``bbox`` [x, y, w, h], categories).
+
+    ``images`` (N, C, H, W) uint8, or a list of (C, H, W) of different sizes; boxes in ``targets`` are xyxy
+    pixels. With ``masks`` (N, H, W: 0 = background, k = category k, or a list of (H, W)), each image's
+    semantic mask is written as ``masks/<image name>.png`` (what :class:`~vitkit.data.SegmentationDataset` reads).
+    """
     from PIL import Image
 
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
+    if masks is not None:
+        top = max(int(m.max()) for m in masks)
+        if top > min(255, len(classes)):
+            raise ValueError(f"mask values run to {top}; there are {len(classes)} classes")
+        (out / "masks").mkdir(exist_ok=True)
     coco: dict[str, Any] = {"images": [], "annotations": [],
                             "categories": [{"id": i + 1, "name": c} for i, c in enumerate(classes)]}  # fmt: skip
     ann_id = 1
     for n, (img, t) in enumerate(zip(images, targets, strict=True)):
         name = f"images/{n:06d}.png"
-        Image.fromarray(img[0].numpy()).save(out / name)
+        Image.fromarray(img[0].numpy() if img.shape[0] == 1 else img.permute(1, 2, 0).numpy()).save(
+            out / name
+        )
+        if masks is not None:
+            Image.fromarray(masks[n].to(torch.uint8).numpy()).save(out / "masks" / f"{n:06d}.png")
         coco["images"].append(
             {"id": n + 1, "file_name": name, "height": int(img.shape[-2]), "width": int(img.shape[-1])}
         )

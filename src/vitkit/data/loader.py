@@ -351,7 +351,12 @@ def make_loader(
 ) -> TensorBatchLoader | DatasetLoader:
     """:class:`TensorBatchLoader` for in-memory datasets (``num_workers`` is ignored; ``device`` keeps the data
     there), else :func:`make_dataloader`. Batches are ``(float images in [0, 1], int64 labels)``."""
-    in_memory = ("text", "translation", "detection")  # token ids / index-labelled images held as one tensor
+    in_memory = (
+        "text",
+        "translation",
+        "detection",
+        "segmentation",
+    )  # token ids / index-labelled images held as one tensor
     if isinstance(dataset, TensorImageDataset) or getattr(dataset, "modality", None) in in_memory:
         return TensorBatchLoader.from_dataset(
             dataset, batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed, device=device, **kw

@@ -1,8 +1,8 @@
 """Detection with the Trainer: DETR on a COCO-format dataset (``vitkit detect train --data coco:DIR``).
 
 :class:`DetectionTrainer` is the :class:`~vitkit.train.trainer.Trainer` (image normalisation, schedule,
-checkpoints and exact resume, torchrun) with DETR's set loss. The loader hands out (images, item indices) and the
-boxes are looked up by index, so batching and resume stay the in-memory loader's. Evaluation reports the set loss
+checkpoints and exact resume, torchrun) with DETR's set loss, through :class:`~vitkit.train.dense.DenseTaskTrainer`
+(COCO folders, boxes looked up by item index, a backbone pre-trained in vitkit via ``init_from``). Evaluation reports the set loss
 and COCO box AP / AP50 / AP75 from pycocotools on the validation split; the end of training draws the predictions
 on validation images (``predictions.png``).
 """
@@ -22,21 +22,13 @@ from torch import Tensor, nn
 from ..data.canvas import CocoDetection
 from ..detection import SetCriterion, box_cxcywh_to_xyxy
 from ..models.detr import DETR
-from ..registry import create_model
+from .dense import DenseTaskTrainer
 from .distributed import all_reduce_sum
-from .trainer import Trainer, fit_trainer
+from .trainer import fit_trainer
 
 __all__ = ["DetectionTrainer", "train_detection", "coco_map", "detections"]
 
 log = logging.getLogger(__name__)
-
-
-def _coco_root(name: str) -> Path:
-    if not name.startswith("coco:"):
-        raise ValueError(
-            f"detection data is named coco:DIR (DIR/train and DIR/val with annotations.json), got {name!r}"
-        )
-    return Path(name[5:]).expanduser()
 
 
 @torch.no_grad()
@@ -82,34 +74,16 @@ def coco_map(dataset: CocoDetection, results: list[dict]) -> dict[str, float]:
     return {"AP": max(ap, 0.0), "AP50": max(ap50, 0.0), "AP75": max(ap75, 0.0)}
 
 
-class DetectionTrainer(Trainer):
+class DetectionTrainer(DenseTaskTrainer):
     """DETR training; ``cfg.dataset`` is ``coco:DIR`` (``DIR/train``, ``DIR/val``), ``cfg.model`` a ``detr`` model."""
 
-    def __init__(self, cfg, **kwargs: Any) -> None:
-        moves = {"hflip": cfg.hflip, "pad_crop": cfg.pad_crop, "rrc_scale": cfg.rrc_scale, "mixup": cfg.mixup,
-                 "cutmix": cfg.cutmix, "randaugment": cfg.randaugment, "trivialaugment": cfg.trivialaugment,
-                 "random_erasing": cfg.random_erasing, "teacher": cfg.teacher}  # fmt: skip
-        used = [k for k, v in moves.items() if v]
-        if used:
-            raise ValueError(f"detection training does not move boxes with image augmentation: drop {used}")
-        super().__init__(cfg, **kwargs)
-
-    def detect_modality(self, train_data=None) -> str:
-        return "detection"
-
-    def _build_dataset(self, split: str) -> CocoDetection:
-        root = _coco_root(self.cfg.dataset)
-        folder = root / ("train" if split == "train" else "val")
-        size = self.cfg.model_args.get("img_size")
-        return CocoDetection(folder, image_size=size)
+    modality_name = "detection"
+    dataset_type = CocoDetection
+    model_type = DETR
+    example_model = "detr_vit_canvas"
 
     def build_model(self, in_chans: int) -> nn.Module:
-        cfg = self.cfg
-        h, w = self.train_data.raw.shape[-2:]
-        args = {"num_classes": len(self.classes), "in_chans": in_chans, "img_size": int(h), **cfg.model_args}
-        model = create_model(cfg.model, **args)
-        if not isinstance(model, DETR):
-            raise ValueError(f"detection needs a DETR model (e.g. detr_vit_canvas), got {cfg.model!r}")
+        model = super().build_model(in_chans)
         self.criterion = SetCriterion(len(self.classes))
         return model
 
@@ -119,9 +93,6 @@ class DetectionTrainer(Trainer):
     def _default_loss(self, outputs: dict, index: Tensor, images: Tensor | None = None) -> Tensor:
         self.criterion.to(self.device)
         return self.criterion(outputs, self._targets(self.train_data, index))[0]
-
-    def count_correct(self, outputs, targets: Tensor) -> Tensor:
-        return torch.zeros((), device=self.device)
 
     @torch.inference_mode()
     def evaluate(self, model: nn.Module | None = None, return_outputs: bool = False) -> dict[str, Any]:
@@ -146,9 +117,6 @@ class DetectionTrainer(Trainer):
         if return_outputs:
             out["detections"] = [results[i] for i in range(len(results))]
         return out
-
-    def data_config(self) -> dict[str, Any]:
-        return {**super().data_config(), "modality": "detection"}
 
     def finish(self, stopped_early: bool = False) -> dict[str, Any]:
         from ..plots import plot_training_curves

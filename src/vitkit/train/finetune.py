@@ -28,6 +28,7 @@ __all__ = [
     "FINETUNE_MODES",
     "resolve_source",
     "build_from_pretrained",
+    "pretrained_backbone",
     "apply_mode",
     "ProbeHead",
     "fold_probe_heads",
@@ -110,6 +111,21 @@ def build_from_pretrained(
     loaded = sum(1 for k in target.state_dict() if not k.startswith(HEAD_PREFIXES))
     log.info("fine-tuning from %s: %d backbone tensors loaded, new %d-class head", path, loaded, num_classes)
     return target
+
+
+def pretrained_backbone(path: str | Path) -> tuple[str, dict[str, Any], dict[str, torch.Tensor]]:
+    """(registry name, architecture arguments, state dict) of the ViT in a vitkit run or model file (an MAE run
+    gives its encoder), for a larger model (DETR, Segmenter) to build its backbone like it and load it."""
+    path = resolve_source(path)
+    found = _vitkit_source(path)
+    if found is None:
+        raise ValueError(f"a pre-trained backbone comes from a vitkit run or model file; {path} is not one")
+    source, config = found
+    name = getattr(source, "model_name", "")
+    if not name:
+        raise ValueError(f"{path} does not name its architecture (no registry model name in its metadata)")
+    config.pop("num_classes", None)
+    return name, config, source.state_dict()
 
 
 class ProbeHead(nn.Module):

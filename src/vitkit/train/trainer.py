@@ -53,7 +53,9 @@ from .distributed import (
 from .finetune import apply_mode, build_from_pretrained, fold_probe_heads, resolve_source
 from .optim import build_optimizer, inverse_sqrt_schedule, warmup_cosine_schedule
 
-__all__ = ["Trainer", "train", "TrainingDivergedError"]
+__all__ = ["Trainer", "train", "TrainingDivergedError", "IMAGE_MODALITIES"]
+
+IMAGE_MODALITIES = ("image", "detection", "segmentation")  # batches of images (normalised, maybe augmented)
 
 log = logging.getLogger("vitkit.train")
 
@@ -180,14 +182,14 @@ class Trainer:
 
         from .. import data as vdata
 
-        self.modality = self.detect_modality(train_data)  # image | text | translation
+        self.modality = self.detect_modality(train_data)  # image | text | translation | detection | ...
         if self.modality not in ("image", "detection") and (
             cfg.mixup or cfg.cutmix or cfg.teacher or cfg.finetune_mode != "full"
         ):
             raise ValueError(
                 f"{self.modality} training takes no mixup/cutmix, teacher or frozen fine-tuning modes"
             )
-        self.tokenizer = self._build_tokenizer() if self.modality not in ("image", "detection") else None
+        self.tokenizer = self._build_tokenizer() if self.modality not in IMAGE_MODALITIES else None
         self.train_data = train_data if train_data is not None else self._build_dataset("train")
         if cfg.train_subset is not None:
             self.train_data = vdata.stratified_subset(self.train_data, cfg.train_subset, cfg.seed)
@@ -212,7 +214,7 @@ class Trainer:
         self.input_size = _input_size(self.model)
 
         self.mean = self.std = self.normalize = self.augment = None  # text: token ids go in as they are
-        if self.modality in ("image", "detection"):
+        if self.modality in IMAGE_MODALITIES:
             mean, std = vdata.dataset_stats(cfg.dataset, self.train_data)
             self.mean, self.std = list(map(float, mean)), list(map(float, std))
             self.normalize = vdata.Normalize(self.mean, self.std).to(self.device)
@@ -358,7 +360,7 @@ class Trainer:
 
     def _prepare(self, x: Tensor, train: bool) -> Tensor:
         x = x.to(self.device, non_blocking=True)
-        if self.modality not in ("image", "detection"):  # token ids: cut the batch to its longest sentence
+        if self.modality not in IMAGE_MODALITIES:  # token ids: cut the batch to its longest sentence
             return x[:, : int((x != self.tokenizer.pad_id).sum(1).max())]
         if x.dtype == torch.uint8:
             x = x.float().div_(255)
