@@ -120,6 +120,51 @@ def write_coco(
     return path
 
 
+def read_coco(root: Path, annotations: str = "annotations.json") -> tuple[Path, dict[str, Any]]:
+    """(path, parsed JSON) of a COCO annotation file, checked for its images / annotations / categories."""
+    path = root / annotations
+    if not path.exists():
+        raise FileNotFoundError(f"COCO annotations not found: {path}")
+    coco = json.loads(path.read_text())
+    for key in ("images", "annotations", "categories"):
+        if key not in coco:
+            raise ValueError(f"{path} is not COCO detection JSON: no {key!r}")
+    if not coco["images"]:
+        raise ValueError(f"{path} lists no images")
+    return path, coco
+
+
+def load_image_u8(
+    path: Path, channels: int | None = None, size: int | tuple[int, int] | None = None, nearest: bool = False
+) -> tuple[Tensor, tuple[int, int]]:
+    """(C, H, W) uint8 image (``channels`` 1 or 3, else its own L/RGB mode; resized to ``size`` when given, with
+    nearest-neighbour sampling for label maps) and its original (height, width). A label map (mode L/P/I) stays
+    one channel."""
+    from PIL import Image
+
+    size = (size, size) if isinstance(size, int) else size
+    with Image.open(path) as im:
+        if not nearest:
+            im = im.convert(
+                {1: "L", 3: "RGB"}.get(channels or 0, im.mode if im.mode in ("L", "RGB") else "RGB")
+            )
+        original = (im.height, im.width)
+        if size is not None and original != tuple(size):
+            im = im.resize((size[1], size[0]), Image.NEAREST if nearest else Image.BILINEAR)
+        t = torch.from_numpy(np.array(im))
+    return (t[None] if t.ndim == 2 else t.permute(2, 0, 1)), original
+
+
+def stack_same_size(images: list[Tensor], path: Path) -> Tensor:
+    """One (N, ...) tensor, or a ValueError naming ``path`` when the sizes differ."""
+    shapes = {tuple(t.shape) for t in images}
+    if len(shapes) > 1:
+        raise ValueError(
+            f"{path}: images of different sizes {sorted(shapes)[:3]}...; pass image_size to resize"
+        )
+    return torch.stack(images)
+
+
 class CocoDetection(Dataset):
     """A COCO-format detection set (``annotations.json`` + images) held in memory.
 
@@ -135,18 +180,8 @@ class CocoDetection(Dataset):
         self, root: str | os.PathLike, annotations: str = "annotations.json", channels: int | None = None,
         image_size: int | tuple[int, int] | None = None,
     ) -> None:  # fmt: skip
-        from PIL import Image
-
         root = Path(root)
-        path = root / annotations
-        if not path.exists():
-            raise FileNotFoundError(f"COCO annotations not found: {path}")
-        coco = json.loads(path.read_text())
-        for key in ("images", "annotations", "categories"):
-            if key not in coco:
-                raise ValueError(f"{path} is not COCO detection JSON: no {key!r}")
-        if not coco["images"]:
-            raise ValueError(f"{path} lists no images")
+        path, coco = read_coco(root, annotations)
         self.root, self.annotation_file = root, path
         self.category_ids = [c["id"] for c in coco["categories"]]
         self.classes = [c["name"] for c in coco["categories"]]
@@ -154,23 +189,11 @@ class CocoDetection(Dataset):
         per_image: dict[int, list[dict]] = {img["id"]: [] for img in coco["images"]}
         for a in coco["annotations"]:
             per_image.setdefault(a["image_id"], []).append(a)
-        size = (
-            None
-            if image_size is None
-            else ((image_size, image_size) if isinstance(image_size, int) else image_size)
-        )
         images, self.annotations, self.image_ids, self.sizes = [], [], [], []
         for img in coco["images"]:
-            with Image.open(root / img["file_name"]) as im:
-                mode = {1: "L", 3: "RGB"}.get(channels or 0, im.mode if im.mode in ("L", "RGB") else "RGB")
-                im = im.convert(mode)
-                self.sizes.append((im.height, im.width))
-                if size is not None and (im.height, im.width) != tuple(size):
-                    im = im.resize((size[1], size[0]), Image.BILINEAR)
-                arr = np.asarray(im)
-            t = torch.from_numpy(arr.copy())
-            images.append(t[None] if t.ndim == 2 else t.permute(2, 0, 1))
-            H, W = self.sizes[-1]
+            image, (H, W) = load_image_u8(root / img["file_name"], channels, image_size)
+            images.append(image)
+            self.sizes.append((H, W))
             anns = [a for a in per_image[img["id"]] if not a.get("iscrowd", 0)]
             xywh = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
             scale = torch.tensor([W, H, W, H], dtype=torch.float32)
@@ -178,12 +201,7 @@ class CocoDetection(Dataset):
             labels = torch.tensor([index[a["category_id"]] for a in anns], dtype=torch.long)
             self.annotations.append({"boxes": cxcywh, "labels": labels})
             self.image_ids.append(img["id"])
-        shapes = {tuple(t.shape) for t in images}
-        if len(shapes) > 1:
-            raise ValueError(
-                f"{path}: images of different sizes {sorted(shapes)[:3]}...; pass image_size to resize"
-            )
-        self.raw = torch.stack(images)
+        self.raw = stack_same_size(images, path)
         self.targets = torch.arange(len(images))
         self.num_channels = int(self.raw.shape[1])
 

@@ -8,14 +8,14 @@ and ``annotations.json``, whose image list and categories :class:`SegmentationDa
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
+
+from .canvas import load_image_u8, read_coco, stack_same_size
 
 __all__ = ["SegmentationDataset"]
 
@@ -34,18 +34,10 @@ class SegmentationDataset(Dataset):
         self, root: str | os.PathLike, annotations: str = "annotations.json", channels: int | None = None,
         image_size: int | tuple[int, int] | None = None,
     ) -> None:  # fmt: skip
-        from PIL import Image
-
         root = Path(root)
-        path = root / annotations
-        if not path.exists():
-            raise FileNotFoundError(f"segmentation annotations not found: {path}")
-        coco = json.loads(path.read_text())
-        if not coco.get("images"):
-            raise ValueError(f"{path} lists no images")
+        path, coco = read_coco(root, annotations)
         self.root = root
-        self.classes = ["background"] + [c["name"] for c in coco.get("categories", [])]
-        size = (image_size, image_size) if isinstance(image_size, int) else image_size
+        self.classes = ["background"] + [c["name"] for c in coco["categories"]]
         images, masks = [], []
         for img in coco["images"]:
             mask_path = root / "masks" / (Path(img["file_name"]).stem + ".png")
@@ -53,30 +45,19 @@ class SegmentationDataset(Dataset):
                 raise FileNotFoundError(
                     f"no mask for {img['file_name']}: expected {mask_path} (write the set with masks)"
                 )
-            with Image.open(root / img["file_name"]) as im, Image.open(mask_path) as m:
-                mode = {1: "L", 3: "RGB"}.get(channels or 0, im.mode if im.mode in ("L", "RGB") else "RGB")
-                im = im.convert(mode)
-                if m.size != im.size:
-                    raise ValueError(
-                        f"{mask_path} is {m.size[0]}x{m.size[1]}, its image {im.width}x{im.height}"
-                    )
-                if size is not None and (im.height, im.width) != tuple(size):
-                    im = im.resize((size[1], size[0]), Image.BILINEAR)
-                    m = m.resize((size[1], size[0]), Image.NEAREST)
-                arr, mask = np.asarray(im), np.asarray(m)
-            if mask.ndim != 2:
+            image, image_size_was = load_image_u8(root / img["file_name"], channels, image_size)
+            mask, mask_size_was = load_image_u8(mask_path, size=image_size, nearest=True)
+            if mask.shape[0] != 1:
                 raise ValueError(
-                    f"{mask_path} must be a single-channel class-index PNG, got shape {mask.shape}"
+                    f"{mask_path} must be a single-channel class-index PNG, got {mask.shape[0]} channels"
                 )
-            t = torch.from_numpy(arr.copy())
-            images.append(t[None] if t.ndim == 2 else t.permute(2, 0, 1))
-            masks.append(torch.from_numpy(mask.astype(np.int64)))
-        shapes = {tuple(t.shape) for t in images}
-        if len(shapes) > 1:
-            raise ValueError(
-                f"{path}: images of different sizes {sorted(shapes)[:3]}...; pass image_size to resize"
-            )
-        self.raw = torch.stack(images)
+            if mask_size_was != image_size_was:
+                raise ValueError(
+                    f"{mask_path} is {mask_size_was}, its image {image_size_was} (height, width)"
+                )
+            images.append(image)
+            masks.append(mask[0].long())
+        self.raw = stack_same_size(images, path)
         self.masks = torch.stack(masks)
         top = int(self.masks.max())
         if top >= len(self.classes):

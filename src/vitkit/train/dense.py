@@ -9,6 +9,7 @@ weights, its position table resampled to the images here.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -96,3 +97,40 @@ class DenseTaskTrainer(Trainer):
 
     def data_config(self) -> dict[str, Any]:
         return {**super().data_config(), "modality": self.modality_name}
+
+    # ------------------------------------------------------------ the end of training
+    loss_label = "loss"
+
+    def summary_figures(self, result: dict[str, Any], model: nn.Module) -> dict[str, Any]:
+        """The task's figures from ``evaluate(model, return_outputs=True)`` for the summary."""
+        raise NotImplementedError
+
+    def draw(self, result: dict[str, Any]) -> None:
+        """Draw the validation predictions in ``result`` into the run directory."""
+        raise NotImplementedError
+
+    def finish(self, stopped_early: bool = False) -> dict[str, Any]:
+        """Save the model; write its validation figures (``eval.json``), drawings, curves and the summary."""
+        from ..plots import plot_training_curves
+        from ..weights.io import save as save_model
+
+        model = self.final_model()
+        result = self.evaluate(model, return_outputs=True)
+        summary: dict[str, Any] = {
+            "run_dir": str(self.run_dir), "epochs": self.epoch, "val_loss": result["val_loss"],
+            **self.summary_figures(result, model), "elapsed_s": self.history[-1]["elapsed"] if self.history else 0.0,
+            "params": sum(p.numel() for p in model.parameters()), "train_samples": len(self.train_data),
+            "init_from": self.cfg.init_from, "world_size": self.dist.world_size, "stopped_early": stopped_early,
+        }  # fmt: skip
+        if not self.is_main:
+            return summary
+        save_model(model, self.run_dir / "model.safetensors", data_config=self.data_config())
+        (self.run_dir / "eval.json").write_text(
+            json.dumps({k: v for k, v in summary.items() if k.startswith("val_")}, indent=2)
+        )
+        self.draw(result)
+        plot_training_curves(
+            self.run_dir / "metrics.jsonl", self.run_dir / "curves.png", loss_label=self.loss_label
+        )
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary

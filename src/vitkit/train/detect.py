@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -118,31 +117,13 @@ class DetectionTrainer(DenseTaskTrainer):
             out["detections"] = [results[i] for i in range(len(results))]
         return out
 
-    def finish(self, stopped_early: bool = False) -> dict[str, Any]:
-        from ..plots import plot_training_curves
-        from ..weights.io import save as save_model
+    loss_label = "set loss"
 
-        model = self.final_model()
-        result = self.evaluate(model, return_outputs=True)
-        summary: dict[str, Any] = {
-            "run_dir": str(self.run_dir), "epochs": self.epoch, "val_loss": result["val_loss"],
-            **{k: result[k] for k in ("val_AP", "val_AP50", "val_AP75") if k in result},
-            "elapsed_s": self.history[-1]["elapsed"] if self.history else 0.0,
-            "params": sum(p.numel() for p in model.parameters()), "train_samples": len(self.train_data),
-            "world_size": self.dist.world_size, "stopped_early": stopped_early,
-        }  # fmt: skip
-        if not self.is_main:
-            return summary
-        save_model(model, self.run_dir / "model.safetensors", data_config=self.data_config())
-        (self.run_dir / "eval.json").write_text(
-            json.dumps({k: v for k, v in summary.items() if "val_" in k}, indent=2)
-        )
+    def summary_figures(self, result: dict[str, Any], model: nn.Module) -> dict[str, Any]:
+        return {k: result[k] for k in ("val_AP", "val_AP50", "val_AP75") if k in result}
+
+    def draw(self, result: dict[str, Any]) -> None:
         draw_detections(self.val_data, result["detections"], self.run_dir / "predictions.png")
-        plot_training_curves(
-            self.run_dir / "metrics.jsonl", self.run_dir / "curves.png", loss_label="set loss"
-        )
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        return summary
 
 
 def draw_detections(dataset: CocoDetection, results: list[dict], out_png: str | Path, n: int = 8,

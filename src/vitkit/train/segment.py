@@ -8,7 +8,6 @@ ground truth / prediction overlays (``overlays.png``) and saves the per-class Io
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -78,33 +77,15 @@ class SegmentationTrainer(DenseTaskTrainer):
             out["predictions"] = torch.stack([predictions[i] for i in range(len(predictions))])
         return out
 
-    def finish(self, stopped_early: bool = False) -> dict[str, Any]:
-        from ..plots import plot_training_curves
-        from ..weights.io import save as save_model
+    loss_label = "pixel loss"
 
-        model = self.final_model()
-        result = self.evaluate(model, return_outputs=True)
-        summary: dict[str, Any] = {
-            "run_dir": str(self.run_dir), "epochs": self.epoch, "val_loss": result["val_loss"],
-            "val_pixel_acc": result["val_pixel_acc"], "val_mIoU": result["val_mIoU"],
-            "val_iou": dict(zip(self.classes, result["val_iou"], strict=True)),
-            "decoder": getattr(model, "decoder_type", None),
-            "elapsed_s": self.history[-1]["elapsed"] if self.history else 0.0,
-            "params": sum(p.numel() for p in model.parameters()), "train_samples": len(self.train_data),
-            "world_size": self.dist.world_size, "stopped_early": stopped_early,
-        }  # fmt: skip
-        if not self.is_main:
-            return summary
-        save_model(model, self.run_dir / "model.safetensors", data_config=self.data_config())
-        (self.run_dir / "eval.json").write_text(
-            json.dumps({k: v for k, v in summary.items() if k.startswith("val_")}, indent=2)
-        )
+    def summary_figures(self, result: dict[str, Any], model: nn.Module) -> dict[str, Any]:
+        return {"val_pixel_acc": result["val_pixel_acc"], "val_mIoU": result["val_mIoU"],
+                "val_iou": dict(zip(self.classes, result["val_iou"], strict=True)),
+                "decoder": getattr(model, "decoder_type", None)}  # fmt: skip
+
+    def draw(self, result: dict[str, Any]) -> None:
         draw_segmentation(self.val_data, result["predictions"], self.run_dir / "overlays.png")
-        plot_training_curves(
-            self.run_dir / "metrics.jsonl", self.run_dir / "curves.png", loss_label="pixel loss"
-        )
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        return summary
 
 
 def _overlay(image: Tensor, mask: Tensor, alpha: float = 0.55) -> Tensor:
