@@ -129,7 +129,7 @@ def test_translation_trains_through_the_trainer_and_the_cli(tmp_path, capsys):
     rc = main(["translate", "train", "--data", "multi30k-de-en", "--data-dir", str(data), "--model", "transformer_tiny",
                "--model-args", '{"vocab_size": 60}', "--epochs", "20", "--batch-size", "32", "--lr", "3e-3",
                "--warmup-epochs", "1", "--schedule", "inverse_sqrt", "--label-smoothing", "0", "--threads", "1",
-               "--no-progress", "--out-dir", str(tmp_path), "--name", "tr"])  # fmt: skip
+               "--eval-every", "1", "--no-progress", "--out-dir", str(tmp_path), "--name", "tr"])  # fmt: skip
     assert rc == 0
     run = tmp_path / "tr"
     summary = json.loads((run / "summary.json").read_text())

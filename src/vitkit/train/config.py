@@ -118,9 +118,12 @@ RECIPES: dict[str, dict[str, Any]] = {
         model="mae_vit_mnist", dataset="fashion-mnist", epochs=20, batch_size=256, lr=1.5e-3, warmup_epochs=1,
         weight_decay=0.05, betas=(0.9, 0.95), pad_crop=2, hflip=True, drop_path=0.0, eval_every=5,
     ),
-    # Multi30k German -> English on a CPU: a small pre-norm Transformer, joint BPE, inverse-sqrt schedule
+    # Multi30k German -> English in an hour of a 2-core CPU: a small pre-norm Transformer, joint BPE, inverse-sqrt
+    # schedule (no end to anneal to), stopped after the epoch that crosses 55 min (~370 s per epoch: 9 epochs,
+    # test_2016_flickr BLEU 35.10 greedy, 36.59 beam 4)
     "multi30k-de-en": dict(
-        model="transformer_small", dataset="multi30k-de-en", epochs=12, batch_size=128, lr=1e-3, warmup_epochs=1,
+        model="transformer_small", dataset="multi30k-de-en", epochs=40, time_limit_min=55, eval_every=3,
+        batch_size=128, lr=1e-3, warmup_epochs=1,
         schedule="inverse_sqrt", weight_decay=0.0, betas=(0.9, 0.98), label_smoothing=0.1, drop_path=0.0,
         max_length=64, clip_grad=1.0,
     ),
