@@ -77,6 +77,33 @@ def test_detr_outputs_and_aux_losses():
     loss, _ = SetCriterion(10)(out, target)
     loss.backward()
     assert model.backbone.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+    assert model.reference.grad.abs().sum() > 0  # the reference points learn
+
+
+def test_detr_anchor_queries_start_on_a_grid_and_centre_boxes_on_them():
+    model = vitkit.create_model("detr_vit_canvas", num_classes=3, num_queries=9,
+                                backbone_args={"img_size": 48, "patch_size": 8, "depth": 1})  # fmt: skip
+    points = model.reference.detach().sigmoid()
+    grid = torch.tensor([1 / 6, 1 / 2, 5 / 6])
+    torch.testing.assert_close(
+        points, torch.stack(torch.meshgrid(grid, grid, indexing="xy"), -1).reshape(9, 2)
+    )
+    # the query code is the patches' code: at a patch centre it equals that patch's row of pos_embed
+    with torch.no_grad():
+        model.reference[0] = torch.logit(torch.tensor([2.5 / 6, 0.5 / 6]))  # column 2, row 0 of the 6x6 grid
+    torch.testing.assert_close(model.query_pos()[0, 0], model.pos_embed[0, 2], atol=1e-5, rtol=0)
+    with torch.no_grad():  # a box head that outputs zeros puts every box centre on its reference point
+        model.box_head.fc2.weight.zero_()
+        model.box_head.fc2.bias.zero_()
+    boxes = model(torch.randn(2, 1, 48, 48))["pred_boxes"]
+    torch.testing.assert_close(boxes[..., :2], model.reference.sigmoid().expand(2, -1, -1))
+    torch.testing.assert_close(boxes[..., 2:], torch.full((2, 9, 2), 0.5))
+    plain = vitkit.create_model("detr_vit_canvas", num_classes=3, anchors=False)
+    assert not hasattr(plain, "reference") and plain(torch.randn(1, 1, 64, 64))["pred_boxes"].shape == (
+        1,
+        16,
+        4,
+    )
 
 
 def test_canvases_are_deterministic_and_coco_loads(tmp_path):

@@ -5,7 +5,7 @@ from .blocks import Block, DecoderBlock, EncoderBlock
 from .drop import DropPath, LayerScale, drop_path
 from .mlp import Mlp, get_act_layer
 from .patch_embed import PatchEmbed, to_2tuple
-from .pos_embed import resample_abs_pos_embed, sincos_1d, sincos_2d
+from .pos_embed import resample_abs_pos_embed, sincos_1d, sincos_2d, sincos_2d_points
 
 __all__ = [
     "Attention",
@@ -25,4 +25,5 @@ __all__ = [
     "resample_abs_pos_embed",
     "sincos_1d",
     "sincos_2d",
+    "sincos_2d_points",
 ]

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["sincos_1d", "sincos_2d", "resample_abs_pos_embed"]
+__all__ = ["sincos_1d", "sincos_2d", "sincos_2d_points", "resample_abs_pos_embed"]
 
 
 def sincos_1d(length: int, dim: int, temperature: float = 10000.0) -> Tensor:
@@ -29,14 +29,20 @@ def sincos_2d(grid_size: tuple[int, int], dim: int, temperature: float = 10000.0
     if dim % 4:
         raise ValueError(f"2D sin-cos embedding dim must be divisible by 4, got {dim}")
     h, w = grid_size
-    quarter = dim // 4
-    omega = 1.0 / temperature ** (torch.arange(quarter, dtype=torch.float64) / quarter)
     ys, xs = torch.meshgrid(
         torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij"
     )
-    out_y = ys.reshape(-1, 1) * omega  # H*W, dim/4
-    out_x = xs.reshape(-1, 1) * omega
-    return torch.cat([out_y.sin(), out_y.cos(), out_x.sin(), out_x.cos()], dim=1).float()
+    return sincos_2d_points(ys.reshape(-1), xs.reshape(-1), dim, temperature).float()
+
+
+def sincos_2d_points(ys: Tensor, xs: Tensor, dim: int, temperature: float = 10000.0) -> Tensor:
+    """The :func:`sincos_2d` code of (possibly fractional, differentiable) grid coordinates: (..., dim)."""
+    if dim % 4:
+        raise ValueError(f"2D sin-cos embedding dim must be divisible by 4, got {dim}")
+    quarter = dim // 4
+    omega = 1.0 / temperature ** (torch.arange(quarter, dtype=ys.dtype, device=ys.device) / quarter)
+    out_y, out_x = ys[..., None] * omega, xs[..., None] * omega
+    return torch.cat([out_y.sin(), out_y.cos(), out_x.sin(), out_x.cos()], dim=-1)
 
 
 def resample_abs_pos_embed(

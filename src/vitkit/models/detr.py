@@ -4,16 +4,22 @@ Read top to bottom: image -> registry ViT -> patch tokens (B, N, D_b) -> LayerNo
 plus fixed 2D sin-cos positions -> decoder blocks (the library's :class:`~vitkit.layers.DecoderBlock`, no causal
 mask: queries attend to each other and to the patches) -> per query a class (``num_classes`` + "no object") and a
 box (cx, cy, w, h in [0, 1] of the image). Every decoder layer's output is also scored (auxiliary losses).
+
+``anchors=True`` (the default) gives each query a learned reference point (Anchor DETR / DAB-DETR style), spread
+over the image at the start: its sin-cos code -- the same code as the patches' positions -- joins the query at every
+decoder layer, and the box centre is predicted as an offset from it (in logit space). Queries then own regions of
+the image from the first step, which makes training converge far faster than plain DETR's position-free queries.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..layers import DecoderBlock, Mlp, sincos_2d
+from ..layers import DecoderBlock, Mlp, sincos_2d, sincos_2d_points
 from ..registry import register_family, register_model
 from .vit import build_backbone
 
@@ -35,6 +41,7 @@ class DETR(nn.Module):
         num_heads: int = 4,
         mlp_ratio: float = 4.0,
         drop_rate: float = 0.1,
+        anchors: bool = True,
         in_chans: int | None = None,
         img_size: int | None = None,
     ) -> None:
@@ -45,7 +52,7 @@ class DETR(nn.Module):
         self.config: dict[str, Any] = {
             "backbone": backbone, "backbone_args": backbone_args, "num_classes": num_classes,
             "num_queries": num_queries, "embed_dim": embed_dim, "decoder_depth": decoder_depth,
-            "num_heads": num_heads, "mlp_ratio": mlp_ratio, "drop_rate": drop_rate,
+            "num_heads": num_heads, "mlp_ratio": mlp_ratio, "drop_rate": drop_rate, "anchors": anchors,
         }  # fmt: skip
         self.num_classes, self.num_queries = num_classes, num_queries
         self.input_proj = nn.Sequential(
@@ -55,6 +62,12 @@ class DETR(nn.Module):
             "pos_embed", sincos_2d(self.backbone.patch_embed.grid_size, embed_dim)[None], False
         )
         self.query_embed = nn.Parameter(torch.randn(1, num_queries, embed_dim) * 0.02)
+        self.anchors = anchors
+        if anchors:  # reference points (logits of cx, cy), on a grid over the image to start with
+            side = math.ceil(math.sqrt(num_queries))
+            grid = (torch.arange(side) + 0.5) / side
+            points = torch.stack(torch.meshgrid(grid, grid, indexing="xy"), -1).reshape(-1, 2)[:num_queries]
+            self.reference = nn.Parameter(torch.logit(points))
         self.decoder = nn.ModuleList([
             DecoderBlock(embed_dim, num_heads, mlp_ratio=mlp_ratio, proj_drop=drop_rate) for _ in range(decoder_depth)
         ])  # fmt: skip
@@ -64,7 +77,7 @@ class DETR(nn.Module):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        return {f"backbone.{n}" for n in self.backbone.no_weight_decay()} | {"query_embed"}
+        return {f"backbone.{n}" for n in self.backbone.no_weight_decay()} | {"query_embed", "reference"}
 
     def features(self, images: Tensor) -> Tensor:
         """Patch tokens of the backbone, projected, with positions: (B, N, D)."""
@@ -73,14 +86,24 @@ class DETR(nn.Module):
 
     def _heads(self, x: Tensor) -> dict[str, Tensor]:
         x = self.norm(x)
-        return {"pred_logits": self.class_head(x), "pred_boxes": self.box_head(x).sigmoid()}
+        boxes = self.box_head(x)
+        if self.anchors:  # the centre is an offset from the query's reference point
+            boxes = boxes + torch.cat([self.reference, torch.zeros_like(self.reference)], -1)
+        return {"pred_logits": self.class_head(x), "pred_boxes": boxes.sigmoid()}
+
+    def query_pos(self) -> Tensor:
+        """(1, Q, D) sin-cos code of the reference points, in the patch grid's coordinates (as ``pos_embed``)."""
+        h, w = self.backbone.patch_embed.grid_size
+        cx, cy = self.reference.sigmoid().unbind(-1)
+        return sincos_2d_points(cy * h - 0.5, cx * w - 0.5, self.pos_embed.shape[-1])[None]
 
     def forward(self, images: Tensor) -> dict[str, Any]:
         memory = self.features(images)
         x = self.query_embed.expand(images.shape[0], -1, -1)
+        pos = self.query_pos() if self.anchors else 0
         outputs = []
         for block in self.decoder:
-            x = block(x, memory, is_causal=False)
+            x = block(x + pos, memory, is_causal=False)
             outputs.append(self._heads(x))
         return {**outputs[-1], "aux_outputs": outputs[:-1]}
 
