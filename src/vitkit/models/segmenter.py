@@ -20,7 +20,7 @@ from ..layers import EncoderBlock
 from ..registry import register_family, register_model
 from .vit import build_backbone
 
-__all__ = ["Segmenter", "segmentation_metrics"]
+__all__ = ["Segmenter", "segmentation_metrics", "confusion_metrics"]
 
 
 class Segmenter(nn.Module):
@@ -108,12 +108,18 @@ def segmentation_metrics(
     confusion = torch.bincount(t * num_classes + p, minlength=num_classes**2).reshape(
         num_classes, num_classes
     )
-    tp = confusion.diagonal().double()
-    union = confusion.sum(0).double() + confusion.sum(1).double() - tp
+    return {**confusion_metrics(confusion), "confusion": confusion}
+
+
+def confusion_metrics(confusion: Tensor) -> dict[str, Any]:
+    """Pixel accuracy, per-class IoU (NaN for a class in neither prediction nor target) and mIoU over the classes
+    present, from a (target, prediction) confusion matrix -- e.g. one summed over batches."""
+    confusion = confusion.double()
+    tp = confusion.diagonal()
+    union = confusion.sum(0) + confusion.sum(1) - tp
     iou = torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
     return {
         "pixel_acc": float(tp.sum() / max(1, int(confusion.sum()))),
         "mIoU": float(iou[~iou.isnan()].mean()) if (~iou.isnan()).any() else 0.0,
         "iou": iou.tolist(),
-        "confusion": confusion,
     }

@@ -40,7 +40,7 @@ def coco_root(name: str) -> Path:
 class DenseTaskTrainer(Trainer):
     """Base of :class:`~vitkit.train.detect.DetectionTrainer` and :class:`~vitkit.train.segment.SegmentationTrainer`.
 
-    Subclasses set ``modality``, ``dataset_type`` (built as ``dataset_type(folder, image_size=...)``),
+    Subclasses set ``modality_name``, ``dataset_type`` (built as ``dataset_type(folder, image_size=...)``),
     ``model_type`` and ``example_model``, and give the loss and evaluation.
     """
 
@@ -75,12 +75,7 @@ class DenseTaskTrainer(Trainer):
                                 **cfg.model_args}  # fmt: skip
         state = None
         if cfg.init_from:
-            args["backbone"], args["backbone_args"], state = pretrained_backbone(cfg.init_from)
-            if int(args["backbone_args"].get("in_chans", 3)) != in_chans:
-                raise ValueError(
-                    f"{cfg.init_from} was trained on {args['backbone_args'].get('in_chans', 3)}-channel images, "
-                    f"the data has {in_chans}"
-                )
+            args["backbone"], args["backbone_args"], state = pretrained_backbone(cfg.init_from, in_chans)
         model = create_model(cfg.model, **args)
         if not isinstance(model, self.model_type):
             raise ValueError(

@@ -93,10 +93,7 @@ def build_from_pretrained(
     if found is not None:
         source, config = found
         config.update(model_args, num_classes=num_classes)
-        if int(config["in_chans"]) != in_chans:
-            raise ValueError(
-                f"{path} was trained on {config['in_chans']}-channel images, the data has {in_chans}"
-            )
+        _check_channels(path, config, in_chans)
         target = get_family("vit")(**config)
         target.model_name = getattr(source, "model_name", "")
         state: Any = source.state_dict()
@@ -113,14 +110,25 @@ def build_from_pretrained(
     return target
 
 
-def pretrained_backbone(path: str | Path) -> tuple[str, dict[str, Any], dict[str, torch.Tensor]]:
+def _check_channels(path: Path, config: dict[str, Any], in_chans: int) -> None:
+    if int(config.get("in_chans", 3)) != in_chans:
+        raise ValueError(
+            f"{path} was trained on {config.get('in_chans', 3)}-channel images, the data has {in_chans}"
+        )
+
+
+def pretrained_backbone(
+    path: str | Path, in_chans: int
+) -> tuple[str, dict[str, Any], dict[str, torch.Tensor]]:
     """(registry name, architecture arguments, state dict) of the ViT in a vitkit run or model file (an MAE run
-    gives its encoder), for a larger model (DETR, Segmenter) to build its backbone like it and load it."""
+    gives its encoder), for a larger model (DETR, Segmenter) on ``in_chans``-channel images to build its backbone
+    like it and load it."""
     path = resolve_source(path)
     found = _vitkit_source(path)
     if found is None:
         raise ValueError(f"a pre-trained backbone comes from a vitkit run or model file; {path} is not one")
     source, config = found
+    _check_channels(path, config, in_chans)
     name = getattr(source, "model_name", "")
     if not name:
         raise ValueError(f"{path} does not name its architecture (no registry model name in its metadata)")

@@ -8,6 +8,7 @@ ground truth / prediction overlays (``overlays.png``) and saves the per-class Io
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data.segmentation import SegmentationDataset
-from ..models.segmenter import Segmenter, segmentation_metrics
+from ..models.segmenter import Segmenter, confusion_metrics, segmentation_metrics
 from .dense import DenseTaskTrainer
 from .distributed import all_reduce_sum
 from .trainer import fit_trainer
@@ -62,17 +63,11 @@ class SegmentationTrainer(DenseTaskTrainer):
                 predictions.update(zip(index.tolist(), pred.to(torch.uint8).cpu(), strict=True))
         model.train(was_training)
         loss_sum, count, *cells = all_reduce_sum(loss_sum, count, *confusion.flatten(), device=self.device)
-        confusion = torch.tensor(cells, dtype=torch.float64).reshape(num_classes, num_classes)
-        tp = confusion.diagonal()
-        union = confusion.sum(0) + confusion.sum(1) - tp
-        iou = tp / union.clamp(min=1)
-        present = union > 0
+        metrics = confusion_metrics(torch.tensor(cells).reshape(num_classes, num_classes))
         out: dict[str, Any] = {
-            "val_loss": loss_sum / max(count, 1),
-            "val_pixel_acc": float(tp.sum() / confusion.sum().clamp(min=1)),
-            "val_mIoU": float(iou[present].mean()) if present.any() else 0.0,
-            "val_iou": [float(v) if p else None for v, p in zip(iou.tolist(), present.tolist(), strict=True)],
-        }
+            "val_loss": loss_sum / max(count, 1), "val_pixel_acc": metrics["pixel_acc"], "val_mIoU": metrics["mIoU"],
+            "val_iou": [None if math.isnan(v) else v for v in metrics["iou"]],
+        }  # fmt: skip
         if return_outputs:
             out["predictions"] = torch.stack([predictions[i] for i in range(len(predictions))])
         return out
