@@ -6,6 +6,7 @@ the same process (interleaved rounds, median), accuracy on the run's evaluation 
 
     .venv/bin/python benchmarks/bench_compress.py runs/fmnist --data-dir ../shared/data
     .venv/bin/python benchmarks/bench_compress.py runs/fmnist --methods int8 tome --tome-r 8
+    .venv/bin/python benchmarks/bench_compress.py runs/fmnist-p2 --methods tome --tome-r 8 16 24
 
 Targets (Fashion-MNIST model, 2-core CPU): int8 >= 1.5x throughput and >= 3.5x smaller with <= 0.5 point loss;
 pruning a third of the heads + a short fine-tune loses <= 1 point; ToMe >= 1.3x throughput with <= 1 point loss.
@@ -59,7 +60,13 @@ def main() -> int:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--heads", type=float, default=1 / 3, help="prune: fraction of heads removed")
     p.add_argument("--finetune-epochs", type=int, default=1, help="prune: fine-tune epochs")
-    p.add_argument("--tome-r", type=int, default=8)
+    p.add_argument(
+        "--tome-r",
+        type=int,
+        nargs="+",
+        default=[8],
+        help="tome: token pairs merged per block (several values: one row each)",
+    )
     p.add_argument("--energy", type=float, default=0.95, help="lowrank: kept energy")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = p.parse_args()
@@ -67,19 +74,27 @@ def main() -> int:
     from vitkit.compress.run import compress_run
 
     run = Path(args.run)
-    kwargs = {
-        "int8": {},
-        "prune": {"heads": args.heads, "finetune_epochs": args.finetune_epochs},
-        "tome": {"tome_r": args.tome_r},
-        "lowrank": {"energy": args.energy},
-    }
-    rows = []
+    jobs = []  # (label, method, out suffix, compress_run kwargs)
     for method in args.methods:
-        report = compress_run(run, method, run.with_name(f"{run.name}-bench-{method}"), data_dir=args.data_dir,
-                              progress=False, **kwargs[method])  # fmt: skip
+        if method == "tome":
+            several = len(args.tome_r) > 1
+            jobs += [
+                (f"tome r={r}", "tome", f"tome-r{r}" if several else "tome", {"tome_r": r})
+                for r in args.tome_r
+            ]
+        elif method == "prune":
+            jobs.append(
+                ("prune", method, method, {"heads": args.heads, "finetune_epochs": args.finetune_epochs})
+            )
+        else:
+            jobs.append((method, method, method, {"energy": args.energy} if method == "lowrank" else {}))
+    rows = []
+    for label, method, suffix, kwargs in jobs:
+        report = compress_run(run, method, run.with_name(f"{run.name}-bench-{suffix}"), data_dir=args.data_dir,
+                              progress=False, **kwargs)  # fmt: skip
         base, row = report["rows"]
-        rows.append({"method": method, "base": base, "row": row})
-        print(f"{method}: {row['speedup']:.2f}x, {row['size_ratio']:.2f}x smaller, top-1 {row['top1']:.4f}",
+        rows.append({"method": method, "label": label, "base": base, "row": row})
+        print(f"{label}: {row['speedup']:.2f}x, {row['size_ratio']:.2f}x smaller, top-1 {row['top1']:.4f}",
               flush=True)  # fmt: skip
 
     print(f"\n{run} on {platform.processor() or platform.machine()}, torch {torch.__version__}, "
@@ -92,7 +107,7 @@ def main() -> int:
         base, row = r["base"], r["row"]
         drop = 100 * (base["top1"] - row["top1"])
         print(
-            f"| {r['method']} | {row['params'] / 1e6:.3f}M (of {base['params'] / 1e6:.3f}M) | {row['file_mb']:.2f} | "
+            f"| {r['label']} | {row['params'] / 1e6:.3f}M (of {base['params'] / 1e6:.3f}M) | {row['file_mb']:.2f} | "
             f"{row['size_ratio']:.2f}x | {row['gflops']:.4f} | {row['images_per_s']:.0f} (vs {base['images_per_s']:.0f}) | "
             f"{row['speedup']:.2f}x | {row['top1']:.4f} | {drop:+.2f} | {_target_text(r['method'])} | "
             f"{'yes' if _met(r['method'], row, base) else 'NO'} |"

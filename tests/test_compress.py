@@ -225,7 +225,7 @@ def test_token_merging_is_exact_on_duplicate_tokens_and_round_trips(tmp_path):
     with torch.no_grad():
         plain = model(x)
         apply_tome(model, 0)
-        torch.testing.assert_close(model(x), plain, atol=1e-6, rtol=1e-6)  # r=0: only a zero attention bias
+        torch.testing.assert_close(model(x), plain, atol=1e-6, rtol=1e-6)  # r=0 merges nothing
         apply_tome(model, 12)
         merged = model(x)
         assert not torch.allclose(merged, plain, atol=1e-3)

@@ -106,6 +106,27 @@ def test_detr_anchor_queries_start_on_a_grid_and_centre_boxes_on_them():
     )
 
 
+def test_detr_patch_queries_sit_on_their_patches_and_start_from_them():
+    model = vitkit.create_model("detr_vit_canvas", num_classes=3, queries="patches",
+                                backbone_args={"img_size": 48, "patch_size": 16, "depth": 1}).eval()  # fmt: skip
+    assert model.num_queries == 9 and model.config["num_queries"] == 9  # one query per patch of the 3x3 grid
+    # each reference point is its patch's centre, in token order: its code is that patch's position embedding
+    torch.testing.assert_close(model.query_pos(), model.pos_embed, atol=1e-5, rtol=0)
+    # query i starts from patch token i (+ its learned embedding and, as every decoder layer, its position code)
+    x = torch.randn(2, 1, 48, 48)
+    seen = []
+    model.decoder[0].register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    with torch.no_grad():
+        model(x)
+        expected = model.features(x) + model.query_embed + model.query_pos()
+    torch.testing.assert_close(seen[0], expected)
+    assert model(torch.randn(2, 1, 48, 48))["pred_boxes"].shape == (2, 9, 4)
+    with pytest.raises(ValueError, match="needs anchors=True"):
+        vitkit.create_model("detr_vit_canvas", queries="patches", anchors=False)
+    with pytest.raises(ValueError, match="'learned' or 'patches'"):
+        vitkit.create_model("detr_vit_canvas", queries="dense")
+
+
 def test_canvases_are_deterministic_and_coco_loads(tmp_path):
     items = torch.zeros(4, 1, 28, 28, dtype=torch.uint8)
     items[:, :, 6:22, 8:20] = 200  # solid 16x12 blobs

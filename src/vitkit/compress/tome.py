@@ -38,18 +38,15 @@ def merge_tokens(
     x: Tensor, size: Tensor, unmerged: Tensor, src: Tensor, dst: Tensor
 ) -> tuple[Tensor, Tensor]:
     """Size-weighted merge of (B, N, C) tokens with sizes (B, N, 1) -> (B, N - r, C), (B, N - r, 1)."""
-
-    def gather_scatter(t: Tensor) -> Tensor:
-        a, b = t[:, ::2], t[:, 1::2]
-        c = t.shape[-1]
-        keep = a.gather(1, unmerged[..., None].expand(-1, -1, c))
-        moved = a.gather(1, src[..., None].expand(-1, -1, c))
-        b = b.scatter_reduce(1, dst[..., None].expand(-1, -1, c), moved, reduce="sum")
-        return torch.cat([keep, b], dim=1)
-
-    weighted = gather_scatter(x * size)
-    size = gather_scatter(size)
-    return weighted / size, size
+    t = torch.cat([x * size, size], dim=-1)  # one gather/scatter moves the weighted tokens and their sizes
+    a, b = t[:, ::2], t[:, 1::2]
+    c = t.shape[-1]
+    keep = a.gather(1, unmerged[..., None].expand(-1, -1, c))
+    moved = a.gather(1, src[..., None].expand(-1, -1, c))
+    b = b.scatter_reduce(1, dst[..., None].expand(-1, -1, c), moved, reduce="sum")
+    t = torch.cat([keep, b], dim=1)
+    size = t[..., -1:]
+    return t[..., :-1] / size, size
 
 
 def _tome_block_forward(model: nn.Module, block: nn.Module):
@@ -64,11 +61,10 @@ def _tome_block_forward(model: nn.Module, block: nn.Module):
 
     def forward(x: Tensor, attn_mask: Tensor | None = None, key_padding_mask: Tensor | None = None) -> Tensor:
         state = model._tome_state
-        size = state["size"]
-        if size is None:
-            size = state["size"] = torch.ones(x.shape[0], x.shape[1], 1, device=x.device, dtype=x.dtype)
-        bias = size.log()[:, None, None, :, 0]  # proportional attention: B, 1, 1, L
-        attn_mask = bias if attn_mask is None else attn_mask + bias
+        size = state["size"]  # None until the first merge: every token stands for one patch
+        if size is not None:
+            bias = size.log()[:, None, None, :, 0]  # proportional attention: B, 1, 1, L
+            attn_mask = bias if attn_mask is None else attn_mask + bias
         handle = attn.qkv.register_forward_hook(grab_keys)
         try:
             x = x + block.drop_path1(block.ls1(attn(block.norm1(x), attn_mask, key_padding_mask)))
@@ -78,6 +74,8 @@ def _tome_block_forward(model: nn.Module, block: nn.Module):
         r = min(model.tome_r, (x.shape[1] - p) // 2)
         if r > 0:
             picked = bipartite_soft_matching(keys.pop("k")[:, p:], r)
+            if size is None:
+                size = torch.ones(x.shape[0], x.shape[1], 1, device=x.device, dtype=x.dtype)
             patches, patch_size = merge_tokens(x[:, p:], size[:, p:], *picked)
             x = torch.cat([x[:, :p], patches], dim=1)
             state["size"] = torch.cat([size[:, :p], patch_size], dim=1)

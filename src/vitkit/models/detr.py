@@ -43,6 +43,7 @@ class DETR(nn.Module):
         mlp_ratio: float = 4.0,
         drop_rate: float = 0.1,
         anchors: bool = True,
+        queries: str = "learned",
         in_chans: int | None = None,
         img_size: int | None = None,
     ) -> None:
@@ -54,7 +55,16 @@ class DETR(nn.Module):
             "backbone": backbone, "backbone_args": backbone_args, "num_classes": num_classes,
             "num_queries": num_queries, "embed_dim": embed_dim, "decoder_depth": decoder_depth,
             "num_heads": num_heads, "mlp_ratio": mlp_ratio, "drop_rate": drop_rate, "anchors": anchors,
+            "queries": queries,
         }  # fmt: skip
+        if queries not in ("learned", "patches"):
+            raise ValueError(f"queries must be 'learned' or 'patches', got {queries!r}")
+        if queries == "patches":
+            if not anchors:
+                raise ValueError("queries='patches' places one query on every patch: it needs anchors=True")
+            num_queries = self.backbone.patch_embed.num_patches
+            self.config["num_queries"] = num_queries
+        self.queries = queries
         self.num_classes, self.num_queries = num_classes, num_queries
         self.input_proj = nn.Sequential(
             nn.LayerNorm(self.backbone.embed_dim), nn.Linear(self.backbone.embed_dim, embed_dim)
@@ -65,9 +75,12 @@ class DETR(nn.Module):
         self.query_embed = nn.Parameter(torch.randn(1, num_queries, embed_dim) * 0.02)
         self.anchors = anchors
         if anchors:  # reference points (logits of cx, cy), on a grid over the image to start with
-            side = math.ceil(math.sqrt(num_queries))
-            grid = (torch.arange(side) + 0.5) / side
-            points = torch.stack(torch.meshgrid(grid, grid, indexing="xy"), -1).reshape(-1, 2)[:num_queries]
+            if queries == "patches":  # the patch centres, in token order
+                rows, cols = self.backbone.patch_embed.grid_size
+            else:
+                rows = cols = math.ceil(math.sqrt(num_queries))
+            ys, xs = (torch.arange(rows) + 0.5) / rows, (torch.arange(cols) + 0.5) / cols
+            points = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1).reshape(-1, 2)[:num_queries]
             self.reference = nn.Parameter(torch.logit(points))
         self.decoder = nn.ModuleList([
             DecoderBlock(embed_dim, num_heads, mlp_ratio=mlp_ratio, proj_drop=drop_rate) for _ in range(decoder_depth)
@@ -101,6 +114,8 @@ class DETR(nn.Module):
     def forward(self, images: Tensor) -> dict[str, Any]:
         memory = self.features(images)
         x = self.query_embed.expand(images.shape[0], -1, -1)
+        if self.queries == "patches":  # each query starts from the patch token it sits on
+            x = x + memory
         pos = self.query_pos() if self.anchors else 0
         outputs = []
         for block in self.decoder:
