@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from vitkit.detection import (
     box_xyxy_to_cxcywh,
     generalized_box_iou,
 )
+from vitkit.train.checkpoint import load_checkpoint
 
 
 def test_box_formats_round_trip():
@@ -179,6 +181,46 @@ def test_a_tiny_detector_overfits_a_handful_of_images(tmp_path):
     assert (tmp_path / "det" / "predictions.png").stat().st_size > 0
     with pytest.raises(ValueError, match="does not move its labels"):
         train_detection(dataset=f"coco:{tmp_path / 'data'}", model="detr_vit_canvas", hflip=True)
+
+
+def test_detection_resumes_exactly_from_the_cli(tmp_path):
+    """Resuming keeps the run's own model (not the CLI's default) and loads an optimizer that never saw the
+    backbone's unused pooling norm; the resumed run ends with the uninterrupted run's weights."""
+    from safetensors.torch import load_file
+
+    from vitkit.cli import main
+
+    items = torch.zeros(2, 1, 28, 28, dtype=torch.uint8)
+    items[0, :, 4:24, 4:24], items[1, :, 2:26, 11:17] = 255, 255
+    images, targets, _ = make_canvases(items, torch.tensor([0, 1]), num_images=8, canvas=32, scale=(0.4, 0.6))
+    for split in ("train", "val"):
+        write_coco(tmp_path / "data" / split, images, targets, ["square", "bar"])
+    model_args = {
+        "backbone_args": {
+            "img_size": 32,
+            "patch_size": 8,
+            "depth": 1,
+            "embed_dim": 32,
+            "num_heads": 2,
+            "stem_channels": [8, 16, 32],
+        },
+        "embed_dim": 32,
+        "num_heads": 2,
+        "decoder_depth": 1,
+    }
+    flags = ["--data", f"coco:{tmp_path / 'data'}", "--model", "detr_vitc_canvas", "--model-args",
+             json.dumps(model_args), "--epochs", "2", "--batch-size", "4", "--threads", "1", "--no-progress",
+             "--out-dir", str(tmp_path)]  # fmt: skip
+    assert main(["detect", "train", *flags, "--name", "whole"]) == 0
+    # the time limit stops the second run after its first epoch; the resume finishes it
+    assert main(["detect", "train", *flags, "--name", "cut", "--time-limit-min", "0.0001"]) == 0
+    assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["epoch"] == 1
+    assert main(["detect", "train", "--resume", str(tmp_path / "cut"), "--time-limit-min", "100"]) == 0
+    a, b = (
+        load_file(tmp_path / "whole" / "model.safetensors"),
+        load_file(tmp_path / "cut" / "model.safetensors"),
+    )
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_cli_make_canvas_writes_coco(tmp_path, capsys):

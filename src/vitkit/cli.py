@@ -222,7 +222,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
 def _dense_train(rest: list[str], prog: str, description: str, fit, default_model: str) -> dict:
     """Parse the training flags of a COCO-folder task (detection, segmentation) and run it."""
     p = argparse.ArgumentParser(prog=prog, description=description)
-    p.add_argument("--data", dest="dataset", required=True, help="coco:DIR (DIR/train, DIR/val)")
+    p.add_argument("--data", dest="dataset", default=None, help="coco:DIR (DIR/train, DIR/val)")
     p.add_argument("--recipe", default=None)
     p.add_argument("--config", default=None)
     p.add_argument("--resume", default=None, metavar="RUN_DIR")
@@ -230,8 +230,11 @@ def _dense_train(rest: list[str], prog: str, description: str, fit, default_mode
                    help="start the backbone from a vitkit run or model file (supervised ViT or MAE)")  # fmt: skip
     _add_train_flags(p, skip=_CLASSIFIER_ONLY)
     a = p.parse_args(rest)
+    if a.dataset is None and a.resume is None:
+        p.error("--data coco:DIR is required (or --resume RUN_DIR)")
     overrides = _train_overrides(a)
-    overrides.setdefault("model", default_model)
+    if a.resume is None:  # a resumed run keeps the model (and everything else) of its saved config
+        overrides.setdefault("model", default_model)
     if a.init_from:
         overrides["init_from"] = a.init_from
     return fit(a.recipe, a.config, a.resume, **overrides)

@@ -187,4 +187,8 @@ def load_full_state_dicts(
             raise ValueError("this checkpoint's optimizer state predates sharded resume; resume it with DDP")
         optimizer.load_state_dict(optim_state)
     else:
-        set_optimizer_state_dict(model, optimizer, optim_state, options=options)
+        # strict=False: a parameter that never received a gradient (e.g. the unused pooling norm of a DETR or
+        # Segmenter backbone) has no optimizer state to save, and none to load
+        set_optimizer_state_dict(
+            model, optimizer, optim_state, options=StateDictOptions(full_state_dict=True, strict=False)
+        )
