@@ -6,7 +6,7 @@ the same process (interleaved rounds, median), accuracy on the run's evaluation 
 
     .venv/bin/python benchmarks/bench_compress.py runs/fmnist --data-dir ../shared/data
     .venv/bin/python benchmarks/bench_compress.py runs/fmnist --methods int8 tome --tome-r 8
-    .venv/bin/python benchmarks/bench_compress.py runs/fmnist-p2 --methods tome --tome-r 8 16 24
+    .venv/bin/python benchmarks/bench_compress.py runs/fmnist-p2 --methods tome --tome-r 24 28 32
 
 Targets (Fashion-MNIST model, 2-core CPU): int8 >= 1.5x throughput and >= 3.5x smaller with <= 0.5 point loss;
 pruning a third of the heads + a short fine-tune loses <= 1 point; ToMe >= 1.3x throughput with <= 1 point loss.
