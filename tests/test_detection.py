@@ -108,7 +108,7 @@ def test_detr_anchor_queries_start_on_a_grid_and_centre_boxes_on_them():
     )
 
 
-def test_detr_patch_queries_sit_on_their_patches_and_start_from_them():
+def test_detr_patch_queries_sit_on_their_patches_and_start_from_them(tmp_path):
     model = vitkit.create_model("detr_vit_canvas", num_classes=3, queries="patches",
                                 backbone_args={"img_size": 48, "patch_size": 16, "depth": 1}).eval()  # fmt: skip
     assert model.num_queries == 9 and model.config["num_queries"] == 9  # one query per patch of the 3x3 grid
@@ -123,6 +123,12 @@ def test_detr_patch_queries_sit_on_their_patches_and_start_from_them():
         expected = model.features(x) + model.query_embed + model.query_pos()
     torch.testing.assert_close(seen[0], expected)
     assert model(torch.randn(2, 1, 48, 48))["pred_boxes"].shape == (2, 9, 4)
+    conv = vitkit.create_model("detr_vitc_canvas", num_classes=3, decoder_depth=1,
+                               backbone_args={"img_size": 64, "patch_size": 8, "depth": 1, "stem_channels": [8, 16, 32]})  # fmt: skip
+    conv.eval()
+    loaded = vitkit.load(vitkit.save(conv, tmp_path / "detr.safetensors")).eval()
+    x = torch.randn(1, 1, 64, 64)
+    assert loaded.num_queries == 64 and torch.equal(loaded(x)["pred_boxes"], conv(x)["pred_boxes"])
     with pytest.raises(ValueError, match="needs anchors=True"):
         vitkit.create_model("detr_vit_canvas", queries="patches", anchors=False)
     with pytest.raises(ValueError, match="'learned' or 'patches'"):
