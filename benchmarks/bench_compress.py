@@ -74,24 +74,24 @@ def main() -> int:
     from vitkit.compress.run import compress_run
 
     run = Path(args.run)
-    jobs = []  # (label, method, out suffix, compress_run kwargs)
+    kwargs = {
+        "int8": {},
+        "prune": {"heads": args.heads, "finetune_epochs": args.finetune_epochs},
+        "lowrank": {"energy": args.energy},
+    }
+    jobs = []  # (row label, method, output suffix, compress_run kwargs); one ToMe row per --tome-r value
     for method in args.methods:
-        if method == "tome":
-            several = len(args.tome_r) > 1
-            jobs += [
-                (f"tome r={r}", "tome", f"tome-r{r}" if several else "tome", {"tome_r": r})
-                for r in args.tome_r
-            ]
-        elif method == "prune":
+        if method != "tome":
+            jobs.append((method, method, method, kwargs[method]))
+            continue
+        for r in args.tome_r:
             jobs.append(
-                ("prune", method, method, {"heads": args.heads, "finetune_epochs": args.finetune_epochs})
+                (f"tome r={r}", method, f"tome-r{r}" if len(args.tome_r) > 1 else "tome", {"tome_r": r})
             )
-        else:
-            jobs.append((method, method, method, {"energy": args.energy} if method == "lowrank" else {}))
     rows = []
-    for label, method, suffix, kwargs in jobs:
+    for label, method, suffix, method_kwargs in jobs:
         report = compress_run(run, method, run.with_name(f"{run.name}-bench-{suffix}"), data_dir=args.data_dir,
-                              progress=False, **kwargs)  # fmt: skip
+                              progress=False, **method_kwargs)  # fmt: skip
         base, row = report["rows"]
         rows.append({"method": method, "label": label, "base": base, "row": row})
         print(f"{label}: {row['speedup']:.2f}x, {row['size_ratio']:.2f}x smaller, top-1 {row['top1']:.4f}",

@@ -65,13 +65,14 @@ def _tome_block_forward(model: nn.Module, block: nn.Module):
         if size is not None:
             bias = size.log()[:, None, None, :, 0]  # proportional attention: B, 1, 1, L
             attn_mask = bias if attn_mask is None else attn_mask + bias
-        handle = attn.qkv.register_forward_hook(grab_keys)
+        p = model.num_prefix_tokens
+        r = min(model.tome_r, (x.shape[1] - p) // 2)  # attention keeps the token count: decide before it
+        handle = attn.qkv.register_forward_hook(grab_keys) if r > 0 else None  # keys only when merging
         try:
             x = x + block.drop_path1(block.ls1(attn(block.norm1(x), attn_mask, key_padding_mask)))
         finally:
-            handle.remove()
-        p = model.num_prefix_tokens
-        r = min(model.tome_r, (x.shape[1] - p) // 2)
+            if handle is not None:
+                handle.remove()
         if r > 0:
             picked = bipartite_soft_matching(keys.pop("k")[:, p:], r)
             if size is None:
