@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     if args.run:
         from vitkit.data.translation import parse_pair, read_multi30k
-        from vitkit.train.translate import corpus_bleu, load_translator
+        from vitkit.tasks.translation import corpus_bleu, load_translator
 
         model, tok = load_translator(args.run)
         _, src_lang, tgt_lang = parse_pair(model_data(args.run))

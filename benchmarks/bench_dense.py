@@ -72,8 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--table", type=Path, default=None)
     args = p.parse_args(argv)
 
-    from vitkit.train.detect import train_detection
-    from vitkit.train.segment import train_segmentation
+    from vitkit.train import train_detection, train_segmentation
 
     out, rows = args.out_dir, []
     common = dict(seed=args.seed, progress=False, drop_path=0.0, weight_decay=1e-4)

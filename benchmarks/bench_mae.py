@@ -71,8 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     from vitkit.plots import plot_metric_comparison
-    from vitkit.train import train
-    from vitkit.train.pretrain import pretrain
+    from vitkit.train import pretrain, train
 
     out, seed, data_dir = args.out_dir, args.seed, args.data_dir
     common = dict(data_dir=data_dir, seed=seed, progress=False)

@@ -51,8 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--table", type=Path, default=None)
     args = p.parse_args(argv)
 
-    from vitkit.train import train
-    from vitkit.train.pretrain import pretrain
+    from vitkit.train import pretrain, train
 
     out = args.out_dir
     common = dict(dataset="sst2", data_dir=args.data_dir, seed=args.seed, progress=False, label_smoothing=0.0)

@@ -35,7 +35,8 @@ sys.path.insert(0, str(ROOT / "src"))  # vitkit, also without an editable instal
 
 import vitkit  # noqa: E402
 from vitkit.data import TensorImageDataset  # noqa: E402
-from vitkit.train import Trainer, resolve_config  # noqa: E402
+from vitkit.tasks import build_trainer  # noqa: E402
+from vitkit.tasks import resolve_task_config as resolve_config  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -67,14 +68,14 @@ def main(argv: list[str] | None = None) -> None:
     targets = torch.randint(0, model.num_classes, (n,), generator=g)
     data = TensorImageDataset(images, targets, [str(i) for i in range(model.num_classes)])
 
-    trainer = Trainer(cfg, train_data=data, val_data=data)
+    trainer = build_trainer(cfg, train_data=data, val_data=data)
     device = trainer.device
     bare = vitkit.create_model(cfg.model, drop_path_rate=cfg.drop_path, **cfg.model_args)
     bare = bare.to(device, memory_format=trainer.memory_format).train()
     bare.load_state_dict(trainer.model.state_dict())
     opt = torch.optim.AdamW(bare.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    x0 = trainer._prepare(images[: cfg.batch_size], train=False)  # normalised, in the trainer's memory format
-    y0 = targets[: cfg.batch_size].to(device)
+    first = trainer.task.eval_batch((images[: cfg.batch_size], targets[: cfg.batch_size]))
+    x0, y0 = first["inputs"], first["labels"]  # normalised, in the trainer's memory format
 
     def bare_steps() -> float:
         _sync(device)
@@ -94,8 +95,8 @@ def main(argv: list[str] | None = None) -> None:
     def data_only() -> float:
         _sync(device)
         t = time.perf_counter()
-        for x, _y in trainer.train_loader:
-            trainer._prepare(x, train=True)
+        for batch in trainer.train_loader:
+            trainer.task.train_batch(batch)
         _sync(device)
         return n / (time.perf_counter() - t)
 

@@ -99,14 +99,14 @@ def _text(tmp: Path) -> dict:
 
 
 def _mae(tmp: Path) -> dict:
-    from vitkit.train.pretrain import pretrain
+    from vitkit.train import pretrain
 
     return pretrain("mae", model="mae_vit_digits", dataset="digits", batch_size=128, lr=2e-3, warmup_epochs=0.5,
                     drop_path=0.0, out_dir=str(tmp), name="run", **COMMON)  # fmt: skip
 
 
 def _mlm(tmp: Path) -> dict:
-    from vitkit.train.pretrain import pretrain
+    from vitkit.train import pretrain
 
     data = _sst2(tmp / "data")
     return pretrain("mlm", dataset="sst2", data_dir=str(data), model="bert_tiny", model_args={"depth": 1},
@@ -114,7 +114,7 @@ def _mlm(tmp: Path) -> dict:
 
 
 def _translation(tmp: Path) -> dict:
-    from vitkit.train.translate import train_translation
+    from vitkit.train import train_translation
 
     data = _multi30k(tmp / "data")
     return train_translation(dataset="multi30k-de-en", data_dir=str(data), model="transformer_tiny",
@@ -123,7 +123,7 @@ def _translation(tmp: Path) -> dict:
 
 
 def _detection(tmp: Path) -> dict:
-    from vitkit.train.detect import train_detection
+    from vitkit.train import train_detection
 
     return train_detection(dataset=_canvases(tmp / "data", masks=False), model="detr_vit_canvas", batch_size=4,
                            lr=2e-3, warmup_epochs=1, weight_decay=1e-4, drop_path=0.0,
@@ -133,7 +133,7 @@ def _detection(tmp: Path) -> dict:
 
 
 def _segmentation(tmp: Path) -> dict:
-    from vitkit.train.segment import train_segmentation
+    from vitkit.train import train_segmentation
 
     args = {"backbone_args": {"patch_size": 8, "depth": 1, "embed_dim": 32, "num_heads": 2}, "decoder_dim": 32,
             "decoder_depth": 1, "decoder_heads": 2}  # fmt: skip

@@ -18,7 +18,7 @@ from vitkit.detection import (
     box_xyxy_to_cxcywh,
     generalized_box_iou,
 )
-from vitkit.train.checkpoint import load_checkpoint
+from vitkit.engine.checkpoint import load_checkpoint
 
 
 def test_box_formats_round_trip():
@@ -163,7 +163,7 @@ def test_canvases_are_deterministic_and_coco_loads(tmp_path):
 
 
 def test_a_tiny_detector_overfits_a_handful_of_images(tmp_path):
-    from vitkit.train.detect import train_detection
+    from vitkit.train import train_detection
 
     torch.manual_seed(0)
     items = torch.zeros(3, 1, 28, 28, dtype=torch.uint8)
@@ -185,7 +185,7 @@ def test_a_tiny_detector_overfits_a_handful_of_images(tmp_path):
     )  # fmt: skip
     assert summary["val_AP50"] >= 0.9, summary
     assert (tmp_path / "det" / "predictions.png").stat().st_size > 0
-    with pytest.raises(ValueError, match="does not move its labels"):
+    with pytest.raises(ValueError, match="task does not take hflip"):
         train_detection(dataset=f"coco:{tmp_path / 'data'}", model="detr_vit_canvas", hflip=True)
 
 

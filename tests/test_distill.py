@@ -10,8 +10,9 @@ import torch.nn.functional as F
 
 import vitkit
 from vitkit.models import ResNet
-from vitkit.train import Trainer, resolve_config
-from vitkit.train.distill import DistillationLoss, TeacherInput, hard_distillation, soft_distillation
+from vitkit.tasks import build_trainer
+from vitkit.tasks import resolve_task_config as resolve_config
+from vitkit.tasks.distill import DistillationLoss, TeacherInput, hard_distillation, soft_distillation
 
 
 def test_soft_distillation_matches_hand_computed_kl():
@@ -91,20 +92,20 @@ def _digits_cfg(tmp_path, name, **kw):
 def test_distilled_training_end_to_end_keeps_the_teacher_frozen(tmp_path):
     teacher_cfg = _digits_cfg(tmp_path, "teacher", model="resnet_mnist", epochs=6,
                               model_args={"img_size": 8, "widths": [16, 32], "depths": [1, 1], "stem_channels": 16})  # fmt: skip
-    Trainer(teacher_cfg).fit()
+    build_trainer(teacher_cfg).fit()
     teacher_path = tmp_path / "teacher" / "model.safetensors"
     frozen = {k: v.clone() for k, v in vitkit.load(teacher_path).state_dict().items()}
 
     cfg = _digits_cfg(tmp_path, "student", model="vit_digits", model_args={"distilled": True, "depth": 2},
                       teacher=str(tmp_path / "teacher"), distill="hard", distill_alpha=0.5)  # fmt: skip
-    trainer = Trainer(cfg)
-    assert isinstance(trainer.loss_fn, DistillationLoss) and trainer.model.distilled_training
-    x, y = next(iter(trainer.train_loader))
-    out = trainer.model.train()(trainer._prepare(x, train=True))
+    trainer = build_trainer(cfg)
+    assert isinstance(trainer.task.loss_fn, DistillationLoss) and trainer.model.distilled_training
+    batch = trainer.task.train_batch(next(iter(trainer.train_loader)))
+    out = trainer.model.train()(batch["inputs"])
     assert isinstance(out, tuple) and len(out) == 2  # class head and distillation head while training
     summary = trainer.fit()
     assert math.isfinite(summary["val_loss"]) and summary["val_acc"] > 0.5  # learning happened (chance 0.1)
-    for k, v in trainer.loss_fn.teacher.state_dict().items():  # BatchNorm statistics included
+    for k, v in trainer.task.loss_fn.teacher.state_dict().items():  # BatchNorm statistics included
         torch.testing.assert_close(v, frozen[k], rtol=0, atol=0, msg=f"teacher {k} changed")
     student = vitkit.load(tmp_path / "student" / "model.safetensors").eval()
     assert student(torch.randn(2, 1, 8, 8)).shape == (2, 10)  # inference: the heads averaged
@@ -116,4 +117,4 @@ def test_teacher_with_other_channels_is_refused(tmp_path):
     vitkit.save(rgb, tmp_path / "rgb.safetensors")
     cfg = _digits_cfg(tmp_path, "s", model="vit_digits", teacher=str(tmp_path / "rgb.safetensors"))
     with pytest.raises(ValueError, match="takes 3-channel images but digits has 1"):
-        Trainer(cfg)
+        build_trainer(cfg)

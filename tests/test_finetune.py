@@ -8,9 +8,10 @@ from safetensors.torch import save_file
 
 import vitkit
 from vitkit.data import stratified_indices, stratified_subset
-from vitkit.train import Trainer, resolve_config
-from vitkit.train.finetune import ProbeHead, apply_mode, build_from_pretrained, layer_id
-from vitkit.train.optim import build_optimizer
+from vitkit.engine.optim import build_optimizer, layer_id
+from vitkit.tasks import build_trainer
+from vitkit.tasks import resolve_task_config as resolve_config
+from vitkit.tasks.finetune import ProbeHead, apply_mode, build_from_pretrained
 from vitkit.weights.io import CheckpointError
 
 SMALL = {"depth": 2, "embed_dim": 32, "num_heads": 2}
@@ -73,12 +74,12 @@ def test_linear_probe_leaves_the_backbone_bit_identical(tmp_path):
     pre = resolve_config(
         **TINY, model="vit_digits", model_args=SMALL, epochs=3, out_dir=str(tmp_path), name="pre"
     )
-    Trainer(pre).fit()  # a briefly trained backbone: features worth probing
+    build_trainer(pre).fit()  # a briefly trained backbone: features worth probing
     path = tmp_path / "pre" / "model.safetensors"
     src = vitkit.load(path)
     cfg = resolve_config(**{**TINY, "lr": 0.02}, epochs=3, init_from=str(path), finetune_mode="linear",
                          out_dir=str(tmp_path), name="probe", drop_path=0.1)  # fmt: skip
-    trainer = Trainer(cfg)
+    trainer = build_trainer(cfg)
     assert isinstance(trainer.model.head, ProbeHead)
     trainable = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
     assert trainable == {"head.linear.weight", "head.linear.bias"}
@@ -104,7 +105,7 @@ def test_partial_freezing_trains_only_the_top_blocks(source, tmp_path):
     _, path = source
     cfg = resolve_config(**TINY, epochs=1, init_from=str(path), finetune_mode="partial", freeze_blocks=1,
                          out_dir=str(tmp_path), name="partial")  # fmt: skip
-    trainer = Trainer(cfg)
+    trainer = build_trainer(cfg)
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.fit()
     after = dict(trainer.model.named_parameters())

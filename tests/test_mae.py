@@ -85,8 +85,7 @@ def test_mae_rejects_non_vit_encoders():
 
 
 def test_pretrain_then_finetune_end_to_end_beats_chance(tmp_path):
-    from vitkit.train import train
-    from vitkit.train.pretrain import pretrain
+    from vitkit.train import pretrain, train
 
     out = str(tmp_path)
     summary = pretrain(

@@ -80,7 +80,7 @@ def test_masks_written_with_coco_read_back(tmp_path):
 
 def test_a_tiny_segmenter_fits_canvases_and_draws_overlays(tmp_path):
     from vitkit.data.canvas import write_coco
-    from vitkit.train.segment import train_segmentation
+    from vitkit.train import train_segmentation
 
     images, targets, masks = _blob_canvases(8)
     for split in ("train", "val"):  # the same images: this checks the model can fit, not generalise
@@ -98,7 +98,7 @@ def test_a_tiny_segmenter_fits_canvases_and_draws_overlays(tmp_path):
     assert (run / "overlays.png").stat().st_size > 0 and (run / "curves.png").exists()
     model = vitkit.load(run / "model.safetensors")
     assert isinstance(model, Segmenter) and model.decoder_type == "mask"
-    with pytest.raises(ValueError, match="does not move its labels"):
+    with pytest.raises(ValueError, match="task does not take hflip"):
         train_segmentation(dataset=f"coco:{tmp_path / 'data'}", hflip=True)
     with pytest.raises(ValueError, match="needs a Segmenter"):
         train_segmentation(dataset=f"coco:{tmp_path / 'data'}", model="vit_tiny_patch16_224", epochs=1)
@@ -108,19 +108,18 @@ def test_a_tiny_segmenter_fits_canvases_and_draws_overlays(tmp_path):
 def test_backbone_starts_from_a_vitkit_vit(tmp_path, family):
     """``init_from``: the backbone takes the source ViT's architecture and weights (positions resampled)."""
     from vitkit.data.canvas import write_coco
-    from vitkit.train.config import resolve_config
-    from vitkit.train.detect import DetectionTrainer
-    from vitkit.train.segment import SegmentationTrainer
+    from vitkit.engine.config import resolve_config
+    from vitkit.tasks import build_trainer
 
     images, targets, masks = _blob_canvases(4)
     for split in ("train", "val"):
         write_coco(tmp_path / "data" / split, images, targets, ["square", "bar", "slab"], masks)
     source = vitkit.create_model("vit_mnist", depth=2, num_classes=10)  # 28x28, patch 4
     vitkit.save(source, tmp_path / "vit.safetensors")
-    trainer_type = SegmentationTrainer if family.startswith("segmenter") else DetectionTrainer
-    cfg = resolve_config(None, None, dataset=f"coco:{tmp_path / 'data'}", model=family, epochs=1, threads=1,
+    task = "segmentation" if family.startswith("segmenter") else "detection"
+    cfg = resolve_config(None, None, task=task, dataset=f"coco:{tmp_path / 'data'}", model=family, epochs=1, threads=1,
                          init_from=str(tmp_path / "vit.safetensors"), out_dir=str(tmp_path), progress=False)  # fmt: skip
-    trainer = trainer_type(cfg)
+    trainer = build_trainer(cfg)
     backbone = trainer.model.backbone
     assert len(backbone.blocks) == 2 and backbone.patch_embed.grid_size == (8, 8)  # 32 px canvases, patch 4
     torch.testing.assert_close(backbone.blocks[1].mlp.fc1.weight, source.blocks[1].mlp.fc1.weight)
@@ -133,4 +132,4 @@ def test_backbone_starts_from_a_vitkit_vit(tmp_path, family):
     vitkit.save(rgb, tmp_path / "rgb.safetensors")
     cfg.init_from = str(tmp_path / "rgb.safetensors")
     with pytest.raises(ValueError, match="3-channel images, the data has 1"):
-        trainer_type(cfg)
+        build_trainer(cfg)

@@ -145,7 +145,7 @@ def test_translation_trains_through_the_trainer_and_the_cli(tmp_path, capsys):
 
 
 def test_inverse_sqrt_schedule_warms_up_then_decays():
-    from vitkit.train.optim import inverse_sqrt_schedule
+    from vitkit.engine.optim import inverse_sqrt_schedule
 
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     sched = inverse_sqrt_schedule(opt, warmup_steps=4)

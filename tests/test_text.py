@@ -180,7 +180,7 @@ def test_text_classification_trains_through_the_trainer(tmp_path):
     again = train(dataset="sst2", data_dir=str(data), init_from=str(run), epochs=1, batch_size=16, threads=1,
                   progress=False, out_dir=str(tmp_path), name="txt-ft", warmup_epochs=0)  # fmt: skip
     assert again["val_acc"] >= 0.5
-    with pytest.raises(ValueError, match="text training takes no mixup"):
+    with pytest.raises(ValueError, match="text-classification task does not take mixup"):
         train(dataset="sst2", data_dir=str(data), model="bert_tiny", mixup=0.5, out_dir=str(tmp_path))
 
 
@@ -206,8 +206,7 @@ def test_mlm_masking_follows_the_80_10_10_rule():
 
 
 def test_mlm_pretrain_then_finetune(tmp_path):
-    from vitkit.train import train
-    from vitkit.train.pretrain import pretrain
+    from vitkit.train import pretrain, train
 
     good = ["a great film", "wonderful and moving", "truly great acting", "a joy to watch", "great fun"]
     bad = ["a dull mess", "boring and awful", "truly awful acting", "a waste of time", "dull fun"]

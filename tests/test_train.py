@@ -16,8 +16,10 @@ from safetensors.torch import load_file
 
 import vitkit
 from vitkit.cli import main as cli_main
-from vitkit.train import Trainer, TrainingDivergedError, resolve_config
-from vitkit.train.checkpoint import load_checkpoint
+from vitkit.engine import TrainingDivergedError
+from vitkit.engine.checkpoint import load_checkpoint
+from vitkit.tasks import build_trainer
+from vitkit.tasks import resolve_task_config as resolve_config
 
 TINY = dict(model="vit_digits", dataset="digits", batch_size=64, lr=2e-3, warmup_epochs=1, progress=False, threads=1,
             model_args={"depth": 2, "embed_dim": 32, "num_heads": 2})  # fmt: skip
@@ -25,7 +27,7 @@ TINY = dict(model="vit_digits", dataset="digits", batch_size=64, lr=2e-3, warmup
 
 def test_a_short_run_learns(tmp_path):
     cfg = resolve_config(**TINY, epochs=8, out_dir=str(tmp_path), name="run")
-    summary = Trainer(cfg).fit()
+    summary = build_trainer(cfg).fit()
     run = Path(summary["run_dir"])
     assert summary["val_acc"] > 0.5, summary  # chance is 0.1
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -84,7 +86,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path):
         loss = torch.nn.functional.cross_entropy(logits, target)
         return loss * float("nan") if calls["n"] > 30 else loss  # diverge during epoch 2
 
-    trainer = Trainer(cfg, loss_fn=loss_fn)
+    trainer = build_trainer(cfg, loss_fn=loss_fn)
     with pytest.raises(TrainingDivergedError, match="loss became nan at epoch 2"):
         trainer.fit()
     state = torch.load(tmp_path / "nan" / "checkpoint.pt", weights_only=True)
@@ -92,7 +94,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path):
 
 
 def test_gradient_accumulation_matches_a_big_batch():
-    from vitkit.train.optim import build_optimizer
+    from vitkit.engine.optim import build_optimizer
 
     torch.manual_seed(0)
     model = vitkit.create_model("vit_digits", depth=1, drop_path_rate=0.0)
@@ -110,7 +112,7 @@ def test_gradient_accumulation_matches_a_big_batch():
 
 
 def test_weight_decay_groups():
-    from vitkit.train import param_groups_weight_decay
+    from vitkit.engine import param_groups_weight_decay
 
     model = vitkit.create_model("vit_digits", depth=1)
     decay, no_decay = param_groups_weight_decay(model, 0.05)
@@ -120,7 +122,7 @@ def test_weight_decay_groups():
 
 
 def test_schedule_warms_up_then_decays():
-    from vitkit.train import warmup_cosine_schedule
+    from vitkit.engine import warmup_cosine_schedule
 
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
     sched = warmup_cosine_schedule(opt, warmup_steps=10, total_steps=100, min_lr_ratio=0.01)
@@ -183,7 +185,7 @@ def test_python_api_mirrors_the_cli(tmp_path):
 def test_channels_last_trains_like_contiguous(tmp_path):
     losses = []
     for cl in (False, True):  # each Trainer seeds the global RNG: build and run one after the other
-        trainer = Trainer(
+        trainer = build_trainer(
             resolve_config(**TINY, epochs=1, channels_last=cl, out_dir=str(tmp_path), name=str(cl))
         )
         assert trainer.memory_format == (torch.channels_last if cl else torch.contiguous_format)
@@ -203,7 +205,7 @@ def test_cli_bad_flags_fail_clearly(tmp_path, capsys):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_gpu_bf16_compile_step(tmp_path):
     cfg = resolve_config(**TINY, epochs=8, device="cuda", compile=True, out_dir=str(tmp_path), name="gpu")
-    trainer = Trainer(cfg)
+    trainer = build_trainer(cfg)
     assert trainer.use_bf16
     summary = trainer.fit()
     assert summary["val_acc"] > 0.5, summary

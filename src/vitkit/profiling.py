@@ -14,11 +14,12 @@ from torch.utils.flop_counter import FlopCounterMode
 __all__ = ["forward_flops", "throughput"]
 
 
-def forward_flops(model: nn.Module, x: torch.Tensor) -> int:
-    """FLOPs of one forward pass on ``x`` (matmuls, convolutions, attention), counted by PyTorch."""
+def forward_flops(model: nn.Module, x: torch.Tensor | tuple[torch.Tensor, ...]) -> int:
+    """FLOPs of one forward pass on ``x`` (a tuple: several arguments), counted by PyTorch (a multiply-add is
+    2 FLOPs)."""
     counter = FlopCounterMode(display=False)
     with counter, torch.inference_mode():
-        model(x)
+        model(*x) if isinstance(x, tuple) else model(x)
     return int(counter.get_total_flops())
 
 

@@ -51,10 +51,12 @@ def _gflops(model: nn.Module, x: torch.Tensor, method: str, original: nn.Module)
 
 
 def _calibration_batches(setup: Any, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The first ``n`` training batches of a Trainer's pipeline, prepared as for evaluation."""
+    """The first ``n`` training batches of a trainer's pipeline, prepared as for evaluation (the task's
+    ``eval_batch``: normalised, not augmented)."""
     batches = []
-    for x, y in setup.train_loader:
-        batches.append((setup._prepare(x, train=False), y.to(setup.device)))
+    for raw in setup.train_loader:
+        batch = setup.task.eval_batch(raw)
+        batches.append((batch["inputs"], batch["labels"]))
         if len(batches) == n:
             break
     return batches
@@ -91,7 +93,7 @@ def compress_run(
     """
     from ..evaluate import evaluate
     from ..predict import load_for_inference
-    from ..train import Trainer, resolve_config
+    from ..tasks import build_trainer, resolve_task_config
     from ..weights import save
 
     if method not in METHODS:
@@ -105,7 +107,7 @@ def compress_run(
     run_cfg = _run_config(run_dir)
     data_dir = data_dir if data_dir is not None else run_cfg.get("data_dir")
 
-    setup = None  # a Trainer that holds the run's data pipeline (calibration batches, fine-tuning)
+    setup = None  # a trainer that holds the run's data pipeline (calibration batches, fine-tuning)
     needs_data = method == "prune" or (method == "int8" and int8_static) or finetune_epochs > 0
     if needs_data:
         if not run_cfg:
@@ -114,12 +116,12 @@ def compress_run(
                 "training setup"
             )
         lr = finetune_lr if finetune_lr is not None else float(run_cfg.get("lr", 1e-3)) / 10
-        cfg = resolve_config(
+        cfg = resolve_task_config(
             config_file=run_dir / "config.yaml", epochs=max(1, finetune_epochs), lr=lr, warmup_epochs=0.0,
             out_dir=str(out.parent), name=out.name, data_dir=data_dir, progress=progress, drop_path=0.0,
             ema_decay=None, compile=False,
         )  # fmt: skip
-        setup = Trainer(cfg, model=copy.deepcopy(model))
+        setup = build_trainer(cfg, model=copy.deepcopy(model))
 
     if method == "lowrank":
         details: Any = low_rank(model, energy=energy, rank=rank)
@@ -140,7 +142,7 @@ def compress_run(
 
     out.mkdir(parents=True, exist_ok=True)
     if finetune_epochs > 0:
-        trainer = Trainer(
+        trainer = build_trainer(
             setup.cfg, model=model.train(), train_data=setup.train_data, val_data=setup.val_data
         )
         trainer.fit()  # writes out/model.safetensors (the structure edits travel with the model)

@@ -1,7 +1,6 @@
-"""Translation with the Trainer: ``vitkit translate train`` and ``vitkit translate RUN "a sentence"``.
+"""Translation: ``vitkit translate train`` and ``vitkit translate RUN "a sentence"``.
 
-:class:`TranslationTrainer` is the :class:`~vitkit.train.trainer.Trainer` (schedule, checkpoints and exact
-resume, length-bucketed batches, torchrun) with teacher forcing: the model reads the source and the target shifted
+:class:`Translation` trains an encoder-decoder with teacher forcing: the model reads the source and the target shifted
 right, the loss is label-smoothed cross-entropy over the target tokens (padding ignored). Validation reports that
 loss, token accuracy and corpus BLEU (sacrebleu, greedy decoding) on Multi30k ``val``; at the end BLEU on
 ``test_2016_flickr`` with greedy and beam decoding goes to ``summary.json`` / ``eval.json``.
@@ -23,10 +22,10 @@ from ..data.text import TextTokenizer
 from ..data.translation import TranslationDataset, parse_pair, read_multi30k
 from ..models.seq2seq import Seq2SeqTransformer, beam_search, greedy_decode
 from ..registry import create_model
-from .distributed import all_reduce_sum
-from .trainer import Trainer, fit_trainer
+from .base import Batch, Task
+from .inputs import cut_to_longest
 
-__all__ = ["TranslationTrainer", "train_translation", "translate", "corpus_bleu"]
+__all__ = ["Translation", "translate", "corpus_bleu", "load_translator"]
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +57,29 @@ def translate(
     return out
 
 
-class TranslationTrainer(Trainer):
+class Translation(Task):
     """Encoder-decoder training on a ``multi30k-SRC-TGT`` dataset (e.g. ``multi30k-de-en``)."""
 
-    val_split = "val"  # model selection on Multi30k val; test_2016_flickr is scored once, at the end
+    name = "translation"
+    options = frozenset({"tokenizer", "max_length", "label_smoothing", "train_subset"})
+    default_model = "transformer_small"
+    # BLEU is decoded on rank 0 alone; the token loss is reduced over ranks, so every rank picks the same weights
+    selection = ("val_loss", "min")
+    loss_label = "token loss"
+    val_split_name = "val"  # model selection on Multi30k val; test_2016_flickr is scored once, at the end
 
-    def detect_modality(self, train_data=None) -> str:
-        return "translation"
+    def build_data(self, train_data=None, val_data=None):
+        cfg = self.cfg
+        self.tokenizer = self._build_tokenizer()
+        self.train_data = train_data or self._dataset("train")
+        if cfg.train_subset is not None:
+            from ..data import stratified_subset
+
+            self.train_data = stratified_subset(self.train_data, cfg.train_subset, cfg.seed)
+        self.val_data = val_data or self._dataset(
+            self.val_split_name if cfg.val_split == "test" else cfg.val_split
+        )
+        return self.train_data, self.val_data
 
     def _build_tokenizer(self) -> TextTokenizer:
         """``cfg.tokenizer``, else a joint BPE vocabulary (both languages) trained on the training pairs."""
@@ -76,9 +91,8 @@ class TranslationTrainer(Trainer):
         vocab = int(cfg.model_args.get("vocab_size", 8000))
         return TextTokenizer.train_bpe(sources + targets, vocab_size=vocab, max_length=cfg.max_length)
 
-    def _build_dataset(self, split: str) -> TranslationDataset:
+    def _dataset(self, split: str) -> TranslationDataset:
         _, src, tgt = parse_pair(self.cfg.dataset)
-        split = self.val_split if split == self.cfg.val_split else split
         sources, targets = read_multi30k(self.cfg.data_dir, split, src, tgt)
         return TranslationDataset(sources, targets, self.tokenizer, self.cfg.max_length)
 
@@ -93,92 +107,69 @@ class TranslationTrainer(Trainer):
             )
         return model
 
+    def save_inputs(self, run_dir: Path) -> None:
+        self.tokenizer.save(run_dir / "tokenizer.json")
+
     def data_config(self) -> dict[str, Any]:
         _, src, tgt = parse_pair(self.cfg.dataset)
-        return {"dataset": self.cfg.dataset, "modality": "translation", "src_lang": src, "tgt_lang": tgt,
-                "max_length": self.cfg.max_length}  # fmt: skip
+        return {"task": self.name, "dataset": self.cfg.dataset, "modality": "translation", "src_lang": src,
+                "tgt_lang": tgt, "max_length": self.cfg.max_length}  # fmt: skip
 
-    def _target(self, y: Tensor) -> Tensor:
-        return y[:, : int((y != self.tokenizer.pad_id).sum(1).max())]  # cut to the batch's longest target
+    def train_batch(self, batch) -> Batch:
+        x, y = batch
+        y = y.to(self.device, non_blocking=True)
+        pad = self.tokenizer.pad_id
+        return {"source": cut_to_longest(x.to(self.device, non_blocking=True), pad), "target": cut_to_longest(y, pad),
+                "size": y.shape[0]}  # fmt: skip
 
-    def forward_step(self, x: Tensor, target: Tensor) -> Tensor:
-        return self.step_model(x, self._target(target)[:, :-1])  # teacher forcing: BOS y1 .. y(n-1)
+    eval_batch = train_batch
 
     def _token_loss(
         self, logits: Tensor, target: Tensor, smoothing: float, reduction: str = "mean"
     ) -> Tensor:
-        gold = self._target(target)[:, 1 : logits.shape[1] + 1]  # y1 .. yn EOS
+        gold = target[:, 1 : logits.shape[1] + 1]  # y1 .. yn EOS
         return F.cross_entropy(logits.float().flatten(0, 1), gold.flatten(), ignore_index=self.tokenizer.pad_id,
                                label_smoothing=smoothing, reduction=reduction)  # fmt: skip
 
-    def _default_loss(self, logits: Tensor, target: Tensor, images: Tensor | None = None) -> Tensor:
-        return self._token_loss(logits, target, self.cfg.label_smoothing)
+    def step(self, model: nn.Module, batch: Batch) -> dict[str, Any]:
+        logits = model(batch["source"], batch["target"][:, :-1])  # teacher forcing: BOS y1 .. y(n-1)
+        return {"loss": self._token_loss(logits, batch["target"], self.cfg.label_smoothing), "output": logits}
 
-    def count_correct(self, outputs, targets: Tensor) -> Tensor:
-        return torch.zeros((), device=self.device)  # reported per token on the validation split instead
+    def eval_step(self, model: nn.Module, batch: Batch, final: bool) -> tuple[dict, Any]:
+        """Token loss (no smoothing) and token accuracy."""
+        y = batch["target"]
+        logits = model(batch["source"], y[:, :-1])
+        gold = y[:, 1:]
+        keep = gold != self.tokenizer.pad_id
+        return {"loss": float(self._token_loss(logits, y, 0.0, reduction="sum")),
+                "correct": int((logits.argmax(-1) == gold)[keep].sum()), "count": int(keep.sum())}, None  # fmt: skip
 
-    @torch.inference_mode()
-    def evaluate(self, model: nn.Module | None = None, return_outputs: bool = False) -> dict[str, Any]:
-        """Token loss (no smoothing) and accuracy, and greedy BLEU on the validation split."""
-        model = model or self.model
-        was_training = model.training
-        model.eval()
-        loss_sum, correct, count = 0.0, 0, 0
-        for x, y in self.val_loader:
-            x, y = self._prepare(x, train=False), y.to(self.device)
-            logits = model(x, self._target(y)[:, :-1])
-            gold = self._target(y)[:, 1:]
-            keep = gold != self.tokenizer.pad_id
-            loss_sum += float(self._token_loss(logits, y, 0.0, reduction="sum"))
-            correct += int((logits.argmax(-1) == gold)[keep].sum())
-            count += int(keep.sum())
-        loss_sum, correct, count = all_reduce_sum(loss_sum, correct, count, device=self.device)
-        out = {"val_loss": loss_sum / max(count, 1), "val_token_acc": correct / max(count, 1)}
-        if self.is_main:
-            hyps = translate(model, self.tokenizer, self.val_data.sources)
-            out["val_bleu"] = corpus_bleu(hyps, self.val_data.references)
-        model.train(was_training)
+    def metrics(self, sums: dict[str, Any], kept: list[Any], model: nn.Module) -> dict[str, Any]:
+        """Token loss and accuracy, and greedy corpus BLEU on the validation split (rank 0)."""
+        count = max(sums.get("count", 0), 1)
+        out = {"val_loss": sums.get("loss", 0.0) / count, "val_token_acc": sums.get("correct", 0) / count}
+        if self.dist.is_main:
+            out["val_bleu"] = corpus_bleu(translate(model, self.tokenizer, self.val_data.sources),
+                                          self.val_data.references)  # fmt: skip
         return out
 
-    def finish(self, stopped_early: bool = False) -> dict[str, Any]:
-        from ..plots import plot_training_curves
-        from ..weights.io import save as save_model
-
-        model = self.final_model()
-        result = self.evaluate(model)
-        summary: dict[str, Any] = {
-            "run_dir": str(self.run_dir), "epochs": self.epoch, "val_loss": result["val_loss"],
-            "val_token_acc": result["val_token_acc"], "val_bleu": result.get("val_bleu"),
-            "elapsed_s": self.history[-1]["elapsed"] if self.history else 0.0,
-            "params": sum(p.numel() for p in model.parameters()), "world_size": self.dist.world_size,
-            "stopped_early": stopped_early,
-        }  # fmt: skip
-        if not self.is_main:
-            return summary
-        save_model(model, self.run_dir / "model.safetensors", data_config=self.data_config())
+    def artifacts(self, model: nn.Module, result: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+        """BLEU on ``test_2016_flickr`` with greedy and beam-4 decoding (``eval.json``)."""
         _, src, tgt = parse_pair(self.cfg.dataset)
         sources, references = read_multi30k(self.cfg.data_dir, "test", src, tgt)
+        out: dict[str, Any] = {}
         for name, beam in (("greedy", 1), ("beam4", 4)):
             start = time.perf_counter()
             hyps = translate(model, self.tokenizer, sources, beam_size=beam)
-            summary[f"test_bleu_{name}"] = corpus_bleu(hyps, references)
-            summary[f"test_decode_s_{name}"] = time.perf_counter() - start
-        (self.run_dir / "eval.json").write_text(
-            json.dumps({k: v for k, v in summary.items() if "test" in k}, indent=2)
-        )
-        plot_training_curves(
-            self.run_dir / "metrics.jsonl", self.run_dir / "curves.png", loss_label="token loss"
-        )
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        return summary
+            out[f"test_bleu_{name}"] = corpus_bleu(hyps, references)
+            out[f"test_decode_s_{name}"] = time.perf_counter() - start
+        (run_dir / "eval.json").write_text(json.dumps(out, indent=2))
+        return out
 
-
-def train_translation(
-    recipe: str | None = None, config_file: str | Path | None = None, resume: str | Path | None = None,
-    **overrides: Any,
-) -> dict[str, Any]:  # fmt: skip
-    """Python API of ``vitkit translate train``."""
-    return fit_trainer(TranslationTrainer, recipe, config_file, resume, **overrides)
+    @classmethod
+    def report(cls, summary: dict[str, Any]) -> str:
+        return (f"val BLEU: {summary['val_bleu']:.2f}  test_2016_flickr BLEU: greedy {summary['test_bleu_greedy']:.2f}, "
+                f"beam 4 {summary['test_bleu_beam4']:.2f}")  # fmt: skip
 
 
 def load_translator(run: str | Path) -> tuple[Seq2SeqTransformer, TextTokenizer]:

@@ -9,6 +9,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 __all__ = [
+    "layer_id",
     "param_groups_weight_decay",
     "param_groups_layer_decay",
     "build_optimizer",
@@ -31,8 +32,6 @@ def param_groups_weight_decay(model: nn.Module, weight_decay: float) -> list[dic
 def param_groups_layer_decay(model: nn.Module, weight_decay: float, layer_decay: float) -> list[dict]:
     """Layer-wise lr decay (BEiT, MAE fine-tuning): a parameter at depth ``i`` of ``L + 1`` gets the lr times
     ``layer_decay ** (L + 1 - i)`` (embeddings the least, the head the full lr); weight decay as above."""
-    from .finetune import layer_id
-
     depth = len(model.blocks) if hasattr(model, "blocks") else 0
     if not 0 < layer_decay <= 1:
         raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
@@ -97,3 +96,14 @@ def warmup_cosine_schedule(
         return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return LambdaLR(optimizer, factor)
+
+
+def layer_id(name: str, depth: int) -> int:
+    """0 for embeddings and prefix tokens, i + 1 for ``blocks.i``, depth + 1 for the final norm and head."""
+    if name.startswith(
+        ("patch_embed.", "cls_token", "dist_token", "reg_token", "pos_embed", "norm_pre.", "embeddings.")
+    ):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return depth + 1

@@ -7,7 +7,6 @@
 - :func:`apply_mode`: ``full`` (everything trains), ``linear`` (linear probe: frozen backbone, MAE's probe of a
   parameter-free BatchNorm then a linear layer, folded into one linear layer when training ends) or ``partial``
   (the patch embedding, prefix tokens, position table and the first ``freeze_blocks`` blocks frozen).
-- :func:`layer_id`: the depth of a parameter, for layer-wise learning-rate decay (BEiT / MAE fine-tuning).
 """
 
 from __future__ import annotations
@@ -32,7 +31,6 @@ __all__ = [
     "apply_mode",
     "ProbeHead",
     "fold_probe_heads",
-    "layer_id",
 ]
 
 log = logging.getLogger(__name__)
@@ -201,14 +199,3 @@ def apply_mode(model: nn.Module, mode: str = "full", freeze_blocks: int = 0) -> 
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("finetune_mode=%s: %d trainable parameters", mode, trainable)
     return frozen
-
-
-def layer_id(name: str, depth: int) -> int:
-    """0 for embeddings and prefix tokens, i + 1 for ``blocks.i``, depth + 1 for the final norm and head."""
-    if name.startswith(
-        ("patch_embed.", "cls_token", "dist_token", "reg_token", "pos_embed", "norm_pre.", "embeddings.")
-    ):
-        return 0
-    if name.startswith("blocks."):
-        return int(name.split(".")[1]) + 1
-    return depth + 1

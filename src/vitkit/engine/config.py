@@ -1,6 +1,11 @@
 """Training configuration: one dataclass, named recipes, YAML files and command-line overrides.
 
 Precedence (later wins): dataclass defaults < recipe < YAML file < explicit overrides.
+
+The fields split in two: :data:`ENGINE_OPTIONS`, which the task-agnostic trainer reads for every task (schedule,
+optimizer, runtime, output), and the rest, each read by the tasks that declare it in their ``options``
+(:class:`vitkit.tasks.Task`). :func:`check_task_options` refuses, by name, a field set for a task that does not
+read it.
 """
 
 from __future__ import annotations
@@ -13,12 +18,16 @@ from typing import Any
 
 import yaml
 
-__all__ = ["TrainConfig", "RECIPES", "resolve_config", "save_config", "load_config_file"]
+__all__ = [
+    "TrainConfig", "RECIPES", "ENGINE_OPTIONS", "resolve_config", "save_config", "load_config_file",
+    "check_task_options",
+]  # fmt: skip
 
 
 @dataclass
 class TrainConfig:
     # what to train on
+    task: str = "classification"  # a name in vitkit.tasks.TASKS
     model: str = "vit_digits"
     model_args: dict[str, Any] = field(default_factory=dict)
     dataset: str = "digits"
@@ -115,14 +124,14 @@ RECIPES: dict[str, dict[str, Any]] = {
     ),
     # MAE pre-training on the Fashion-MNIST training images (labels unused): vit_mnist encoder, 75% masking
     "mae-fashion-mnist": dict(
-        model="mae_vit_mnist", dataset="fashion-mnist", epochs=20, batch_size=256, lr=1.5e-3, warmup_epochs=1,
+        task="mae", model="mae_vit_mnist", dataset="fashion-mnist", epochs=20, batch_size=256, lr=1.5e-3, warmup_epochs=1,
         weight_decay=0.05, betas=(0.9, 0.95), pad_crop=2, hflip=True, drop_path=0.0, eval_every=5,
     ),
     # Multi30k German -> English in an hour of a 2-core CPU: a small pre-norm Transformer, joint BPE, inverse-sqrt
     # schedule (no end to anneal to), stopped after the epoch that crosses 55 min (~370 s per epoch: 9 epochs,
     # test_2016_flickr BLEU 35.10 greedy, 36.59 beam 4)
     "multi30k-de-en": dict(
-        model="transformer_small", dataset="multi30k-de-en", epochs=40, time_limit_min=55, eval_every=3,
+        task="translation", model="transformer_small", dataset="multi30k-de-en", epochs=40, time_limit_min=55, eval_every=3,
         batch_size=128, lr=1e-3, warmup_epochs=1,
         schedule="inverse_sqrt", weight_decay=0.0, betas=(0.9, 0.98), label_smoothing=0.1, drop_path=0.0,
         max_length=64, clip_grad=1.0,
@@ -134,6 +143,34 @@ RECIPES: dict[str, dict[str, Any]] = {
         mixup=0.8, cutmix=1.0, mix_prob=0.5, ema_decay=0.999,
     ),
 }  # fmt: skip
+
+
+# Read by the trainer for every task; any other field belongs to the tasks that list it in their ``options``.
+ENGINE_OPTIONS = frozenset({
+    "task", "model", "model_args", "dataset", "data_dir", "val_split", "epochs", "batch_size", "lr", "min_lr",
+    "warmup_epochs", "schedule", "weight_decay", "betas", "clip_grad", "accum_steps", "ema_decay", "device",
+    "amp", "compile", "distributed", "grad_checkpointing", "seed", "deterministic", "num_workers", "threads",
+    "out_dir", "name", "eval_every", "save_every", "time_limit_min", "tensorboard", "progress", "recipe",
+})  # fmt: skip
+
+
+def check_task_options(cfg: TrainConfig, task: str, options: frozenset[str] | set[str]) -> None:
+    """Refuse, by name, the fields ``cfg`` sets that neither the engine nor ``task`` reads.
+
+    A field counts as set when it differs from the dataclass default and is not a value that turns the feature
+    off (0, None, False): ``drop_path=0.0`` is fine for a model without stochastic depth, ``hflip=True`` is not
+    for a detector whose boxes would not move with the flip.
+    """
+    defaults = TrainConfig()
+    unused = [
+        f.name for f in fields(TrainConfig)
+        if f.name not in ENGINE_OPTIONS and f.name not in options
+        and getattr(cfg, f.name) != getattr(defaults, f.name) and getattr(cfg, f.name) not in (0, None, False)
+    ]  # fmt: skip
+    if unused:
+        raise ValueError(
+            f"the {task} task does not take {', '.join(unused)} (drop {'it' if len(unused) == 1 else 'them'})"
+        )
 
 
 def _field_names() -> list[str]:

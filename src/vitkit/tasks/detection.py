@@ -1,7 +1,6 @@
-"""Detection with the Trainer: DETR on a COCO-format dataset (``vitkit detect train --data coco:DIR``).
+"""Detection: DETR on a COCO-format dataset (``vitkit detect train --data coco:DIR``).
 
-:class:`DetectionTrainer` is the :class:`~vitkit.train.trainer.Trainer` (image normalisation, schedule,
-checkpoints and exact resume, torchrun) with DETR's set loss, through :class:`~vitkit.train.dense.DenseTaskTrainer`
+:class:`Detection` trains with DETR's set loss, through :class:`~vitkit.tasks.dense.DenseTask`
 (COCO folders, boxes looked up by item index, a backbone pre-trained in vitkit via ``init_from``). Evaluation reports the set loss
 and COCO box AP / AP50 / AP75 from pycocotools on the validation split; the end of training draws the predictions
 on validation images (``predictions.png``).
@@ -21,11 +20,10 @@ from torch import Tensor, nn
 from ..data.canvas import CocoDetection
 from ..detection import SetCriterion, box_cxcywh_to_xyxy
 from ..models.detr import DETR
-from .dense import DenseTaskTrainer
-from .distributed import all_reduce_sum
-from .trainer import fit_trainer
+from .base import Batch
+from .dense import DenseTask
 
-__all__ = ["DetectionTrainer", "train_detection", "coco_map", "detections"]
+__all__ = ["Detection", "coco_map", "detections", "draw_detections"]
 
 log = logging.getLogger(__name__)
 
@@ -73,57 +71,56 @@ def coco_map(dataset: CocoDetection, results: list[dict]) -> dict[str, float]:
     return {"AP": max(ap, 0.0), "AP50": max(ap50, 0.0), "AP75": max(ap75, 0.0)}
 
 
-class DetectionTrainer(DenseTaskTrainer):
+class Detection(DenseTask):
     """DETR training; ``cfg.dataset`` is ``coco:DIR`` (``DIR/train``, ``DIR/val``), ``cfg.model`` a ``detr`` model."""
 
-    modality_name = "detection"
+    name = "detection"
     dataset_type = CocoDetection
     model_type = DETR
     example_model = "detr_vit_canvas"
+    default_model = "detr_vit_canvas"
+    loss_label = "set loss"
 
-    def build_model(self, in_chans: int) -> nn.Module:
-        model = super().build_model(in_chans)
-        self.criterion = SetCriterion(len(self.classes))
-        return model
+    def setup(self, model: nn.Module) -> None:
+        super().setup(model)
+        self.criterion = SetCriterion(len(self.classes)).to(self.device)
 
     def _targets(self, dataset: CocoDetection, index: Tensor) -> list[dict[str, Tensor]]:
         return [{k: v.to(self.device) for k, v in dataset.annotations[i].items()} for i in index.tolist()]
 
-    def _default_loss(self, outputs: dict, index: Tensor, images: Tensor | None = None) -> Tensor:
-        self.criterion.to(self.device)
-        return self.criterion(outputs, self._targets(self.train_data, index))[0]
+    def step(self, model: nn.Module, batch: Batch) -> dict[str, Any]:
+        outputs = model(batch["inputs"])
+        return {
+            "loss": self.criterion(outputs, self._targets(self.train_data, batch["index"]))[0],
+            "output": outputs,
+        }
 
-    @torch.inference_mode()
-    def evaluate(self, model: nn.Module | None = None, return_outputs: bool = False) -> dict[str, Any]:
-        model = model or self.model
-        was_training = model.training
-        model.eval()
-        self.criterion.to(self.device)
-        loss_sum, count, results = 0.0, 0, {}
-        for x, index in self.val_loader:
-            outputs = model(self._prepare(x, train=False))
-            loss_sum += float(self.criterion(outputs, self._targets(self.val_data, index))[0]) * len(index)
-            count += len(index)
-            sizes = [self.val_data.sizes[i] for i in index.tolist()]
-            for i, r in zip(index.tolist(), detections(outputs, sizes), strict=True):
-                results[i] = r
-        model.train(was_training)
-        loss_sum, count = all_reduce_sum(loss_sum, count, device=self.device)
-        out: dict[str, Any] = {"val_loss": loss_sum / max(count, 1)}
-        if self.is_main and len(results) == len(self.val_data):
-            metrics = coco_map(self.val_data, [results[i] for i in range(len(self.val_data))])
-            out.update({f"val_{k}": v for k, v in metrics.items()})
-        if return_outputs:
-            out["detections"] = [results[i] for i in range(len(results))]
+    def eval_step(self, model: nn.Module, batch: Batch, final: bool) -> tuple[dict, Any]:
+        index = batch["index"]
+        outputs = model(batch["inputs"])
+        loss = float(self.criterion(outputs, self._targets(self.val_data, index))[0]) * len(index)
+        sizes = [self.val_data.sizes[i] for i in index.tolist()]
+        return {"loss": loss, "count": len(index)}, dict(
+            zip(index.tolist(), detections(outputs, sizes), strict=True)
+        )
+
+    def metrics(self, sums: dict[str, Any], kept: list[Any], model: nn.Module) -> dict[str, Any]:
+        """The set loss, and COCO box AP / AP50 / AP75 (pycocotools) over the whole validation split."""
+        out: dict[str, Any] = {"val_loss": sums.get("loss", 0.0) / max(sums.get("count", 0), 1)}
+        results = {i: r for share in kept for i, r in share.items()}
+        if self.dist.is_main and len(results) == len(self.val_data):
+            found = coco_map(self.val_data, [results[i] for i in range(len(self.val_data))])
+            out.update({f"val_{k}": v for k, v in found.items()})
+        out["detections"] = [results[i] for i in sorted(results)]
         return out
 
-    loss_label = "set loss"
+    def draw(self, result: dict[str, Any], run_dir: Path) -> None:
+        draw_detections(self.val_data, result["detections"], run_dir / "predictions.png")
 
-    def summary_figures(self, result: dict[str, Any], model: nn.Module) -> dict[str, Any]:
-        return {k: result[k] for k in ("val_AP", "val_AP50", "val_AP75") if k in result}
-
-    def draw(self, result: dict[str, Any]) -> None:
-        draw_detections(self.val_data, result["detections"], self.run_dir / "predictions.png")
+    @classmethod
+    def report(cls, summary: dict[str, Any]) -> str:
+        nan = float("nan")
+        return f"val AP50: {summary.get('val_AP50', nan):.3f}  AP: {summary.get('val_AP', nan):.3f}"
 
 
 def draw_detections(dataset: CocoDetection, results: list[dict], out_png: str | Path, n: int = 8,
@@ -164,11 +161,3 @@ def draw_detections(dataset: CocoDetection, results: list[dict], out_png: str | 
         sheet.paste(t, (x, 0))
         x += t.width
     return atomic_write(out_png, lambda tmp: sheet.save(tmp, format="PNG"))
-
-
-def train_detection(
-    recipe: str | None = None, config_file: str | Path | None = None, resume: str | Path | None = None,
-    **overrides: Any,
-) -> dict[str, Any]:  # fmt: skip
-    """Python API of ``vitkit detect train``."""
-    return fit_trainer(DetectionTrainer, recipe, config_file, resume, **overrides)

@@ -1,0 +1,75 @@
+"""The inference commands: ``eval``, ``predict``, ``explain`` on a run directory or model file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+__all__ = ["add_inference_commands"]
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from ..evaluate import evaluate
+    from ..metrics import format_metrics_table
+
+    metrics = evaluate(
+        args.checkpoint, dataset=args.data, data_dir=args.data_dir, split=args.split,
+        batch_size=args.batch_size, out_json=args.out, device=args.device,
+    )  # fmt: skip
+    print(format_metrics_table(metrics))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from ..predict import format_predictions, predict
+
+    results = predict(args.checkpoint, args.images, topk=args.topk)
+    print(json.dumps(results, indent=2) if args.json else format_predictions(results))
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from ..explain import explain_image
+
+    result = explain_image(
+        args.checkpoint, args.image, args.out, method=args.method, head_fusion=args.head_fusion,
+        discard_ratio=args.discard_ratio, target=args.target,
+    )  # fmt: skip
+    print(f"{args.image}: {result['label']} (p={result['prob']:.3f}), {args.method} relevance")
+    print(f"wrote {result['png']} and {result['npy']}")
+    return 0
+
+
+def add_inference_commands(sub) -> None:
+    from ..explain import HEAD_FUSIONS, METHODS
+
+    p = sub.add_parser("eval", help="evaluate a run or model file on a dataset split")
+    p.add_argument("checkpoint", help="run directory or model .safetensors")
+    p.add_argument("--data", default=None, help="dataset name (default: the one it was trained on)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--split", default="test")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default=None, help="where to write the metrics JSON")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="top-k classes for images")
+    p.add_argument("checkpoint", help="run directory or model .safetensors")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("explain", help="attention rollout heatmap of a prediction, as PNG + .npy")
+    p.add_argument("checkpoint", help="run directory or model .safetensors")
+    p.add_argument("image")
+    p.add_argument("-o", "--out", default="explain.png", help="PNG to write (the .npy goes beside it)")
+    p.add_argument("--method", default="rollout", choices=METHODS)
+    p.add_argument("--head-fusion", default="mean", choices=HEAD_FUSIONS)
+    p.add_argument(
+        "--discard-ratio", type=float, default=0.0, help="rollout: drop this fraction of weakest links"
+    )
+    p.add_argument(
+        "--target", type=int, default=None, help="class index to explain (default: the predicted one)"
+    )
+    p.set_defaults(func=cmd_explain)

@@ -1,0 +1,164 @@
+"""``vitkit train`` for every task, and its task-named aliases.
+
+``vitkit train --task NAME [flags]`` trains any task; ``finetune``, ``pretrain --method mae|mlm``,
+``translate train``, ``detect train`` and ``segment train`` are the same command with the task (and for
+``finetune`` the ``--from`` weights) named for you. Each parser carries exactly the flags its task takes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from .options import add_train_flags, refuse_other_task_flags, task_fields, train_overrides
+
+__all__ = [
+    "train_parser",
+    "run_training",
+    "add_train_command",
+    "add_finetune_command",
+    "add_pretrain_command",
+]
+
+DATA_HELP = {
+    "classification": "dataset name (digits, mnist, fashion-mnist, cifar10-jpeg, folder:PATH, manifest:FILE)",
+    "text-classification": "text dataset (sst2)",
+    "mae": "image dataset whose images to pre-train on",
+    "mlm": "text dataset whose sentences to pre-train on",
+    "translation": "multi30k-SRC-TGT, e.g. multi30k-de-en",
+    "detection": "coco:DIR (DIR/train, DIR/val with annotations.json)",
+    "segmentation": "coco:DIR (DIR/train, DIR/val with annotations.json and masks/)",
+}
+
+
+def train_parser(
+    task_name: str, prog: str, description: str, fixed: Sequence[str] = ()
+) -> argparse.ArgumentParser:
+    """The parser of one task's training command: common flags, then the task's training options.
+
+    ``fixed`` names fields the command sets itself (no flag for them).
+    """
+    from ..engine.config import RECIPES
+    from ..tasks import get_task
+
+    task = get_task(task_name)
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    if "dataset" not in fixed:
+        p.add_argument("--data", "--dataset", dest="dataset", default=None, help=DATA_HELP.get(task_name))
+    if "init_from" in task.options and "init_from" not in fixed:
+        p.add_argument("--from", "--init-from", dest="init_from", default=None, metavar="RUN_OR_WEIGHTS",
+                       help="start from a vitkit run or model file (or, for classification, a timm / HF / JAX "
+                            "checkpoint, with --model naming the architecture)")  # fmt: skip
+    recipes = [n for n, r in RECIPES.items() if r.get("task", "classification") == task_name]
+    p.add_argument(
+        "--recipe", default=None, help=f"named recipe: {', '.join(recipes) or 'none for this task'}"
+    )
+    p.add_argument("--config", default=None, help="YAML config file")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its checkpoint")
+    add_train_flags(p, task_fields(task), skip=("dataset", "init_from", *fixed))
+    p.set_defaults(task_name=task_name)
+    return p
+
+
+def run_training(parser: argparse.ArgumentParser, argv: Sequence[str], **fixed: Any) -> int:
+    """Parse ``argv`` with a :func:`train_parser`, train, print the run's result lines."""
+    from ..tasks import get_task
+    from ..train import train
+
+    args, unknown = parser.parse_known_args(argv)
+    refuse_other_task_flags(unknown, args.task_name, parser)
+    overrides = train_overrides(args)
+    if args.resume is None:
+        overrides.update(task=args.task_name, **fixed)
+    summary = train(recipe=args.recipe, config_file=args.config, resume=args.resume, **overrides)
+    if os.environ.get("RANK", "0") != "0":
+        return 0
+    task = get_task(summary.get("task", args.task_name))
+    run = summary["run_dir"]
+    if "init_from" in overrides:
+        print(f"fine-tuned from: {overrides['init_from']}  mode: {overrides.get('finetune_mode', 'full')}")
+    print(f"run directory: {run}")
+    params = summary.get("encoder_params", summary["params"])
+    print(f"epochs: {summary['epochs']}  {task.report(summary)}  time: "
+          f"{summary['elapsed_s']:.1f}s  params: {params / 1e6:.3f}M")  # fmt: skip
+    if task.name in ("mae", "mlm"):
+        extra = f"  reconstructions: {run}/reconstructions.png" if task.name == "mae" else ""
+        print(f"encoder: {run}/encoder.safetensors{extra}")
+        print(f"next: vitkit finetune --from {run} --data DATASET")
+    return 0
+
+
+def _task_from_argv(argv: Sequence[str]) -> str | None:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--task", default=None)
+    pre.add_argument("--data", "--dataset", dest="dataset", default=None)
+    known, _ = pre.parse_known_args(argv)
+    if known.task is None:
+        from ..tasks import task_for
+
+        return task_for(known.dataset) if known.dataset else None
+    return known.task
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ..tasks import get_task
+
+    name = _task_from_argv(args.rest) or "classification"
+    get_task(name)  # an unknown task is named before any flag is parsed
+    p = train_parser(
+        name, "vitkit train", f"train a model: the {name} task (default: a ViT on the embedded digits)"
+    )
+    p.add_argument("--task", default=name, help=f"what to train (this help: {name})")
+    return run_training(p, args.rest)
+
+
+def add_train_command(sub) -> None:
+    from ..tasks import TASKS
+
+    p = sub.add_parser("train", add_help=False, help="train any task (--task NAME; default image classification on "
+                       "the embedded digits); 'vitkit train --task NAME --help' lists that task's flags")  # fmt: skip
+    p.add_argument("rest", nargs=argparse.REMAINDER, help=f"--task {'|'.join(TASKS)} and its flags")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    name = _task_from_argv(args.rest) or "classification"
+    p = train_parser(
+        name, "vitkit finetune", "fine-tune pre-trained weights (vitkit run, MAE run, timm/HF/JAX file)"
+    )
+    p.add_argument("--task", default=name, help="classification (default) or text-classification")
+    if name == "classification":
+        p.add_argument("--mode", dest="finetune_mode", default=None, choices=("full", "linear", "partial"),
+                       help="full fine-tune (default), linear probe (frozen backbone) or partial (--freeze-blocks)")  # fmt: skip
+    args_, _ = p.parse_known_args(args.rest)
+    if args_.resume is None and not args_.init_from:
+        p.error("--from RUN_OR_WEIGHTS is required (the weights to fine-tune)")
+    if args_.resume is None and args_.recipe is None and args_.config is None and args_.dataset is None:
+        raise ValueError("name the data to fine-tune on: --data NAME (or --recipe / --config)")
+    return run_training(p, args.rest)
+
+
+def add_finetune_command(sub) -> None:
+    p = sub.add_parser("finetune", add_help=False, help="fine-tune pre-trained weights (vitkit run, MAE run, "
+                       "timm/HF/JAX file): full, linear probe, partial")  # fmt: skip
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_finetune)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--method", default="mae", choices=("mae", "mlm"))
+    known, _ = pre.parse_known_args(args.rest)
+    p = train_parser(known.method, "vitkit pretrain", "self-supervised pre-training without labels: masked "
+                     "autoencoder (--method mae, images) or masked language model (--method mlm, text)")  # fmt: skip
+    p.add_argument("--method", default="mae", choices=("mae", "mlm"), help="mae (images) or mlm (text)")
+    return run_training(p, args.rest)
+
+
+def add_pretrain_command(sub) -> None:
+    p = sub.add_parser("pretrain", add_help=False, help="self-supervised pre-training without labels: masked "
+                       "autoencoder (images), masked LM (text)")  # fmt: skip
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_pretrain)

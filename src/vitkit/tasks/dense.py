@@ -1,0 +1,109 @@
+"""What detection and segmentation share: COCO-layout folders, per-image labels looked up by index, no
+label-blind image augmentation, and a model (DETR, Segmenter) whose ViT backbone may start pre-trained.
+
+``cfg.dataset`` is ``coco:DIR`` (``DIR/train`` and ``DIR/val``, each with ``annotations.json``); the in-memory
+loader hands out (images, item indices), so batching and exact resume stay the engine's. With ``init_from`` (a
+vitkit run or model file: a supervised ViT or an MAE run's encoder) the backbone takes that ViT's architecture and
+weights, its position table resampled to the images here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, ClassVar
+
+from torch import nn
+
+from ..registry import create_model
+from ..weights import load_pretrained
+from .base import Batch, Task
+from .finetune import pretrained_backbone
+from .inputs import ImageInput
+
+__all__ = ["DenseTask", "coco_root"]
+
+log = logging.getLogger(__name__)
+
+
+def coco_root(name: str) -> Path:
+    """``coco:DIR`` -> DIR."""
+    if not name.startswith("coco:"):
+        raise ValueError(
+            f"detection / segmentation data is named coco:DIR (DIR/train and DIR/val with annotations.json), "
+            f"got {name!r}"
+        )
+    return Path(name[5:]).expanduser()
+
+
+class DenseTask(Task):
+    """Base of :class:`~vitkit.tasks.detection.Detection` and :class:`~vitkit.tasks.segmentation.Segmentation`.
+
+    Subclasses set ``dataset_type`` (built as ``dataset_type(folder, image_size=...)``), ``model_type`` and
+    ``example_model``, and give the loss, evaluation and drawings.
+    """
+
+    # no image augmentation: it would move the pixels but not the boxes / masks
+    options = frozenset({"init_from", "on_bad_image", "drop_path"})
+    dataset_type: ClassVar[type] = object
+    model_type: ClassVar[type] = nn.Module
+    example_model: ClassVar[str] = ""
+
+    def build_data(self, train_data=None, val_data=None):
+        root = coco_root(self.cfg.dataset)
+        size = self.cfg.model_args.get("img_size")
+        self.train_data = train_data or self.dataset_type(root / "train", image_size=size)
+        self.val_data = val_data or self.dataset_type(root / "val", image_size=size)
+        return self.train_data, self.val_data
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.train_data.classes)
+
+    def build_model(self, in_chans: int) -> nn.Module:
+        """The registry model for the data's classes, channels and image size; its backbone from ``init_from``."""
+        cfg = self.cfg
+        h = int(self.train_data.raw.shape[-2])
+        args: dict[str, Any] = {"num_classes": len(self.classes), "in_chans": in_chans, "img_size": h,
+                                **cfg.model_args}  # fmt: skip
+        state = None
+        if cfg.init_from:
+            args["backbone"], args["backbone_args"], state = pretrained_backbone(cfg.init_from, in_chans)
+        model = create_model(cfg.model, **args)
+        if not isinstance(model, self.model_type):
+            raise ValueError(
+                f"{self.name} needs a {self.model_type.__name__} model (e.g. {self.example_model}), got {cfg.model!r}"
+            )
+        if state is not None:
+            load_pretrained(model.backbone, state, ignore_head=True)
+            log.info("%s backbone (%s) from %s", self.name, args["backbone"], cfg.init_from)
+        return model
+
+    def setup(self, model: nn.Module) -> None:
+        self.images = ImageInput(self.cfg, self.train_data, model, self.device, augment=False,
+                                 memory_format=self.memory_format)  # fmt: skip
+
+    def train_batch(self, batch) -> Batch:
+        x, index = batch
+        return {"inputs": self.images(x, train=False), "index": index, "size": index.shape[0]}
+
+    eval_batch = train_batch
+
+    def data_config(self) -> dict[str, Any]:
+        return {"task": self.name, "dataset": self.cfg.dataset, "classes": self.classes, "modality": self.name,
+                **self.images.data_config()}  # fmt: skip
+
+    def summary(self, result: dict[str, Any], model: nn.Module) -> dict[str, Any]:
+        return {**super().summary(result, model), "init_from": self.cfg.init_from}
+
+    def draw(self, result: dict[str, Any], run_dir: Path) -> None:
+        """Draw the validation predictions in ``result`` into the run directory."""
+        raise NotImplementedError
+
+    def artifacts(self, model: nn.Module, result: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+        """``eval.json`` (the validation figures) and the drawings."""
+        figures = {k: v for k, v in self.summary(result, model).items() if k.startswith("val_")}
+        (run_dir / "eval.json").write_text(json.dumps(figures, indent=2))
+        self.draw(result, run_dir)
+        return {}

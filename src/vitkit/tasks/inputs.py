@@ -1,0 +1,89 @@
+"""What tasks share about their inputs: image batches (to float, resize, augment, normalise) and token batches.
+
+:class:`ImageInput` is the training-time half of vitkit's one image pipeline (decoding and mode conversion happen
+when a dataset or a predict/serve request reads a file, see :mod:`vitkit.data`): uint8 or float batches -> float
+in [0, 1] -> resized to the model's input -> (training only) batch augmentation on the device -> normalised.
+:func:`build_tokenizer` and :func:`cut_to_longest` serve the text tasks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["ImageInput", "AUGMENT_OPTIONS", "input_size", "build_tokenizer", "cut_to_longest"]
+
+# batch augmentation flags (kornia) that move pixels but not labels: for tasks whose targets do not move
+AUGMENT_OPTIONS = frozenset(
+    {"rrc_scale", "pad_crop", "hflip", "randaugment", "trivialaugment", "random_erasing", "channels_last"}
+)
+
+
+def input_size(model: nn.Module) -> tuple[int, int] | None:
+    """The image size a vitkit model expects (an MAE's is its encoder's), or None when it takes any size."""
+    for m in (model, getattr(model, "encoder", None), getattr(model, "backbone", None)):
+        size = getattr(m, "config", {}).get("img_size")
+        if size is not None:
+            return tuple(size)
+    return None
+
+
+class ImageInput:
+    """Normalisation (the dataset's mean/std) and, when ``augment`` is on, the config's batch augmentation."""
+
+    def __init__(self, cfg, dataset, model: nn.Module, device: torch.device, augment: bool = True,
+                 memory_format=torch.contiguous_format) -> None:  # fmt: skip
+        from ..data import Normalize, build_train_augment, dataset_stats
+
+        self.device, self.memory_format = device, memory_format
+        self.size = input_size(model)
+        mean, std = dataset_stats(cfg.dataset, dataset)
+        self.mean, self.std = list(map(float, mean)), list(map(float, std))
+        self.in_chans = int(dataset.num_channels)
+        self.normalize = Normalize(self.mean, self.std).to(device)
+        self.augment = None
+        if augment:
+            self.augment = build_train_augment(
+                self.size, rrc_scale=cfg.rrc_scale, hflip=cfg.hflip, pad_crop=cfg.pad_crop,
+                randaugment=cfg.randaugment or None, trivialaugment=cfg.trivialaugment,
+                random_erasing=cfg.random_erasing,
+            ).to(device)  # fmt: skip
+
+    def __call__(self, x: Tensor, train: bool) -> Tensor:
+        x = x.to(self.device, non_blocking=True)
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255)
+        if self.size and tuple(x.shape[-2:]) != self.size:
+            x = F.interpolate(x, size=self.size, mode="bilinear", antialias=True, align_corners=False)
+        if train and self.augment is not None:
+            x = self.augment(x)
+        return self.normalize(x).contiguous(memory_format=self.memory_format)
+
+    def data_config(self) -> dict[str, Any]:
+        return {"mean": self.mean, "std": self.std, "img_size": list(self.size) if self.size else None,
+                "in_chans": self.in_chans}  # fmt: skip
+
+
+def cut_to_longest(ids: Tensor, pad_id: int) -> Tensor:
+    """Token ids (B, L) cut to the batch's longest sequence (padding is on the right)."""
+    return ids[:, : int((ids != pad_id).sum(1).max())]
+
+
+def build_tokenizer(cfg):
+    """``cfg.tokenizer``, else the one beside ``init_from``, else WordPiece trained on the training texts."""
+    from ..data.text import TextTokenizer, read_text_split
+
+    if cfg.tokenizer:
+        return TextTokenizer.from_file(cfg.tokenizer, cfg.max_length)
+    if getattr(cfg, "init_from", None):
+        src = Path(cfg.init_from)
+        for name in ("tokenizer.json", "vocab.txt"):
+            found = (src if src.is_dir() else src.parent) / name
+            if found.exists():
+                return TextTokenizer.from_file(found, cfg.max_length)
+    texts, _, _ = read_text_split(cfg.dataset, "train", cfg.data_dir)
+    return TextTokenizer.train_wordpiece(texts, vocab_size=8000, max_length=cfg.max_length)

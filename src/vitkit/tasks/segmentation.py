@@ -1,0 +1,115 @@
+"""Semantic segmentation: a Segmenter on COCO + masks folders (``vitkit segment train``).
+
+:class:`Segmentation` is a :class:`~vitkit.tasks.dense.DenseTask` (COCO folders, per-image masks
+looked up by item index, a backbone pre-trained in vitkit via ``init_from``) with per-pixel cross-entropy.
+Evaluation reports the loss, pixel accuracy and mIoU on the validation split; the end of training draws image /
+ground truth / prediction overlays (``overlays.png``) and saves the per-class IoU (``eval.json``).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..data.segmentation import SegmentationDataset
+from ..models.segmenter import Segmenter, confusion_metrics, segmentation_metrics
+from .base import Batch
+from .dense import DenseTask
+
+__all__ = ["Segmentation", "draw_segmentation", "PALETTE"]
+
+# background black, then distinct colours (tab10)
+PALETTE = [(0, 0, 0), (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+           (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]  # fmt: skip
+
+
+class Segmentation(DenseTask):
+    """Segmenter training; ``cfg.dataset`` is ``coco:DIR`` whose splits hold ``masks/``."""
+
+    name = "segmentation"
+    dataset_type = SegmentationDataset
+    model_type = Segmenter
+    example_model = "segmenter_vit_canvas"
+    default_model = "segmenter_vit_canvas"
+    selection = ("val_mIoU", "max")
+    loss_label = "pixel loss"
+
+    def _masks(self, dataset: SegmentationDataset, index: Tensor) -> Tensor:
+        return dataset.masks[index.cpu()].to(self.device, non_blocking=True)
+
+    def step(self, model: nn.Module, batch: Batch) -> dict[str, Any]:
+        logits = model(batch["inputs"])
+        return {
+            "loss": F.cross_entropy(logits.float(), self._masks(self.train_data, batch["index"])),
+            "output": logits,
+        }
+
+    def eval_step(self, model: nn.Module, batch: Batch, final: bool) -> tuple[dict, Any]:
+        index, n = batch["index"], len(self.classes)
+        logits = model(batch["inputs"]).float()
+        masks = self._masks(self.val_data, index)
+        pred = logits.argmax(1)
+        sums = {"loss": float(F.cross_entropy(logits, masks, reduction="sum")), "count": masks.numel(),
+                "confusion": segmentation_metrics(pred, masks, n)["confusion"]}  # fmt: skip
+        kept = dict(zip(index.tolist(), pred.to(torch.uint8).cpu(), strict=True)) if final else None
+        return sums, kept
+
+    def metrics(self, sums: dict[str, Any], kept: list[Any], model: nn.Module) -> dict[str, Any]:
+        """Per-pixel loss, pixel accuracy and mIoU (over the classes present) on the validation split."""
+        n = len(self.classes)
+        confusion = sums.get("confusion", torch.zeros(n, n))
+        metrics = confusion_metrics(confusion.reshape(n, n))
+        out: dict[str, Any] = {
+            "val_loss": sums.get("loss", 0.0) / max(sums.get("count", 0), 1), "val_pixel_acc": metrics["pixel_acc"],
+            "val_mIoU": metrics["mIoU"], "val_iou": [None if math.isnan(v) else v for v in metrics["iou"]],
+        }  # fmt: skip
+        if kept:
+            predictions = {i: p for share in kept for i, p in share.items()}
+            out["predictions"] = torch.stack([predictions[i] for i in sorted(predictions)])
+        return out
+
+    def summary(self, result: dict[str, Any], model: nn.Module) -> dict[str, Any]:
+        return {"val_loss": result["val_loss"], "val_pixel_acc": result["val_pixel_acc"],
+                "val_mIoU": result["val_mIoU"], "val_iou": dict(zip(self.classes, result["val_iou"], strict=True)),
+                "decoder": getattr(model, "decoder_type", None), "init_from": self.cfg.init_from}  # fmt: skip
+
+    def draw(self, result: dict[str, Any], run_dir: Path) -> None:
+        draw_segmentation(self.val_data, result["predictions"], run_dir / "overlays.png")
+
+    @classmethod
+    def report(cls, summary: dict[str, Any]) -> str:
+        return f"val mIoU: {summary['val_mIoU']:.3f}  pixel acc: {summary['val_pixel_acc']:.4f}"
+
+
+def _overlay(image: Tensor, mask: Tensor, alpha: float = 0.55) -> Tensor:
+    """(C, H, W) uint8 image and (H, W) class map -> (H, W, 3) uint8, classes > 0 tinted with their colour."""
+    rgb = (image.expand(3, -1, -1) if image.shape[0] == 1 else image).permute(1, 2, 0).float()
+    colours = torch.tensor(
+        [PALETTE[i % len(PALETTE)] for i in range(int(mask.max()) + 1)], dtype=torch.float32
+    )
+    tinted = (1 - alpha) * rgb + alpha * colours[mask.long()]
+    return torch.where((mask > 0)[..., None], tinted, rgb).round().to(torch.uint8)
+
+
+def draw_segmentation(
+    dataset: SegmentationDataset, predictions: Tensor, out_png: str | Path, n: int = 6, scale: int = 3
+) -> Path:
+    """Rows of validation images: the image, the ground-truth mask and the predicted mask as coloured overlays."""
+    from PIL import Image
+
+    from ..weights.io import atomic_write
+
+    rows = []
+    for i in range(min(n, len(dataset))):
+        img = dataset.raw[i]
+        panels = [_overlay(img, torch.zeros_like(dataset.masks[i])), _overlay(img, dataset.masks[i]),
+                  _overlay(img, predictions[i])]  # fmt: skip
+        rows.append(torch.cat(panels, dim=1))
+    sheet = Image.fromarray(torch.cat(rows, dim=0).numpy())
+    sheet = sheet.resize((sheet.width * scale, sheet.height * scale), Image.NEAREST)
+    return atomic_write(out_png, lambda tmp: sheet.save(tmp, format="PNG"))

@@ -1,0 +1,83 @@
+"""Text classification: a BERT encoder with a classifier head on labelled sentences (e.g. SST-2).
+
+The tokenizer is ``tokenizer`` (a ``tokenizer.json`` / ``vocab.txt``), else the one beside ``init_from``, else a
+WordPiece vocabulary trained on the training sentences; the run keeps it as ``tokenizer.json``. ``init_from``
+starts from a HuggingFace BERT folder or a vitkit text / MLM run (its encoder) with a new head.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from .base import Batch
+from .classification import ClassifierTask
+from .inputs import build_tokenizer, cut_to_longest
+
+__all__ = ["TextClassification", "build_text_model"]
+
+
+def build_text_model(cfg, num_classes: int, tokenizer) -> nn.Module:
+    """A text classifier: a HuggingFace BERT folder or vitkit text run (``init_from``) with a new head, or a fresh
+    ``cfg.model`` sized to the tokenizer's vocabulary."""
+    from ..registry import create_model
+    from ..weights.io import load
+    from .finetune import resolve_source
+
+    if cfg.init_from:
+        src = Path(cfg.init_from)
+        if (src / "config.json").exists():
+            from ..models.bert import bert_from_huggingface
+
+            model = bert_from_huggingface(src, num_classes=num_classes)
+        else:  # a vitkit text run or file; an MLM pre-training run gives its encoder
+            model = load(resolve_source(src))
+            model.reset_classifier(num_classes)
+        vocab = model.embeddings.word.num_embeddings
+        if tokenizer.vocab_size > vocab:
+            raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens, the model's table {vocab}")
+        return model
+    return create_model(cfg.model, num_classes=num_classes, vocab_size=tokenizer.vocab_size,
+                        pad_token_id=tokenizer.pad_id, **cfg.model_args)  # fmt: skip
+
+
+class TextClassification(ClassifierTask):
+    """Sentence classification with a BERT encoder (``bert_tiny``, a HuggingFace BERT, an MLM run's encoder)."""
+
+    name = "text-classification"
+    options = frozenset({"tokenizer", "max_length", "init_from", "train_subset", "label_smoothing"})
+    default_model = "bert_tiny"
+
+    def build_data(self, train_data=None, val_data=None):
+        from ..data.text import build_text_dataset
+
+        cfg = self.cfg
+        self.tokenizer = build_tokenizer(cfg)
+        if train_data is None:
+            train_data = build_text_dataset(cfg.dataset, "train", self.tokenizer, cfg.data_dir)
+        self.train_data = self.subset(train_data)
+        self.val_data = val_data or build_text_dataset(
+            cfg.dataset, cfg.val_split, self.tokenizer, cfg.data_dir
+        )
+        return self.train_data, self.val_data
+
+    def build_model(self, in_chans: int) -> nn.Module:
+        return build_text_model(self.cfg, len(self.classes), self.tokenizer)
+
+    def save_inputs(self, run_dir: Path) -> None:
+        self.tokenizer.save(run_dir / "tokenizer.json")  # the vocabulary the model's token ids mean
+
+    def train_batch(self, batch) -> Batch:
+        return self.eval_batch(batch)  # no augmentation of token ids
+
+    def eval_batch(self, batch) -> Batch:
+        x, y = batch
+        y = y.to(self.device, non_blocking=True)
+        ids = cut_to_longest(x.to(self.device, non_blocking=True), self.tokenizer.pad_id)
+        return {"inputs": ids, "labels": y, "target": y, "size": y.shape[0]}
+
+    def data_config(self) -> dict[str, Any]:
+        return {"task": self.name, "dataset": self.cfg.dataset, "classes": self.classes, "modality": "text",
+                "max_length": self.cfg.max_length}  # fmt: skip
