@@ -11,7 +11,7 @@ from vitkit.data import stratified_indices, stratified_subset
 from vitkit.train import Trainer, resolve_config
 from vitkit.train.finetune import ProbeHead, apply_mode, build_from_pretrained, layer_id
 from vitkit.train.optim import build_optimizer
-from vitkit.weights.io import CheckpointError
+from vitkit.weights import CheckpointError
 
 SMALL = {"depth": 2, "embed_dim": 32, "num_heads": 2}
 TINY = dict(dataset="digits", batch_size=64, lr=2e-3, warmup_epochs=0.5, progress=False, threads=1)
