@@ -292,7 +292,9 @@ def orient_label_map(mask: Any, orientation: int) -> Any:
     return np.ascontiguousarray(a)
 
 
-def orient_boxes(boxes: Any, orientation: int, stored_size: tuple[int, int], fmt: str = "xywh") -> torch.Tensor:
+def orient_boxes(
+    boxes: Any, orientation: int, stored_size: tuple[int, int], fmt: str = "xywh"
+) -> torch.Tensor:
     """Boxes in the stored pixel frame of an image of ``stored_size`` (height, width) -> the same boxes after the
     transpose of EXIF ``orientation`` (what :func:`decode_image` applies). ``fmt`` ``'xywh'`` (COCO) or ``'xyxy'``;
     pixel units; returns float32 (n, 4) in ``fmt``."""
