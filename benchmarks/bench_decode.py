@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
 def model_data(run: str) -> str:
     import json
 
-    from vitkit.weights.io import read_metadata
+    from vitkit.weights import read_metadata
 
     return json.loads(read_metadata(Path(run) / "model.safetensors")["data_config"])["dataset"]
 

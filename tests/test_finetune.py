@@ -12,7 +12,7 @@ from vitkit.engine.optim import build_optimizer, layer_id
 from vitkit.tasks import build_trainer
 from vitkit.tasks import resolve_task_config as resolve_config
 from vitkit.tasks.finetune import ProbeHead, apply_mode, build_from_pretrained
-from vitkit.weights.io import CheckpointError
+from vitkit.weights import CheckpointError
 
 SMALL = {"depth": 2, "embed_dim": 32, "num_heads": 2}
 TINY = dict(dataset="digits", batch_size=64, lr=2e-3, warmup_epochs=0.5, progress=False, threads=1)

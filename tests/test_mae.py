@@ -9,7 +9,7 @@ import torch
 
 import vitkit
 from vitkit.models.mae import MaskedAutoencoder, patchify, random_masking, unpatchify
-from vitkit.weights.io import load
+from vitkit.weights import load
 
 
 @pytest.mark.parametrize("ratio", [0.0, 0.5, 0.75, 0.9])
@@ -99,7 +99,7 @@ def test_pretrain_then_finetune_end_to_end_beats_chance(tmp_path):
     for name in ("encoder.safetensors", "model.safetensors", "reconstructions.png", "curves.png"):
         assert (run / name).stat().st_size > 0
     assert "classes" not in json.loads(
-        vitkit.weights.io.read_metadata(run / "encoder.safetensors")["data_config"]
+        vitkit.weights.read_metadata(run / "encoder.safetensors")["data_config"]
     )
 
     result = train(

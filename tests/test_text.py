@@ -9,8 +9,9 @@ import torch
 
 import vitkit
 from vitkit.data.text import TextTokenizer, read_sst2
-from vitkit.models.bert import BertEncoder, bert_config_from_hf, bert_from_huggingface, convert_hf_bert
-from vitkit.weights.io import CheckpointError
+from vitkit.models.bert import BertEncoder
+from vitkit.weights import CheckpointError
+from vitkit.weights.hf_bert import bert_config_from_hf, bert_from_huggingface, convert_hf_bert
 
 SENTENCES = ["a gripping, funny film.", "the worst movie i have seen this year, sadly", "ok", ""]
 

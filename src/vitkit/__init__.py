@@ -6,6 +6,7 @@ Models and weights are imported eagerly; the jobs ``vitkit.train(...)``, ``vitki
 
 import importlib
 
+from . import models  # noqa: F401  (registers every model family and named model; the registry imports none)
 from .registry import create_model, list_models, model_config
 from .weights import CheckpointError, load, load_pretrained, save
 

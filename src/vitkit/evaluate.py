@@ -204,7 +204,7 @@ def evaluate(
         "confusion_matrix_png": str(png) if plot else None,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    from .weights.io import atomic_write
+    from .weights.files import atomic_write
 
     atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2) + "\n"))
     if plot:

@@ -37,7 +37,7 @@ def _new_figure(figsize: tuple[float, float]):
 
 
 def _save(fig, out_png: str | os.PathLike) -> Path:
-    from .weights.io import atomic_write
+    from .weights.files import atomic_write
 
     out = Path(out_png)
     return atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI, facecolor="white"))

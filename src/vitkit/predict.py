@@ -279,37 +279,21 @@ def _array_to_chw(a: np.ndarray | Tensor, name: str) -> Tensor:
 
 
 def _load_item(item: ImageInput, channels: int, index: int) -> Tensor:
-    """One input -> float (C, H, W) in [0, 1] with ``channels`` channels."""
+    """One input -> float (C, H, W) in [0, 1] with ``channels`` channels. Files and PIL images go through
+    :func:`vitkit.data.images.decode_image`, the decoder of the training datasets."""
+    from PIL import Image
+
     from .data.images import load_image, to_tensor
 
     if isinstance(item, (str, os.PathLike)):
-        return to_tensor(load_image(item, channels=channels))
-    try:
-        from PIL import Image
-    except ImportError:  # pragma: no cover - pillow is a dependency
-        Image = None
-    if Image is not None and isinstance(item, Image.Image):
-        return to_tensor(_pil_to_array(item, channels, f"<PIL image #{index}>"))
+        return to_tensor(load_image(item, channels=channels, background=_BACKGROUND))
+    if isinstance(item, Image.Image):
+        return to_tensor(load_image(item, channels, background=_BACKGROUND, name=f"<PIL image #{index}>"))
     if isinstance(item, (np.ndarray, Tensor)):
         return _match_channels(_array_to_chw(item, f"<array #{index}>"), channels)
     raise TypeError(
         f"input #{index}: expected a file path, PIL image, NumPy array or tensor, got {type(item).__name__}"
     )
-
-
-def _pil_to_array(img: Any, channels: int, name: str) -> np.ndarray:
-    """A PIL image of any mode -> uint8 (H, W, channels), converted exactly like a file would be."""
-    from PIL import ImageOps
-
-    from .data.images import BadImageError, _convert
-
-    try:
-        img.load()
-        img = ImageOps.exif_transpose(img) or img
-        arr = np.array(_convert(img, channels, _BACKGROUND), dtype=np.uint8)
-    except (OSError, ValueError, SyntaxError) as e:
-        raise BadImageError(name, f"{type(e).__name__}: {e}") from None
-    return arr[:, :, None] if arr.ndim == 2 else arr
 
 
 def _as_items(images: ImageInput | Iterable[ImageInput]) -> list[ImageInput]:

@@ -3,6 +3,10 @@
 A *family* is a model class (``VisionTransformer``, ...). A *named model* is a family plus a dict of
 constructor arguments. Models remember the arguments they were built with in ``model.config`` so that
 ``vitkit.save`` / ``vitkit.load`` can rebuild them without any other input.
+
+The registry imports no model: the model modules import it and register themselves, and ``vitkit/__init__``
+imports :mod:`vitkit.models`, so by the time anything under ``vitkit`` is importable every family and named model
+is registered (there is no ``registry -> models -> registry`` import cycle to hide in a function).
 """
 
 from __future__ import annotations
@@ -44,19 +48,14 @@ def register_model(name: str, family: str, **config: Any) -> None:
 
 
 def get_family(name: str) -> type[nn.Module]:
-    _ensure_loaded()
+    """The model class registered as family ``name``."""
     if name not in _FAMILIES:
         raise ValueError(f"unknown model family {name!r}; known families: {sorted(_FAMILIES)}")
     return _FAMILIES[name]
 
 
-def _ensure_loaded() -> None:
-    from . import models  # noqa: F401  (importing the package registers every family and named model)
-
-
 def list_models(pattern: str = "*") -> list[str]:
     """Registered model names matching a shell-style ``pattern`` (e.g. ``"vit_*_patch16_224"``), sorted."""
-    _ensure_loaded()
     return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
 
 
@@ -67,7 +66,6 @@ def model_config(name: str) -> dict[str, Any]:
 
 
 def _lookup(name: str) -> ModelEntry:
-    _ensure_loaded()
     if name not in _MODELS:
         close = difflib.get_close_matches(name, list(_MODELS), n=5, cutoff=0.6)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
@@ -97,7 +95,7 @@ def create_model(name: str, pretrained: str | None = None, **overrides: Any) -> 
     model = cls(**config)
     model.model_name = name
     if pretrained is not None:
-        from .weights import load_pretrained
+        from .weights.pretrained import load_pretrained  # the module, not the package (which imports .load)
 
         load_pretrained(model, pretrained)
     return model

@@ -24,7 +24,19 @@ from .factory import (
 )
 from .folder import FileImageDataset, ImageFolder, ManifestDataset, read_manifest
 from .idx import MNIST, FashionMNIST, IDXDataset, IDXError, read_idx, write_idx
-from .images import IMG_EXTENSIONS, BadImageError, load_image, to_tensor
+from .images import (
+    IMG_EXTENSIONS,
+    BadImageError,
+    DecodedImage,
+    decode_image,
+    image_channels,
+    load_image,
+    load_label_map,
+    majority_channels,
+    orient_boxes,
+    orient_label_map,
+    to_tensor,
+)
 from .loader import (
     DatasetLoader,
     EpochSampler,
@@ -82,7 +94,14 @@ __all__ = [
     "write_idx",
     "IMG_EXTENSIONS",
     "BadImageError",
+    "DecodedImage",
+    "decode_image",
     "load_image",
+    "load_label_map",
+    "image_channels",
+    "majority_channels",
+    "orient_boxes",
+    "orient_label_map",
     "to_tensor",
     "RestrictedUnpickler",
     "UnsafePickleError",

@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .images import DecodedImage, decode_image, majority_channels, orient_boxes
+
 __all__ = ["make_canvases", "write_coco", "CocoDetection"]
 
 
@@ -134,25 +136,18 @@ def read_coco(root: Path, annotations: str = "annotations.json") -> tuple[Path, 
     return path, coco
 
 
-def load_image_u8(
-    path: Path, channels: int | None = None, size: int | tuple[int, int] | None = None, nearest: bool = False
-) -> tuple[Tensor, tuple[int, int]]:
-    """(C, H, W) uint8 image (``channels`` 1 or 3, else its own L/RGB mode; resized to ``size`` when given, with
-    nearest-neighbour sampling for label maps) and its original (height, width). A label map (mode L/P/I) stays
-    one channel."""
-    from PIL import Image
+def coco_channels(root: Path, coco: dict[str, Any], channels: int | None) -> int:
+    """The channel count a COCO set loads with: ``channels`` when declared, else the majority of its images' own
+    counts (:func:`~vitkit.data.images.majority_channels`: ties give 3)."""
+    if channels is not None:
+        return channels
+    return majority_channels(root / img["file_name"] for img in coco["images"])
 
-    size = (size, size) if isinstance(size, int) else size
-    with Image.open(path) as im:
-        if not nearest:
-            im = im.convert(
-                {1: "L", 3: "RGB"}.get(channels or 0, im.mode if im.mode in ("L", "RGB") else "RGB")
-            )
-        original = (im.height, im.width)
-        if size is not None and original != tuple(size):
-            im = im.resize((size[1], size[0]), Image.NEAREST if nearest else Image.BILINEAR)
-        t = torch.from_numpy(np.array(im))
-    return (t[None] if t.ndim == 2 else t.permute(2, 0, 1)), original
+
+def decode_u8(path: Path, channels: int, size: int | tuple[int, int] | None) -> DecodedImage:
+    """:func:`~vitkit.data.images.decode_image` as a (C, H, W) uint8 tensor in ``pixels``."""
+    out = decode_image(path, channels, size)
+    return out._replace(pixels=torch.from_numpy(np.ascontiguousarray(out.pixels.transpose(2, 0, 1))))
 
 
 def stack_same_size(images: list[Tensor], path: Path) -> Tensor:
@@ -169,7 +164,11 @@ class CocoDetection(Dataset):
     """A COCO-format detection set (``annotations.json`` + images) held in memory.
 
     ``raw`` (N, C, H, W) uint8 holds the images (resized to ``image_size`` when given; otherwise they must share a
-    size); ``annotations[i]`` is ``{"boxes": (n, 4) cxcywh normalised to [0, 1], "labels": (n,)}`` with class
+    size), decoded by :func:`~vitkit.data.images.decode_image` like every vitkit image: EXIF orientation applied,
+    any mode converted to ``channels`` (1 or 3; default ``None``: the majority of the images' own counts, ties 3).
+    Boxes in the JSON refer to the stored pixel grid (what ``write_coco`` and EXIF-unaware tools write); when an
+    image carries an EXIF orientation they are moved with it (:func:`~vitkit.data.images.orient_boxes`), and
+    ``sizes[i]`` is the upright (height, width). ``annotations[i]`` is ``{"boxes": (n, 4) cxcywh normalised to [0, 1], "labels": (n,)}`` with class
     indices in the JSON's category order (COCO ids kept in ``category_ids``); ``targets`` are the item indices, so
     batch loaders hand out (images, indices) and the boxes are looked up by index. Items are ``(image, index)``.
     """
@@ -189,13 +188,17 @@ class CocoDetection(Dataset):
         per_image: dict[int, list[dict]] = {img["id"]: [] for img in coco["images"]}
         for a in coco["annotations"]:
             per_image.setdefault(a["image_id"], []).append(a)
+        channels = coco_channels(root, coco, channels)
         images, self.annotations, self.image_ids, self.sizes = [], [], [], []
+        self.orientations: list[int] = []
         for img in coco["images"]:
-            image, (H, W) = load_image_u8(root / img["file_name"], channels, image_size)
+            image, orientation, stored = decode_u8(root / img["file_name"], channels, image_size)
+            H, W = stored if orientation < 5 else stored[::-1]  # 5..8 swap the axes
             images.append(image)
             self.sizes.append((H, W))
+            self.orientations.append(orientation)
             anns = [a for a in per_image[img["id"]] if not a.get("iscrowd", 0)]
-            xywh = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
+            xywh = orient_boxes([a["bbox"] for a in anns], orientation, stored)
             scale = torch.tensor([W, H, W, H], dtype=torch.float32)
             cxcywh = torch.cat([xywh[:, :2] + xywh[:, 2:] / 2, xywh[:, 2:]], 1) / scale
             labels = torch.tensor([index[a["category_id"]] for a in anns], dtype=torch.long)

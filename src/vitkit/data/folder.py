@@ -16,7 +16,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from .base import DatasetNotFoundError, TensorImageDataset
-from .images import IMG_EXTENSIONS, BadImageError, is_image_file, load_image, to_tensor
+from .images import IMG_EXTENSIONS, BadImageError, is_image_file, load_image, majority_channels, to_tensor
 
 __all__ = ["FileImageDataset", "ImageFolder", "ManifestDataset", "read_manifest"]
 
@@ -38,8 +38,10 @@ def _size(image_size: int | Sequence[int] | None) -> tuple[int, int] | None:
 class FileImageDataset(Dataset):
     """Images decoded lazily from ``samples`` = [(path, class index)].
 
-    Items are ``(float32 CHW tensor in [0, 1], int)``, converted to ``channels`` (1 or 3) and resized to
-    ``image_size`` (H, W) when given (needed to batch images of different sizes).
+    Items are ``(float32 CHW tensor in [0, 1], int)``, decoded by :func:`~vitkit.data.images.decode_image` (EXIF
+    orientation applied, any mode converted) to ``channels`` (1 or 3; ``None``: the majority of the files' own
+    counts, ties 3, so a folder of grayscale images with one RGB photo loads as grayscale and the reverse as RGB)
+    and resized to ``image_size`` (H, W) when given (needed to batch images of different sizes).
 
     Unreadable files: ``on_error='raise'`` raises :class:`BadImageError` naming the file;
     ``on_error='skip'`` logs a warning, records ``(path, reason)`` in ``skipped`` and returns the next
@@ -53,16 +55,18 @@ class FileImageDataset(Dataset):
         samples: Sequence[tuple[str, int]],
         classes: Sequence[str],
         image_size: int | Sequence[int] | None = None,
-        channels: int = 3,
+        channels: int | None = 3,
         on_error: str = "skip",
         prescan: bool = False,
         transform: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
         if on_error not in ("skip", "raise"):
             raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
-        if channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3, got {channels}")
+        if channels not in (1, 3, None):
+            raise ValueError(f"channels must be 1, 3 or None, got {channels}")
         self.samples = [(str(p), int(y)) for p, y in samples]
+        if channels is None:
+            channels = majority_channels(p for p, _ in self.samples)
         self.targets = torch.tensor([y for _, y in self.samples], dtype=torch.long)
         self.classes = list(classes)
         self.image_size = _size(image_size)
@@ -174,7 +178,7 @@ class ImageFolder(FileImageDataset):
         self,
         root: str | Path,
         image_size: int | Sequence[int] | None = None,
-        channels: int = 3,
+        channels: int | None = 3,
         on_error: str = "skip",
         classes: Sequence[str] | None = None,
         extensions: tuple[str, ...] = IMG_EXTENSIONS,
@@ -293,7 +297,7 @@ class ManifestDataset(FileImageDataset):
         classes: Sequence[str] | None = None,
         root: str | Path | None = None,
         image_size: int | Sequence[int] | None = None,
-        channels: int = 3,
+        channels: int | None = 3,
         on_error: str = "skip",
         on_bad_label: str = "raise",
         split: str | None = None,

@@ -9,7 +9,6 @@ write it to a local folder, never into a repository.
 
 from __future__ import annotations
 
-import io
 import os
 import tarfile
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 
 from .canvas import write_coco
+from .images import decode_image, load_label_map
 
 __all__ = ["convert_penn_fudan", "PENN_FUDAN_ARCHIVE"]
 
@@ -25,24 +25,30 @@ PENN_FUDAN_ARCHIVE = "penn-fudan/PennFudanPed-webp.tar.xz"
 
 
 def _read_archive(archive: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """(stem, RGB image (H, W, 3) uint8, instance mask (H, W)) for every image, sorted by name."""
-    from PIL import Image
+    """(stem, RGB image (H, W, 3) uint8, instance mask (H, W)) for every image, sorted by name.
 
+    Images go through :func:`~vitkit.data.images.decode_image` (EXIF orientation applied, converted to RGB); each
+    instance mask, in its image's stored pixel grid, is moved by the same orientation."""
     images, masks = {}, {}
     with tarfile.open(archive, "r:xz") as tar:
         for member in tar.getmembers():
             name = Path(member.name)
             if not member.isfile() or name.parent.name not in ("PNGImages_webp", "PedMasks"):
                 continue
-            with Image.open(io.BytesIO(tar.extractfile(member).read())) as im:
-                if name.parent.name == "PNGImages_webp":
-                    images[name.stem] = np.asarray(im.convert("RGB"))
-                else:
-                    masks[name.stem.removesuffix("_mask")] = np.asarray(im)
+            data, where = tar.extractfile(member).read(), f"{archive}:{member.name}"
+            if name.parent.name == "PNGImages_webp":
+                images[name.stem] = decode_image(data, 3, name=where)
+            else:
+                masks[name.stem.removesuffix("_mask")] = (data, where)
     missing = sorted(set(images) ^ set(masks))
     if missing or not images:
         raise ValueError(f"{archive}: images and masks do not pair up (unpaired: {missing[:5]})")
-    return [(stem, images[stem], masks[stem]) for stem in sorted(images)]
+    out = []
+    for stem in sorted(images):
+        image, (data, where) = images[stem], masks[stem]
+        mask = load_label_map(data, image.orientation, name=where, stored_size=image.stored_size)
+        out.append((stem, image.pixels, mask))
+    return out
 
 
 def convert_penn_fudan(

@@ -15,7 +15,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .canvas import load_image_u8, read_coco, stack_same_size
+from .canvas import coco_channels, decode_u8, read_coco, stack_same_size
+from .images import load_label_map
 
 __all__ = ["SegmentationDataset"]
 
@@ -25,7 +26,10 @@ class SegmentationDataset(Dataset):
     :class:`~vitkit.data.canvas.CocoDetection` (the mask of item ``i`` is ``masks[i]``).
 
     ``raw`` (N, C, H, W) uint8 and ``masks`` (N, H, W) int64, resized to ``image_size`` when given (bilinear for
-    images, nearest for masks); otherwise all images must share a size.
+    images, nearest for masks); otherwise all images must share a size. Images are decoded by
+    :func:`~vitkit.data.images.decode_image` (EXIF orientation applied; ``channels`` 1 or 3, default ``None``: the
+    majority of the images' own counts). A mask is a label map in its image's *stored* pixel grid and moves with
+    the image's EXIF orientation (:func:`~vitkit.data.images.load_label_map`).
     """
 
     modality = "segmentation"
@@ -38,6 +42,7 @@ class SegmentationDataset(Dataset):
         path, coco = read_coco(root, annotations)
         self.root = root
         self.classes = ["background"] + [c["name"] for c in coco["categories"]]
+        channels = coco_channels(root, coco, channels)
         images, masks = [], []
         for img in coco["images"]:
             mask_path = root / "masks" / (Path(img["file_name"]).stem + ".png")
@@ -45,18 +50,10 @@ class SegmentationDataset(Dataset):
                 raise FileNotFoundError(
                     f"no mask for {img['file_name']}: expected {mask_path} (write the set with masks)"
                 )
-            image, image_size_was = load_image_u8(root / img["file_name"], channels, image_size)
-            mask, mask_size_was = load_image_u8(mask_path, size=image_size, nearest=True)
-            if mask.shape[0] != 1:
-                raise ValueError(
-                    f"{mask_path} must be a single-channel class-index PNG, got {mask.shape[0]} channels"
-                )
-            if mask_size_was != image_size_was:
-                raise ValueError(
-                    f"{mask_path} is {mask_size_was}, its image {image_size_was} (height, width)"
-                )
+            image, orientation, stored = decode_u8(root / img["file_name"], channels, image_size)
+            mask = load_label_map(mask_path, orientation, image_size, stored_size=stored)
             images.append(image)
-            masks.append(mask[0].long())
+            masks.append(torch.from_numpy(mask.astype("int64")))
         self.raw = stack_same_size(images, path)
         self.masks = torch.stack(masks)
         top = int(self.masks.max())

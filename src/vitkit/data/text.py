@@ -111,7 +111,7 @@ class TextTokenizer:
         return cls(inner, max_length)
 
     def save(self, path: str | os.PathLike) -> Path:
-        from ..weights.io import atomic_write
+        from ..weights.files import atomic_write
 
         return atomic_write(path, lambda tmp: self.tokenizer.save(str(tmp)))
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..weights.io import CheckpointError, atomic_write
+from ..weights.files import CheckpointError, atomic_write
 
 __all__ = ["save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state"]
 

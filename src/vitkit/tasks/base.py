@@ -112,7 +112,7 @@ class Task:
         return {"task": self.name, "dataset": self.cfg.dataset}
 
     def save_model(self, model: nn.Module, run_dir: Path, state_dict: dict | None = None) -> None:
-        from ..weights.io import save
+        from ..weights.files import save
 
         save(model, run_dir / "model.safetensors", data_config=self.data_config(), state_dict=state_dict)
 

@@ -128,7 +128,7 @@ def draw_detections(dataset: CocoDetection, results: list[dict], out_png: str | 
     """Validation images with ground truth (green) and predictions above ``min_score`` (red, class: score)."""
     from PIL import Image, ImageDraw
 
-    from ..weights.io import atomic_write
+    from ..weights.files import atomic_write
 
     tiles = []
     for i in range(min(n, len(dataset))):

@@ -118,7 +118,7 @@ class DistillationLoss(nn.Module):
 
 def load_teacher(path: str | Path, device: torch.device | str = "cpu") -> nn.Module:
     """A teacher from a vitkit run directory or model file (``model.safetensors``), frozen, in eval mode."""
-    from ..weights.io import load
+    from ..weights.rebuild import load
 
     path = Path(path)
     if path.is_dir():

@@ -21,7 +21,8 @@ from torch import nn
 from ..models import MaskedAutoencoder, VisionTransformer
 from ..registry import create_model, get_family
 from ..weights import load_pretrained
-from ..weights.io import CheckpointError, load, read_metadata
+from ..weights.files import CheckpointError, read_metadata
+from ..weights.rebuild import load
 
 __all__ = [
     "FINETUNE_MODES",

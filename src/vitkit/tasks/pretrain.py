@@ -36,7 +36,7 @@ class Pretraining(Task):
         return {"task": self.name, "dataset": self.cfg.dataset}
 
     def save_model(self, model: nn.Module, run_dir: Path, state_dict: dict | None = None) -> None:
-        from ..weights.io import save
+        from ..weights.files import save
 
         for name, module in (("model", model), ("encoder", model.encoder)):
             save(module, run_dir / f"{name}.safetensors", data_config=self.data_config())

@@ -102,7 +102,7 @@ def draw_segmentation(
     """Rows of validation images: the image, the ground-truth mask and the predicted mask as coloured overlays."""
     from PIL import Image
 
-    from ..weights.io import atomic_write
+    from ..weights.files import atomic_write
 
     rows = []
     for i in range(min(n, len(dataset))):

@@ -23,13 +23,13 @@ def build_text_model(cfg, num_classes: int, tokenizer) -> nn.Module:
     """A text classifier: a HuggingFace BERT folder or vitkit text run (``init_from``) with a new head, or a fresh
     ``cfg.model`` sized to the tokenizer's vocabulary."""
     from ..registry import create_model
-    from ..weights.io import load
+    from ..weights.rebuild import load
     from .finetune import resolve_source
 
     if cfg.init_from:
         src = Path(cfg.init_from)
         if (src / "config.json").exists():
-            from ..models.bert import bert_from_huggingface
+            from ..weights.hf_bert import bert_from_huggingface
 
             model = bert_from_huggingface(src, num_classes=num_classes)
         else:  # a vitkit text run or file; an MLM pre-training run gives its encoder

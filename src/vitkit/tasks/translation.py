@@ -174,7 +174,7 @@ class Translation(Task):
 
 def load_translator(run: str | Path) -> tuple[Seq2SeqTransformer, TextTokenizer]:
     """The model and tokenizer of a translation run directory."""
-    from ..weights.io import load
+    from ..weights.rebuild import load
 
     run = Path(run)
     for name in ("model.safetensors", "tokenizer.json"):

@@ -1,13 +1,23 @@
-"""Weights: safe checkpoint reading, timm/HF/JAX conversion, and vitkit's self-describing save/load."""
+"""Weights: safe checkpoint reading, timm/HF/JAX conversion, and vitkit's self-describing save/load.
+
+Layers, lowest first: :mod:`.qstate` and :mod:`.files` (read/write checkpoint files) -> :mod:`.convert` (key
+layouts) -> :mod:`.pretrained` (weights into a built model) -> the model registry -> :mod:`.rebuild` (``load``: a
+saved model back) and :mod:`.hf_bert` (HuggingFace BERT folders).
+"""
 
 from .convert import check_state_dict, detect_layout, hf_to_vitkit, jax_to_vitkit
-from .io import CheckpointError, atomic_write, load, read_checkpoint, save
+from .files import CheckpointError, atomic_write, read_checkpoint, read_metadata, save
+from .hf_bert import bert_config_from_hf, bert_from_huggingface, convert_hf_bert
 from .pretrained import convert_state_dict, load_pretrained
+from .rebuild import load
 
 __all__ = [
     "CheckpointError",
     "atomic_write",
+    "bert_config_from_hf",
+    "bert_from_huggingface",
     "check_state_dict",
+    "convert_hf_bert",
     "convert_state_dict",
     "detect_layout",
     "hf_to_vitkit",
@@ -15,5 +25,6 @@ __all__ = [
     "load",
     "load_pretrained",
     "read_checkpoint",
+    "read_metadata",
     "save",
 ]

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .io import CheckpointError
+from .files import CheckpointError
 
 __all__ = ["detect_layout", "hf_to_vitkit", "jax_to_vitkit", "unwrap_state_dict", "check_state_dict"]
 

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from ..layers import resample_abs_pos_embed
 from .convert import check_state_dict, detect_layout, hf_to_vitkit, jax_to_vitkit, unwrap_state_dict
-from .io import CheckpointError, read_checkpoint
+from .files import CheckpointError, read_checkpoint
 
 __all__ = ["load_pretrained", "convert_state_dict"]
 

@@ -1,4 +1,8 @@
-"""Reading checkpoint files safely, and vitkit's own self-describing safetensors format."""
+"""Reading checkpoint files safely, and writing vitkit's own self-describing safetensors format.
+
+The lowest layer of :mod:`vitkit.weights`: it imports no other vitkit module but :mod:`.qstate`. Rebuilding a
+model from a file (:func:`vitkit.weights.rebuild.load`) needs the model registry and lives one layer up.
+"""
 
 from __future__ import annotations
 
@@ -15,9 +19,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .qstate import from_plain, is_plain, to_plain
+from .qstate import to_plain
 
-__all__ = ["read_checkpoint", "save", "load", "atomic_write", "CheckpointError"]
+__all__ = ["read_checkpoint", "read_metadata", "save", "atomic_write", "CheckpointError"]
 
 FORMAT_VERSION = "1"
 
@@ -159,6 +163,7 @@ def save(
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The string metadata of a safetensors file (vitkit's ``format``, ``family``, ``config``, ...)."""
     from safetensors import safe_open
 
     try:
@@ -166,43 +171,3 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
             return f.metadata() or {}
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"cannot read {path} as safetensors: corrupt or truncated file ({e})") from e
-
-
-def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild a model written by :func:`save`, weights included, with no other input."""
-    from ..registry import get_family
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"model file not found: {path}")
-    meta = read_metadata(path)
-    if meta.get("format") != "vitkit":
-        raise CheckpointError(
-            f"{path} has no vitkit config in its metadata; build the model with vitkit.create_model(...) and "
-            "use vitkit.load_pretrained(model, path)"
-        )
-    cls = get_family(meta["family"])
-    model = cls(**json.loads(meta["config"]))
-    if meta.get("model_name"):
-        model.model_name = meta["model_name"]
-    if meta.get("data_config"):
-        model.data_config = json.loads(meta["data_config"])
-    if meta.get("structure_edits"):
-        from ..compress.edits import apply_edits
-
-        apply_edits(model, json.loads(meta["structure_edits"]))
-    state = _read_safetensors(path)
-    from .convert import check_state_dict
-
-    template = model.state_dict()
-    if is_plain(template):
-        check_state_dict(model, state, source=str(path))
-    else:  # int8 layers (vitkit.compress.quantize_int8): compare and load their plain form
-        check_state_dict(model, state, source=str(path), expected=to_plain(template))
-        state = from_plain(template, state)
-        if torch.device(device).type != "cpu":
-            raise ValueError(
-                f"{path} is an int8 model: PyTorch's quantized kernels run on the CPU only (device='cpu')"
-            )
-    model.load_state_dict(state)
-    return model.to(device)
