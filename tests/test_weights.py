@@ -104,3 +104,98 @@ def test_ddp_and_compile_prefixes_are_stripped(tmp_path):
     target = vitkit.create_model("vit_mnist", depth=1)
     vitkit.load_pretrained(target, tmp_path / "ddp.pth")
     assert torch.equal(target.pos_embed, src.pos_embed)
+
+
+def _wrapped_state_dicts(model, tmp_path):
+    """name -> state dict of ``model`` as each wrapper order and container saves it (real wrappers where they
+    run on one CPU process: torch.compile, DDP over a 1-process gloo group, activation checkpointing; FSDP's
+    names are built, since FSDP needs an accelerator)."""
+    import copy
+
+    import torch.distributed as dist
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    out = {}
+    sd = model.state_dict()
+    started = not dist.is_initialized()
+    if started:
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        m = copy.deepcopy(model)
+        out["compile(DDP)"] = torch.compile(DDP(m)).state_dict()
+        out["DDP(compile)"] = DDP(torch.compile(copy.deepcopy(model))).state_dict()
+        out["compile(DDP(compile))"] = torch.compile(DDP(torch.compile(copy.deepcopy(model)))).state_dict()
+        ck = copy.deepcopy(model)
+        ck.blocks = torch.nn.Sequential(*[checkpoint_wrapper(b) for b in ck.blocks])
+        wrapped = DDP(
+            torch.compile(ck)
+        )  # its state_dict hides the checkpoint wrapper's name; its parameters don't
+        out["DDP(compile(checkpointed blocks))"] = {
+            k: v.detach() for k, v in [*wrapped.named_parameters(), *wrapped.named_buffers()]
+        }
+        assert len(out["DDP(compile(checkpointed blocks))"]) == len(sd)
+    finally:
+        if started:
+            dist.destroy_process_group()
+    assert any(k.startswith("_orig_mod.module.") for k in out["compile(DDP)"])
+    assert any(k.startswith("module._orig_mod.") for k in out["DDP(compile)"])
+    assert any("._checkpoint_wrapped_module." in k for k in out["DDP(compile(checkpointed blocks))"])
+
+    def fsdp_name(k):  # FSDP(auto-wrapped, activation-checkpointed blocks) names
+        if k.startswith("blocks."):
+            i, rest = k.split(".", 2)[1:]
+            return f"_fsdp_wrapped_module.blocks.{i}._fsdp_wrapped_module._checkpoint_wrapped_module.{rest}"
+        return f"_fsdp_wrapped_module.{k}"
+
+    out["FSDP"] = {fsdp_name(k): v for k, v in sd.items()}
+    out["compile(FSDP)"] = {f"_orig_mod.{fsdp_name(k)}": v for k, v in sd.items()}
+    out["DDP(compile(FSDP))"] = {f"module._orig_mod.{fsdp_name(k)}": v for k, v in sd.items()}
+    out["{'state_dict': compile(DDP)}"] = {"state_dict": out["compile(DDP)"], "epoch": 3}
+    out["{'model': DDP(compile)}"] = {"model": out["DDP(compile)"], "optimizer": {"state": {}}}
+    out["{'state_dict': {'model': FSDP}}"] = {"state_dict": {"model": out["FSDP"]}}
+    out["{'model_ema': ModelEma(DDP)}"] = {"model_ema": {f"module.module.{k}": v for k, v in sd.items()}}
+    out["{'state_dict_ema': compile}"] = {"state_dict_ema": {f"_orig_mod.{k}": v for k, v in sd.items()}}
+    return out
+
+
+def test_every_wrapper_order_and_container_loads_with_identical_logits(tmp_path):
+    torch.manual_seed(0)
+    src = vitkit.create_model("vit_mnist", depth=2).eval()
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        want = src(x)
+    for name, state in _wrapped_state_dicts(src, tmp_path).items():
+        for via_file in (False, True):
+            target = vitkit.create_model("vit_mnist", depth=2).eval()
+            if via_file:
+                torch.save(state, tmp_path / "ckpt.pth")
+                vitkit.load_pretrained(target, tmp_path / "ckpt.pth")
+            else:
+                vitkit.load_pretrained(target, state)
+            with torch.no_grad():
+                assert torch.equal(target(x), want), name
+
+
+def test_vitkit_files_of_wrapped_models_load(tmp_path):
+    torch.manual_seed(0)
+    src = vitkit.create_model("vit_mnist", depth=1).eval()
+    x = torch.randn(2, 1, 28, 28)
+    compiled = torch.compile(src)
+    vitkit.save(src, tmp_path / "m.safetensors", state_dict=compiled.state_dict())
+    with torch.no_grad():
+        assert torch.equal(vitkit.load(tmp_path / "m.safetensors").eval()(x), src(x))
+    from vitkit.weights.convert import unwrap_state_dict
+
+    with pytest.raises(CheckpointError, match="two tensors load into"):
+        unwrap_state_dict({"module.a": torch.zeros(1), "_orig_mod.a": torch.ones(1)})
+
+
+def test_wrapped_bert_checkpoints_convert():
+    from vitkit.models.bert import convert_hf_bert
+
+    bert = vitkit.create_model("bert_tiny", vocab_size=50).eval()
+    sd = bert.state_dict()
+    for prefix in ("module._orig_mod.", "_orig_mod.module.", "_fsdp_wrapped_module."):
+        got = convert_hf_bert({"model": {prefix + k: v for k, v in sd.items()}})
+        assert got.keys() == sd.keys()

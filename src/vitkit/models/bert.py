@@ -192,6 +192,9 @@ def convert_hf_bert(state: dict[str, Tensor]) -> dict[str, Tensor]:
     The separate query/key/value projections are concatenated into the fused ``qkv`` layer; ``bert.`` prefixes and
     the ``position_ids`` buffer are dropped. Keys it does not know are kept as they are (the key check names them).
     """
+    from ..weights.convert import unwrap_state_dict
+
+    state = unwrap_state_dict(state)  # training checkpoints, DDP / FSDP / torch.compile prefixes
     state = {(k[5:] if k.startswith("bert.") else k): v for k, v in state.items()}
     out: dict[str, Tensor] = {}
     qkv: dict[tuple[int, str], dict[str, Tensor]] = {}

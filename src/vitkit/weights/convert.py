@@ -10,25 +10,50 @@ from torch import Tensor, nn
 
 from .io import CheckpointError
 
-__all__ = ["detect_layout", "hf_to_vitkit", "jax_to_vitkit", "unwrap_state_dict", "check_state_dict"]
+__all__ = [
+    "detect_layout", "hf_to_vitkit", "jax_to_vitkit", "unwrap_state_dict", "strip_wrapper_prefixes",
+    "check_state_dict",
+]  # fmt: skip
 
 _CONTAINER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "module")
+# path components that wrappers insert anywhere in a key: torch.compile (OptimizedModule), FSDP, activation
+# checkpointing; DDP / DataParallel / timm's ModelEma put ``module.`` in front.
+_WRAPPER_PARTS = ("_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module")
+_LEADING_PARTS = ("module",)
+
+
+def strip_wrapper_prefixes(key: str) -> str:
+    """``_orig_mod.module.blocks.0._fsdp_wrapped_module.attn.qkv.weight`` -> ``blocks.0.attn.qkv.weight``.
+
+    Removes what ``torch.compile``, FSDP and activation checkpointing insert anywhere in a key, and any number of
+    leading ``module.`` (DDP, DataParallel, timm's ModelEma), in every order and nesting."""
+    parts = [p for p in key.split(".") if p not in _WRAPPER_PARTS]
+    while len(parts) > 1 and parts[0] in _LEADING_PARTS:
+        parts = parts[1:]
+    return ".".join(parts)
 
 
 def unwrap_state_dict(obj: dict[str, Any]) -> dict[str, Tensor]:
-    """Take the tensors out of training checkpoints ({'model': ...}) and strip DDP / compile prefixes."""
-    for key in _CONTAINER_KEYS:
-        if key in obj and isinstance(obj[key], dict):
-            obj = obj[key]
-            break
-    out = {}
+    """Take the tensors out of training checkpoints and strip the names wrappers add to their keys.
+
+    Containers are entered, nested ones too: ``{'state_dict_ema' | 'model_ema' |
+    'state_dict' | 'model' | 'module': ...}``, EMA weights first when a checkpoint has both. Keys lose the
+    prefixes of DDP (``module.``), FSDP (``_fsdp_wrapped_module.``, ``_checkpoint_wrapped_module.``) and
+    ``torch.compile`` (``_orig_mod.``) wherever, and in whatever order, they were nested."""
+    while (
+        inner := next((obj[k] for k in _CONTAINER_KEYS if isinstance(obj.get(k), dict)), None)
+    ) is not None:
+        obj = inner
+    out: dict[str, Tensor] = {}
     for k, v in obj.items():
         if not isinstance(v, Tensor):
             continue
-        for prefix in ("module.", "_orig_mod."):
-            if k.startswith(prefix):
-                k = k[len(prefix) :]
-        out[k] = v
+        name = strip_wrapper_prefixes(k)
+        if name in out:
+            raise CheckpointError(
+                f"two tensors load into {name!r} once wrapper prefixes are removed (one is {k!r})"
+            )
+        out[name] = v
     return out
 
 

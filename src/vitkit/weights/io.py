@@ -141,8 +141,12 @@ def save(
         raise TypeError(
             f"{type(model).__name__} is not a vitkit model (no .config/.family); use safetensors directly"
         )
+    from .convert import strip_wrapper_prefixes
+
     state_dict = model.state_dict() if state_dict is None else state_dict
-    state = {k: v.detach().contiguous().cpu() for k, v in to_plain(state_dict).items()}
+    state = {  # the plain model's names, also for the state dict of a DDP / FSDP / compiled model
+        strip_wrapper_prefixes(k): v.detach().contiguous().cpu() for k, v in to_plain(state_dict).items()
+    }
     metadata = {
         "format": "vitkit",
         "format_version": FORMAT_VERSION,
@@ -191,8 +195,9 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Modu
         from ..compress.edits import apply_edits
 
         apply_edits(model, json.loads(meta["structure_edits"]))
-    state = _read_safetensors(path)
-    from .convert import check_state_dict
+    from .convert import check_state_dict, unwrap_state_dict
+
+    state = unwrap_state_dict(_read_safetensors(path))  # files written by hand from a wrapped model
 
     template = model.state_dict()
     if is_plain(template):
