@@ -199,3 +199,82 @@ def test_wrapped_bert_checkpoints_convert():
     for prefix in ("module._orig_mod.", "_orig_mod.module.", "_fsdp_wrapped_module."):
         got = convert_hf_bert({"model": {prefix + k: v for k, v in sd.items()}})
         assert got.keys() == sd.keys()
+
+
+def _rect_vit(img_size, **kw):
+    return vitkit.create_model("vit_cifar", img_size=img_size, patch_size=16, depth=1, embed_dim=32, num_heads=2,
+                               **kw)  # fmt: skip
+
+
+def _true_resize(table, old_grid, new_grid, prefix=1):
+    """A bicubic resize of the table's real (rows, cols) grid, written out independently of vitkit."""
+    import torch.nn.functional as F
+
+    D = table.shape[-1]
+    grid = table[:, prefix:].reshape(1, *old_grid, D).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=new_grid, mode="bicubic", antialias=True)
+    return torch.cat([table[:, :prefix], grid.permute(0, 2, 3, 1).reshape(1, -1, D)], dim=1)
+
+
+def test_rectangular_position_tables_resample_from_their_real_grid(tmp_path):
+    src = _rect_vit((32, 128))  # grid 2x8: 16 patches, which a square guess would read as 4x4
+    want = _true_resize(src.pos_embed.detach(), (2, 8), (4, 6))
+    vitkit.save(src, tmp_path / "rect.safetensors")
+    torch.save(src.state_dict(), tmp_path / "rect.pth")
+    target = _rect_vit((64, 96))  # grid 4x6
+    vitkit.load_pretrained(target, tmp_path / "rect.safetensors")  # the grid comes from the file's config
+    torch.testing.assert_close(target.pos_embed.detach(), want, atol=1e-6, rtol=1e-5)
+    target = vitkit.create_model("vit_cifar", pretrained=str(tmp_path / "rect.safetensors"), img_size=(64, 96),
+                                 patch_size=16, depth=1, embed_dim=32, num_heads=2)  # fmt: skip
+    torch.testing.assert_close(target.pos_embed.detach(), want, atol=1e-6, rtol=1e-5)
+    # a state dict or .pth does not record its grid: rectangular targets need it passed, and say so
+    for source in (src.state_dict(), tmp_path / "rect.pth"):
+        target = _rect_vit((64, 96))
+        with pytest.raises(CheckpointError, match=r"could be 1x16, 2x8, 4x4, 8x2, 16x1.*pass old_grid"):
+            vitkit.load_pretrained(target, source)
+        vitkit.load_pretrained(target, source, old_grid=(2, 8))
+        torch.testing.assert_close(target.pos_embed.detach(), want, atol=1e-6, rtol=1e-5)
+    target = vitkit.create_model("vit_cifar", pretrained=str(tmp_path / "rect.pth"), pretrained_grid=(2, 8),
+                                 img_size=(64, 96), patch_size=16, depth=1, embed_dim=32, num_heads=2)  # fmt: skip
+    torch.testing.assert_close(target.pos_embed.detach(), want, atol=1e-6, rtol=1e-5)
+    # same patch count, other shape: 2x8 -> 4x4 is a resample, not a copy
+    square = _rect_vit((64, 64))
+    vitkit.load_pretrained(square, tmp_path / "rect.safetensors")
+    torch.testing.assert_close(
+        square.pos_embed.detach(), _true_resize(src.pos_embed.detach(), (2, 8), (4, 4))
+    )
+    with pytest.raises(CheckpointError, match="not a 3x5 grid"):
+        vitkit.load_pretrained(_rect_vit((64, 96)), src.state_dict(), old_grid=(3, 5))
+
+
+def test_non_square_patch_counts_load_with_their_grid(tmp_path):
+    src = _rect_vit((32, 96))  # 2x6 = 12 patches: no square guess possible
+    vitkit.save(src, tmp_path / "m.safetensors")
+    want = _true_resize(src.pos_embed.detach(), (2, 6), (3, 3))
+    with pytest.raises(CheckpointError, match=r"12 patch rows could be .*2x6.*pass old_grid"):
+        vitkit.load_pretrained(_rect_vit((48, 48)), src.state_dict())
+    target = _rect_vit((48, 48))
+    vitkit.load_pretrained(target, tmp_path / "m.safetensors")
+    torch.testing.assert_close(target.pos_embed.detach(), want, atol=1e-6, rtol=1e-5)
+    mae_like = {"encoder": "vit_cifar", "encoder_args": {"img_size": [32, 96], "patch_size": [16, 16]}}
+    from vitkit.weights.pretrained import _recorded_grid
+
+    assert _recorded_grid(mae_like) == (2, 6)
+    assert _recorded_grid({"image_size": 224, "patch_size": 16}) == (14, 14)  # a HuggingFace config.json
+    # square checkpoints into square models keep working without a grid (published ViTs)
+    sq = _rect_vit((64, 64))
+    big = _rect_vit((96, 96))
+    vitkit.load_pretrained(big, sq.state_dict())
+    torch.testing.assert_close(big.pos_embed.detach(), _true_resize(sq.pos_embed.detach(), (4, 4), (6, 6)))
+
+
+def test_resample_abs_pos_embed_checks_old_size():
+    from vitkit.layers import resample_abs_pos_embed
+
+    table = torch.randn(1, 1 + 16, 8)
+    with pytest.raises(ValueError, match="not a 3x5 grid"):
+        resample_abs_pos_embed(table, (4, 6), old_size=(3, 5))
+    with pytest.raises(ValueError, match="pass old_size"):
+        resample_abs_pos_embed(torch.randn(1, 13, 8), (4, 6))
+    torch.testing.assert_close(resample_abs_pos_embed(table, (4, 6), old_size=(2, 8)),
+                               _true_resize(table, (2, 8), (4, 6)))  # fmt: skip
