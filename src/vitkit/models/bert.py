@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from ..layers import EncoderBlock
 from ..registry import create_model, register_family, register_model
+from ._head import new_head
 
 __all__ = [
     "TextEmbeddings",
@@ -121,12 +122,17 @@ class BertEncoder(nn.Module):
     def no_weight_decay(self) -> set[str]:
         return set()
 
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
     def reset_classifier(self, num_classes: int) -> None:
+        """A new head for ``num_classes`` classes (0: none), on the model's device and in its dtype."""
+        head = new_head(self, self.embed_dim, num_classes)
+        if isinstance(head, nn.Linear):
+            with torch.no_grad():
+                nn.init.normal_(head.weight, std=0.02)  # BERT's init
         self.num_classes = self.config["num_classes"] = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        if isinstance(self.head, nn.Linear):
-            nn.init.normal_(self.head.weight, std=0.02)
-            nn.init.zeros_(self.head.bias)
+        self.head = head
 
     def forward_features(
         self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from ..layers.drop import DropPath
 from ..registry import register_family, register_model
+from ._head import new_head
 
 __all__ = ["ResNet", "BasicBlock"]
 
@@ -85,6 +86,7 @@ class ResNet(nn.Module):
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
         self.head_drop = nn.Dropout(drop_rate)
+        self.num_features = chans
         self.head = nn.Linear(chans, num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -95,6 +97,16 @@ class ResNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.head_drop(self.forward_features(x).mean((2, 3))))
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A new head for ``num_classes`` classes (0: pooled features), on the model's device and in its dtype."""
+        head = new_head(self, self.head.in_features if isinstance(self.head, nn.Linear) else self.num_features,
+                        num_classes)  # fmt: skip
+        self.num_classes = self.config["num_classes"] = num_classes
+        self.head = head
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         raise NotImplementedError("gradient checkpointing is not implemented for ResNet (it is small)")

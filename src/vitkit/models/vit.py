@@ -16,6 +16,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..layers import EncoderBlock, PatchEmbed, resample_abs_pos_embed, sincos_2d, to_2tuple
 from ..registry import register_family, register_model
+from ._head import new_head
 
 __all__ = ["VisionTransformer", "build_backbone"]
 
@@ -175,18 +176,9 @@ class VisionTransformer(nn.Module):
             if global_pool == "token" and self.cls_token is None:
                 raise ValueError("global_pool='token' needs a class token")
             self.global_pool = self.config["global_pool"] = global_pool
-        device = self.pos_embed.device if self.pos_embed is not None else next(self.parameters()).device
-        self.head = (
-            nn.Linear(self.embed_dim, num_classes, device=device) if num_classes > 0 else nn.Identity()
-        )
+        self.head = new_head(self, self.embed_dim, num_classes)  # the model's device and dtype
         if self.distilled:
-            self.head_dist = (
-                nn.Linear(self.embed_dim, num_classes, device=device) if num_classes > 0 else nn.Identity()
-            )
-        for head in (self.head, self.head_dist):
-            if isinstance(head, nn.Linear):
-                nn.init.trunc_normal_(head.weight, std=0.02)
-                nn.init.zeros_(head.bias)
+            self.head_dist = new_head(self, self.embed_dim, num_classes)
 
     def set_input_size(self, img_size: int | tuple[int, int]) -> None:
         """Change the expected input size, resampling the learned position table once."""
@@ -200,7 +192,7 @@ class VisionTransformer(nn.Module):
                 table = resample_abs_pos_embed(self.pos_embed, new_grid, old_grid, num_prefix_tokens=prefix)
             self.pos_embed = nn.Parameter(table)
         elif self.pos_embed is not None:
-            self.pos_embed = sincos_2d(new_grid, self.embed_dim)[None].to(self.pos_embed.device)
+            self.pos_embed = sincos_2d(new_grid, self.embed_dim)[None].to(self.pos_embed)  # device and dtype
 
     # ---------------------------------------------------------------- forward
     def prefix_tokens(self, batch: int) -> list[Tensor]:
