@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from ..layers.drop import DropPath
 from ..registry import register_family, register_model
+from ._checks import check_args
 from ._head import new_head
 
 __all__ = ["ResNet", "BasicBlock"]
@@ -62,6 +63,16 @@ class ResNet(nn.Module):
             raise ValueError(
                 f"widths {list(widths)} and depths {list(depths)} must be non-empty and of equal length"
             )
+        sizes = [img_size] if isinstance(img_size, (int, float)) else list(img_size)
+        check_args(
+            "ResNet",
+            positive={"in_chans": in_chans, "stem_channels": stem_channels,
+                      **{f"widths[{i}]": w for i, w in enumerate(widths)},
+                      **{f"img_size[{i}]": s for i, s in enumerate(sizes)}},
+            nonnegative={"num_classes": num_classes, **{f"depths[{i}]": d for i, d in enumerate(depths)}},
+            rates={"drop_rate": drop_rate, "drop_path_rate": drop_path_rate},
+            integers=("in_chans", "stem_channels", "widths", "img_size", "num_classes", "depths"),
+        )  # fmt: skip
         size = [int(img_size)] * 2 if isinstance(img_size, int) else [int(s) for s in img_size]
         self.config: dict[str, Any] = {
             "img_size": size, "in_chans": in_chans, "num_classes": num_classes, "widths": [int(w) for w in widths],

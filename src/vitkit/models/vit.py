@@ -16,11 +16,19 @@ from torch.utils.checkpoint import checkpoint
 
 from ..layers import EncoderBlock, PatchEmbed, resample_abs_pos_embed, sincos_2d, to_2tuple
 from ..registry import register_family, register_model
+from ._checks import check_args
 from ._head import new_head
 
 __all__ = ["VisionTransformer", "build_backbone"]
 
 PoolType = Literal["token", "avg", "none"]
+
+
+def _sizes(name: str, value: int | Sequence[int]) -> dict[str, int]:
+    """``img_size=(32, 128)`` -> {'img_size': 32, 'img_size[1]': 128} for :func:`check_args`."""
+    if isinstance(value, (int, float)):
+        return {name: value}
+    return {name if i == 0 else f"{name}[{i}]": v for i, v in enumerate(value)}
 
 
 class VisionTransformer(nn.Module):
@@ -73,6 +81,17 @@ class VisionTransformer(nn.Module):
         stem_strides: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
+        check_args(
+            "VisionTransformer",
+            positive={"embed_dim": embed_dim, "num_heads": num_heads, "mlp_ratio": mlp_ratio, "in_chans": in_chans,
+                      "norm_eps": norm_eps, **_sizes("img_size", img_size), **_sizes("patch_size", patch_size)},
+            nonnegative={"num_classes": num_classes, "depth": depth, "reg_tokens": reg_tokens},
+            rates={"drop_rate": drop_rate, "pos_drop_rate": pos_drop_rate, "proj_drop_rate": proj_drop_rate,
+                   "attn_drop_rate": attn_drop_rate, "drop_path_rate": drop_path_rate},
+            integers=("embed_dim", "num_heads", "in_chans", "num_classes", "depth", "reg_tokens", "img_size",
+                      "patch_size"),
+            divisible=(("embed_dim", embed_dim, "num_heads", num_heads),),
+        )  # fmt: skip
         if global_pool not in ("token", "avg", "none"):
             raise ValueError(f"global_pool must be 'token', 'avg' or 'none', got {global_pool!r}")
         if global_pool == "token" and not class_token:
