@@ -257,10 +257,10 @@ def test_non_square_patch_counts_load_with_their_grid(tmp_path):
     vitkit.load_pretrained(target, tmp_path / "m.safetensors")
     torch.testing.assert_close(target.pos_embed.detach(), want, atol=1e-6, rtol=1e-5)
     mae_like = {"encoder": "vit_cifar", "encoder_args": {"img_size": [32, 96], "patch_size": [16, 16]}}
-    from vitkit.weights.pretrained import _recorded_grid
+    from vitkit.weights.pretrained import recorded_grid
 
-    assert _recorded_grid(mae_like) == (2, 6)
-    assert _recorded_grid({"image_size": 224, "patch_size": 16}) == (14, 14)  # a HuggingFace config.json
+    assert recorded_grid(mae_like) == (2, 6)
+    assert recorded_grid({"image_size": 224, "patch_size": 16}) == (14, 14)  # a HuggingFace config.json
     # square checkpoints into square models keep working without a grid (published ViTs)
     sq = _rect_vit((64, 64))
     big = _rect_vit((96, 96))

@@ -15,7 +15,7 @@ from ..layers import resample_abs_pos_embed
 from .convert import check_state_dict, detect_layout, hf_to_vitkit, jax_to_vitkit, unwrap_state_dict
 from .io import CheckpointError, read_checkpoint
 
-__all__ = ["load_pretrained", "convert_state_dict", "source_grid"]
+__all__ = ["load_pretrained", "convert_state_dict", "source_grid", "recorded_grid"]
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def _grid_of(img_size: Any, patch_size: Any) -> tuple[int, int] | None:
     return (ih // ph, iw // pw)
 
 
-def _recorded_grid(config: dict[str, Any] | None) -> tuple[int, int] | None:
+def recorded_grid(config: dict[str, Any] | None) -> tuple[int, int] | None:
     """The patch grid a checkpoint's config records: a vitkit model config (``img_size``/``patch_size``, also
     inside an MAE's ``encoder_args`` or a DETR/Segmenter's ``backbone_args``) or a HuggingFace ``config.json``
     (``image_size``/``patch_size``)."""
@@ -51,7 +51,7 @@ def _recorded_grid(config: dict[str, Any] | None) -> tuple[int, int] | None:
     if grid is not None:
         return grid
     for key in ("encoder_args", "backbone_args"):
-        grid = _recorded_grid(config.get(key))
+        grid = recorded_grid(config.get(key))
         if grid is not None:
             return grid
     return None
@@ -72,7 +72,7 @@ def _vitkit_file_grid(path: str | os.PathLike) -> tuple[int, int] | None:
         return None
     if meta.get("format") != "vitkit" or "config" not in meta:
         return None
-    return _recorded_grid(json.loads(meta["config"]))
+    return recorded_grid(json.loads(meta["config"]))
 
 
 def source_grid(
@@ -163,7 +163,7 @@ def load_pretrained(
         raw, hf_config = read_checkpoint(path)
         source = str(path)
         if old_grid is None:
-            old_grid = _vitkit_file_grid(path) or _recorded_grid(hf_config)
+            old_grid = _vitkit_file_grid(path) or recorded_grid(hf_config)
     state, layout = convert_state_dict(raw)
     if layout == "hf":
         _adopt_hf_norm_eps(model, hf_config)
