@@ -131,3 +131,58 @@ def test_explain_cli_writes_png_and_npy(one_patch_model, tmp_path, capsys):
     relevance = np.load(out.with_suffix(".npy"))
     assert relevance.shape == (16, 16) and 0 <= relevance.min() and relevance.max() <= 1.0 + 1e-6
     assert cli_main(["explain", str(path), str(tmp_path / "missing.png"), "-o", str(out)]) == 2
+
+
+class _MaskedAttention(torch.nn.Module):
+    def __init__(self, mask):
+        super().__init__()
+        from vitkit.layers import Attention
+
+        self.attn, self.mask = Attention(16, num_heads=2), mask
+
+    def forward(self, x):
+        return self.attn(x, self.mask)
+
+
+@pytest.mark.parametrize("mask_kind", ["bool", "-inf"])
+def test_recorder_reports_the_weights_the_forward_used_with_fully_masked_rows(mask_kind):
+    """A query left no key: the fused forward's output there is zero, and so are the recorded weights (no NaN, no
+    mean of the values), in both modes; the recorded weights reproduce the forward's output."""
+    mask = torch.ones(5, 5, dtype=torch.bool)
+    mask[2] = False
+    mask[:, 4] = False
+    if mask_kind == "-inf":
+        mask = torch.zeros(5, 5).masked_fill(~mask, float("-inf"))
+    model = _MaskedAttention(mask).eval()
+    x = torch.randn(3, 5, 16)
+    with torch.no_grad():
+        fused = model(x)
+    out, (hooked,) = attention_maps(model, x)
+    assert torch.equal(out, fused)
+    with AttentionRecorder(model, mode="grad") as rec:
+        eager = model(x)
+    torch.testing.assert_close(eager.detach(), fused, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(rec.maps[0].detach(), hooked, atol=1e-6, rtol=1e-5)
+    assert (
+        torch.isfinite(hooked).all() and hooked[:, :, 2].abs().max() == 0 and hooked[..., 4].abs().max() == 0
+    )
+    a = model.attn
+    v = a.qkv(x).reshape(3, 5, 3, 2, 8).permute(2, 0, 3, 1, 4)[2]
+    rebuilt = a.proj((hooked @ v).transpose(1, 2).reshape(3, 5, 16))
+    torch.testing.assert_close(rebuilt, fused, atol=1e-6, rtol=1e-5)
+
+
+def test_recorder_sees_the_cached_keys_of_incremental_decoding():
+    from vitkit.models.seq2seq import greedy_decode
+
+    model = vitkit.create_model("transformer_tiny", drop_rate=0.0).eval()
+    src = torch.randint(4, 64, (2, 7))
+    with AttentionRecorder(model) as hooked, torch.no_grad():
+        greedy_decode(model, src, max_len=4)
+    with AttentionRecorder(model, mode="grad") as kept, torch.no_grad():
+        greedy_decode(model, src, max_len=4)
+    assert len(hooked.maps) == len(kept.maps) > 0
+    for h, k in zip(hooked.maps, kept.maps, strict=True):
+        assert h.shape == k.shape  # a decoding step's query attends to all the cached keys
+        torch.testing.assert_close(h, k, atol=1e-6, rtol=1e-5)
+    assert any(m.shape[-2] == 1 and m.shape[-1] > 1 for m in hooked.maps)

@@ -179,3 +179,88 @@ def test_mlp_rejects_unknown_activation():
     assert Mlp(4, 8, act_layer="gelu_tanh")(torch.randn(2, 4)).shape == (2, 4)
     with pytest.raises(ValueError, match="unknown activation 'swish'"):
         Mlp(4, 8, act_layer="swish")
+
+
+def _mask_case(case, B=2, Lq=6, Lk=6):
+    """Keyword masks for scaled_dot_product; every case with 'dead' leaves some query no key at all."""
+    kw = {}
+    if "bool" in case:
+        m = torch.rand(Lq, Lk) > 0.4
+        m[:, 0] = True
+        if "dead" in case:
+            m[1] = False
+        kw["attn_mask"] = m
+    if "float" in case:
+        m = torch.randn(B, 1, Lq, Lk)
+        if "inf" in case:
+            m[:, :, :, 2] = float("-inf")  # a partly masked column...
+        if "dead" in case:
+            m[0, 0, 3] = float("-inf")  # ...and one fully masked row
+        kw["attn_mask"] = m
+    if "padding" in case:
+        pad = torch.zeros(B, Lk, dtype=torch.bool)
+        pad[0, -2:] = True
+        if "dead" in case:
+            pad[1] = True  # a sequence that is all padding
+        kw["key_padding_mask"] = pad
+    if "causal" in case:
+        kw["is_causal"] = True
+    return kw
+
+
+ATTN_CASES = [
+    "none", "bool", "bool-dead", "float", "float-inf", "float-inf-dead", "padding", "padding-dead", "causal",
+    "causal+padding", "causal+padding-dead", "bool+padding", "bool+padding-dead", "float-inf+causal",
+    "float-inf-dead+padding", "bool-dead+causal+padding",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(6, 6), (4, 7), (7, 4)])
+@pytest.mark.parametrize("case", ATTN_CASES)
+def test_fused_and_eager_agree_for_every_mask(case, shape, dtype):
+    Lq, Lk = shape
+    q, k, v = (t.to(dtype) for t in _qkv(Lq=Lq, Lk=Lk))
+    kw = _mask_case(case, Lq=Lq, Lk=Lk)
+    if "float" in case:
+        kw["attn_mask"] = kw["attn_mask"].to(dtype)
+    q.requires_grad_(True)
+    fused, _ = scaled_dot_product(q, k, v, fused=True, **kw)
+    eager, weights = scaled_dot_product(q, k, v, need_weights=True, **kw)
+    plain, _ = scaled_dot_product(q, k, v, fused=False, **kw)
+    assert torch.isfinite(fused).all() and torch.isfinite(eager).all() and torch.isfinite(weights).all()
+    torch.testing.assert_close(fused, eager, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(plain, eager, atol=0, rtol=0)
+    torch.testing.assert_close(weights @ v, eager, atol=1e-6, rtol=1e-5)  # the weights the output used
+    dead = weights.sum(-1) == 0  # queries that see no key: zero output, rows sum to 1 otherwise
+    torch.testing.assert_close(weights.sum(-1)[~dead], torch.ones_like(weights.sum(-1)[~dead]))
+    assert (fused * dead[..., None]).abs().max() == 0
+    if "dead" in case or Lq > Lk and "causal" in case:
+        assert dead.any()
+    (grad,) = torch.autograd.grad((fused + eager).sum(), q)
+    assert torch.isfinite(grad).all()
+
+
+@pytest.mark.parametrize("mask", ["bool", "-inf"])
+def test_fully_masked_rows_give_what_sdpa_gives(mask):
+    """On this torch, SDPA returns zeros for a query whose boolean / -inf mask row is all masked: so do both paths."""
+    import torch.nn.functional as F
+
+    q, k, v = _qkv(Lq=3, Lk=4)
+    m = torch.ones(3, 4, dtype=torch.bool)
+    m[1] = False
+    if mask == "-inf":
+        m = torch.zeros(3, 4).masked_fill(~m, float("-inf"))
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=m)
+    assert ref[:, :, 1].abs().max() == 0
+    for fused in (True, False):
+        out, _ = scaled_dot_product(q, k, v, attn_mask=m, fused=fused)
+        torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
+    layer = Attention(12, num_heads=3).eval()
+    x = torch.randn(2, 4, 12)
+    m4 = torch.ones(4, 4, dtype=torch.bool)
+    m4[2] = False
+    a = layer(x, attn_mask=m4)
+    b, w = layer(x, attn_mask=m4, need_weights=True)
+    torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)  # need_weights no longer changes the output
+    assert w[:, :, 2].abs().max() == 0

@@ -215,3 +215,45 @@ def test_conv_stem_strides_and_bad_strides():
         vitkit.create_model("vit_mnist", stem_channels=(8, 16), stem_strides=(2,))
     with pytest.raises(ValueError, match="needs stem_channels"):
         vitkit.create_model("vit_mnist", stem_strides=(2,))
+
+
+_RESET_CASES = {  # family -> (a small registered model, overrides, inputs)
+    "vit": ("vit_mnist", dict(depth=1, distilled=True), lambda: torch.randn(2, 1, 28, 28)),
+    "resnet": ("resnet_mnist", dict(depths=[1, 1, 1]), lambda: torch.randn(2, 1, 28, 28)),
+    "bert": ("bert_tiny", dict(vocab_size=50, num_classes=3), lambda: torch.randint(1, 50, (2, 6))),
+}
+
+
+def test_every_family_with_reset_classifier_is_covered():
+    from vitkit import registry
+
+    have = {name for name, cls in registry._FAMILIES.items() if hasattr(cls, "reset_classifier")}
+    assert have == set(_RESET_CASES)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("family", sorted(_RESET_CASES))
+def test_reset_classifier_keeps_the_model_dtype(family, dtype):
+    name, overrides, inputs = _RESET_CASES[family]
+    model = vitkit.create_model(name, **overrides).to(dtype).eval()
+    x = inputs()
+    x = x.to(dtype) if x.is_floating_point() else x
+    model.reset_classifier(5)
+    heads = [model.get_classifier()] + ([model.head_dist] if getattr(model, "head_dist", None) else [])
+    for head in heads:
+        assert head.weight.dtype == dtype and head.weight.device == x.device
+    with torch.no_grad():
+        out = model(x)
+    assert out.shape == (2, 5) and out.dtype == dtype and torch.isfinite(out.float()).all()
+    assert model.config["num_classes"] == 5
+    model.reset_classifier(0)
+    with torch.no_grad():
+        assert model(x).dtype == dtype
+
+
+def test_set_input_size_keeps_a_sincos_table_in_the_model_dtype():
+    model = vitkit.create_model("vit_mnist", depth=1, pos_embed="sincos", no_embed_class=True).double().eval()
+    model.set_input_size(32)
+    assert model.pos_embed.dtype == torch.float64
+    with torch.no_grad():
+        assert model(torch.randn(1, 1, 32, 32, dtype=torch.float64)).dtype == torch.float64

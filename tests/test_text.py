@@ -241,3 +241,83 @@ def test_image_commands_refuse_text_models_clearly(tmp_path, capsys):
     vitkit.save(vitkit.create_model("bert_tiny", vocab_size=50), tmp_path / "model.safetensors")
     assert main(["predict", str(tmp_path), "a sentence"]) == 2
     assert "not an image classifier" in capsys.readouterr().err
+
+
+MULTI30K_LIKE = [
+    "a man in an orange hat starring at something",
+    "ein mann mit einem orangefarbenen hut der etwas anstarrt",
+    "two young guys with shaggy hair look at their hands",
+    "zwei junge manner mit struppigen haaren betrachten ihre hande",
+] * 10
+
+
+@pytest.mark.parametrize("kind", ["bpe", "wordpiece", "bpe-reloaded", "bpe-unk-unset"])
+def test_unseen_characters_encode_as_unknown(kind, tmp_path):
+    if kind.startswith("bpe"):
+        tok = TextTokenizer.train_bpe(MULTI30K_LIKE, vocab_size=120, min_frequency=1)
+    else:
+        tok = TextTokenizer.train_wordpiece(MULTI30K_LIKE, vocab_size=120, min_frequency=1)
+    if kind == "bpe-reloaded":  # a tokenizer.json written by an older vitkit: the model's unk is '<unk>'
+        tok.tokenizer.model.unk_token = "<unk>"
+        tok.save(tmp_path / "tok.json")
+        tok = TextTokenizer.from_file(tmp_path / "tok.json")
+    if kind == "bpe-unk-unset":  # no unk at all: a BPE would silently drop the unseen characters
+        tok.tokenizer.model.unk_token = None
+        tok = TextTokenizer(tok.tokenizer)
+    ids = tok(["Café: 3.5€ ?", "a man"])["input_ids"]
+    row = ids[0][ids[0] != tok.pad_id].tolist()
+    assert row[0] == tok.cls_id and row[-1] == tok.sep_id
+    assert tok.unk_id in row  # '€' (and '?', 'é', 'C') are not in the vocabulary
+    assert tok.unk_id not in ids[1].tolist()
+
+
+def test_tokenizer_without_a_usable_unknown_token_is_refused():
+    from tokenizers import Tokenizer
+    from tokenizers.models import Unigram
+
+    vocab = [(t, 0.0) for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b")]
+    with pytest.raises(ValueError, match="cannot encode characters outside its vocabulary"):
+        TextTokenizer(Tokenizer(Unigram(vocab, unk_id=None)))
+
+
+@pytest.mark.parametrize("kind", ["wordpiece", "bpe"])
+def test_end_token_kept_at_every_length_boundary(kind):
+    texts = MULTI30K_LIKE
+    train = TextTokenizer.train_bpe if kind == "bpe" else TextTokenizer.train_wordpiece
+    tok = train(texts, vocab_size=120, min_frequency=1)
+    text = "a man in an orange hat"
+    full = tok([text], max_length=512)["input_ids"][0].tolist()  # [CLS] ... [SEP], untruncated
+    n = len(full)
+    assert n >= 5 and full[-1] == tok.sep_id
+    for limit in (n - 1, n, n + 1):
+        got = tok([text], max_length=limit)["input_ids"][0].tolist()
+        assert len(got) == min(n, limit), limit
+        assert got[0] == tok.cls_id and got[-1] == tok.sep_id, (limit, got)
+        assert got[:-1] == full[: len(got) - 1]
+    assert tok([text], max_length=n)["input_ids"][0].tolist() == full  # exactly max_length: kept whole
+
+
+def test_truncation_matches_huggingface_fast_tokenizer(transformers):
+    from transformers import PreTrainedTokenizerFast
+
+    tok = TextTokenizer.train_wordpiece(MULTI30K_LIKE, vocab_size=120, min_frequency=1)
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok.tokenizer, pad_token="[PAD]", unk_token="[UNK]",
+                                 cls_token="[CLS]", sep_token="[SEP]")  # fmt: skip
+    text = "two young guys with shaggy hair"
+    n = len(hf(text)["input_ids"])
+    for limit in (n - 1, n, n + 1):
+        want = hf(text, truncation=True, max_length=limit)["input_ids"]
+        assert tok([text], max_length=limit)["input_ids"][0].tolist() == want, limit
+
+
+def test_translation_targets_keep_their_end_token():
+    from vitkit.data.translation import TranslationDataset
+
+    tok = TextTokenizer.train_bpe(MULTI30K_LIKE, vocab_size=120, min_frequency=1)
+    src, tgt = "a man in an orange hat", "ein mann mit einem hut"
+    n = len(tok([tgt], max_length=512)["input_ids"][0])
+    for limit in (n - 1, n, n + 1):
+        data = TranslationDataset([src], [tgt], tok, max_length=limit)
+        for ids in (data.raw[0], data.targets[0]):
+            row = ids[ids != tok.pad_id].tolist()
+            assert row[-1] == tok.sep_id and len(row) <= limit, (limit, row)

@@ -86,8 +86,13 @@ def check_kwargs(cls: type, kwargs: dict[str, Any]) -> None:
         raise ValueError(f"unknown option(s) {unknown} for {cls.__name__}; valid options: {valid}")
 
 
-def create_model(name: str, pretrained: str | None = None, **overrides: Any) -> nn.Module:
-    """Build a registered model, optionally overriding its config and loading weights from a local file."""
+def create_model(
+    name: str, pretrained: str | None = None, pretrained_grid: tuple[int, int] | None = None, **overrides: Any
+) -> nn.Module:
+    """Build a registered model, optionally overriding its config and loading weights from a local file.
+
+    ``pretrained_grid=(rows, cols)``: the patch grid of ``pretrained``'s position table when the file does not
+    record it (see :func:`vitkit.load_pretrained`'s ``old_grid``)."""
     entry = _lookup(name)
     cls = get_family(entry.family)
     config = {**entry.config, **overrides}
@@ -97,5 +102,5 @@ def create_model(name: str, pretrained: str | None = None, **overrides: Any) -> 
     if pretrained is not None:
         from .weights.pretrained import load_pretrained  # the module, not the package (which imports .load)
 
-        load_pretrained(model, pretrained)
+        load_pretrained(model, pretrained, old_grid=pretrained_grid)
     return model

@@ -34,6 +34,31 @@ SST2_CLASSES = ["negative", "positive"]
 _SPECIAL = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
+_UNSEEN_PROBE = "\u0378 \u20ac \U0001f600 ?"  # an unassigned code point, the euro sign, an emoji
+
+
+def _use_unk_token(tokenizer) -> None:
+    """Make characters the vocabulary lacks encode as ``[UNK]`` (byte-level models never meet one).
+
+    The model's own unknown token may be missing from the vocabulary (``tokenizers``' SentencePiece BPE
+    defaults to ``<unk>``, a vocabulary trained with BERT's specials holds ``[UNK]``) or unset (a BPE then
+    drops unseen characters silently): both are pointed at ``[UNK]``. A model whose unknown token cannot be
+    set (Unigram) is checked on a few unseen characters and refused at construction if it cannot encode them.
+    """
+    model = tokenizer.model
+    if hasattr(model, "unk_token"):
+        unk = model.unk_token
+        if unk is None or tokenizer.token_to_id(unk) is None:
+            model.unk_token = "[UNK]"
+    try:
+        tokenizer.encode(_UNSEEN_PROBE)
+    except Exception as e:  # tokenizers raises a plain Exception for a missing unk
+        raise ValueError(
+            f"this {type(model).__name__} tokenizer cannot encode characters outside its vocabulary ({e}); "
+            "give it an unknown token in its vocabulary"
+        ) from e
+
+
 class TextTokenizer:
     """A ``tokenizers.Tokenizer`` with BERT's special tokens, batching to padded tensors."""
 
@@ -46,6 +71,7 @@ class TextTokenizer:
         self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (
             tokenizer.token_to_id(t) for t in _SPECIAL
         )
+        _use_unk_token(tokenizer)
         tokenizer.no_padding()
         tokenizer.no_truncation()
 
@@ -71,7 +97,8 @@ class TextTokenizer:
             raise FileNotFoundError(f"tokenizer file not found: {path}")
         if path.suffix == ".json":
             return cls(Tokenizer.from_file(str(path)), max_length)
-        return cls(BertWordPieceTokenizer(str(path), lowercase=lowercase)._tokenizer, max_length)
+        inner = BertWordPieceTokenizer(str(path), unk_token="[UNK]", lowercase=lowercase)._tokenizer
+        return cls(inner, max_length)
 
     @classmethod
     def train_wordpiece(
@@ -82,7 +109,7 @@ class TextTokenizer:
         from tokenizers.implementations import BertWordPieceTokenizer
         from tokenizers.processors import BertProcessing
 
-        tok = BertWordPieceTokenizer(lowercase=lowercase)
+        tok = BertWordPieceTokenizer(unk_token="[UNK]", lowercase=lowercase)
         tok.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=min_frequency,
                                 special_tokens=list(_SPECIAL))  # fmt: skip
         inner = tok._tokenizer
@@ -100,7 +127,7 @@ class TextTokenizer:
         from tokenizers import SentencePieceBPETokenizer
         from tokenizers.processors import TemplateProcessing
 
-        tok = SentencePieceBPETokenizer()
+        tok = SentencePieceBPETokenizer(unk_token="[UNK]")  # its default '<unk>' is not in the vocabulary
         tok.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=min_frequency,
                                 special_tokens=list(_SPECIAL))  # fmt: skip
         inner = tok._tokenizer
@@ -129,7 +156,7 @@ class TextTokenizer:
         if limit < 2:
             raise ValueError(f"max_length must leave room for [CLS] and [SEP], got {limit}")
         encodings = self.tokenizer.encode_batch(texts)
-        ids = [e.ids[: limit - 1] + ([self.sep_id] if len(e.ids) > limit else []) for e in encodings]
+        ids = [self._truncate(e.ids, limit) for e in encodings]
         longest = max(len(i) for i in ids)
         input_ids = torch.full((len(ids), longest), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(ids), longest), dtype=torch.long)
@@ -137,6 +164,13 @@ class TextTokenizer:
             input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
             mask[row, : len(seq)] = 1
         return {"input_ids": input_ids, "attention_mask": mask}
+
+    def _truncate(self, ids: list[int], limit: int) -> list[int]:
+        """At most ``limit`` ids: a longer encoding loses text, never its final [SEP]; one of exactly ``limit``
+        ids is kept whole (as HF's ``truncation=True, max_length=limit``)."""
+        if len(ids) <= limit:
+            return list(ids)
+        return ids[: limit - 1] + [self.sep_id]
 
     def decode(self, ids: Sequence[int]) -> str:
         """Token ids -> text, special tokens (and anything after the first [SEP]) dropped."""

@@ -21,6 +21,10 @@ class HungarianMatcher(nn.Module):
 
     def __init__(self, cost_class: float = 1.0, cost_bbox: float = 5.0, cost_giou: float = 2.0) -> None:
         super().__init__()
+        from ..models._checks import check_args
+
+        check_args("HungarianMatcher", nonnegative={"cost_class": cost_class, "cost_bbox": cost_bbox,
+                                                    "cost_giou": cost_giou})  # fmt: skip
         if cost_class == cost_bbox == cost_giou == 0:
             raise ValueError("all matching costs are zero")
         self.cost_class, self.cost_bbox, self.cost_giou = cost_class, cost_bbox, cost_giou

@@ -25,6 +25,16 @@ class SetCriterion(nn.Module):
         weight_class: float = 1.0, weight_bbox: float = 5.0, weight_giou: float = 2.0,
     ) -> None:  # fmt: skip
         super().__init__()
+        from ..models._checks import check_args
+
+        check_args(
+            "SetCriterion",
+            nonnegative={"num_classes": num_classes, "eos_coef": eos_coef, "weight_class": weight_class,
+                         "weight_bbox": weight_bbox, "weight_giou": weight_giou},
+            integers=("num_classes",),
+        )  # fmt: skip
+        if weight_class == weight_bbox == weight_giou == 0:
+            raise ValueError("SetCriterion: all loss weights are zero")
         self.num_classes = num_classes
         self.matcher = matcher or HungarianMatcher()
         self.weights = {"class": weight_class, "bbox": weight_bbox, "giou": weight_giou}
@@ -42,8 +52,15 @@ class SetCriterion(nn.Module):
             target_classes[b, rows.to(logits.device)] = targets[b]["labels"][cols].to(logits.device)
             src_boxes.append(boxes[b, rows.to(logits.device)])
             tgt_boxes.append(targets[b]["boxes"][cols].to(boxes.device))
-        loss_class = F.cross_entropy(logits.float().transpose(1, 2), target_classes, weight=self.class_weight)
         src, tgt = torch.cat(src_boxes).float(), torch.cat(tgt_boxes).float()
+        if (
+            len(src) == 0 and float(self.class_weight[-1]) == 0
+        ):  # every query weighs 0: no class loss, not 0/0
+            loss_class = logits.sum() * 0
+        else:  # the weighted mean over queries
+            loss_class = F.cross_entropy(
+                logits.float().transpose(1, 2), target_classes, weight=self.class_weight
+            )
         if len(src):
             loss_bbox = F.l1_loss(src, tgt, reduction="sum") / num_objects
             giou = generalized_box_iou(box_cxcywh_to_xyxy(src), box_cxcywh_to_xyxy(tgt)).diagonal()

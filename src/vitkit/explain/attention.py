@@ -12,24 +12,22 @@ from ..layers.attention import Attention, scaled_dot_product
 __all__ = ["AttentionRecorder", "attention_maps"]
 
 
-def _call_args(args: tuple, kwargs: dict[str, Any]) -> tuple[Tensor, Tensor | None, Tensor | None, bool]:
-    """(x, attn_mask, key_padding_mask, is_causal) of one ``Attention.forward`` call."""
-    names = ("attn_mask", "key_padding_mask", "is_causal")
+def _call_args(args: tuple, kwargs: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
+    """(x, {attn_mask, key_padding_mask, is_causal, cache}) of one ``Attention.forward`` call."""
+    names = ("attn_mask", "key_padding_mask", "is_causal", "need_weights", "cache")
     values = dict(zip(names, args[1:], strict=False)) | {k: v for k, v in kwargs.items() if k in names}
-    return (
-        args[0],
-        values.get("attn_mask"),
-        values.get("key_padding_mask"),
-        bool(values.get("is_causal", False)),
-    )
+    values["is_causal"] = bool(values.get("is_causal", False))
+    return args[0], values
 
 
 class AttentionRecorder:
     """Context manager that records the (B, H, L, L) attention weights of each :class:`Attention` layer.
 
     ``mode="hook"`` (default): a forward hook recomputes each layer's weights from the layer's input (same
-    projections, QK-norm and masks, eager softmax) after the layer has run as usual, so the model's outputs
-    are bit-identical to a run without the recorder. The recorded weights are detached.
+    projections, QK-norm, masks and cached keys, eager softmax) after the layer has run as usual, so the model's
+    outputs are bit-identical to a run without the recorder. The recorded weights are detached; they are the
+    weights the forward used, whichever path ran (the fused and eager paths agree for every mask, fully masked
+    query rows included: their weights are zero). Attention dropout is not applied to them.
 
     ``mode="grad"``: each layer runs its eager path with ``need_weights=True`` and the weights that produced
     the output are kept in the autograd graph with ``retain_grad()``: after ``backward`` their ``.grad`` holds
@@ -54,15 +52,19 @@ class AttentionRecorder:
         self.maps.clear()
 
     def _hook(self, module: Attention, args: tuple, kwargs: dict[str, Any], _output: Any) -> None:
-        x, attn_mask, key_padding_mask, is_causal = _call_args(args, kwargs)
+        x, call = _call_args(args, kwargs)
         B, L, _ = x.shape
         with torch.no_grad():
             qkv = module.qkv(x).reshape(B, L, 3, module.num_heads, module.head_dim).permute(2, 0, 3, 1, 4)
             q, k, v = qkv.unbind(0)
+            cache = call.get("cache")
+            if cache is not None and "k" in cache:  # incremental decoding: the keys the layer attended to
+                k, v = cache["k"], cache["v"]
             q, k = module.q_norm(q), module.k_norm(k)
             _, weights = scaled_dot_product(
-                q, k, v, attn_mask, key_padding_mask, is_causal, need_weights=True, fused=False
-            )
+                q, k, v, call.get("attn_mask"), call.get("key_padding_mask"), call["is_causal"],
+                need_weights=True, fused=False,
+            )  # fmt: skip
         self.maps.append(weights)
 
     def _recording_forward(self, module: Attention):

@@ -6,8 +6,12 @@ Mask conventions (the same as PyTorch's own):
 - ``key_padding_mask``: boolean ``(B, L_k)``, ``True`` marks padding keys to ignore (as in ``nn.MultiheadAttention``).
 - ``is_causal``: query ``i`` may only look at keys ``<= i``.
 
+A query that every mask form together leaves no key to attend to (a row of ``False`` / ``-inf``) gets an
+output of zeros and attention weights of zeros, on both paths and without NaN (what PyTorch's SDPA returns for
+such rows; a row of large finite negatives, e.g. ``finfo.min``, is an ordinary row and averages the values).
+
 The fused path calls ``F.scaled_dot_product_attention``; the eager path computes softmax(QK^T/sqrt(d))V by hand
-and can return the attention weights. Both give the same output (to float tolerance).
+and can return the attention weights. Both give the same output (to float tolerance) for every mask.
 """
 
 from __future__ import annotations
@@ -28,10 +32,13 @@ def merge_masks(
     dtype: torch.dtype,
     device: torch.device,
 ) -> Tensor | None:
-    """Combine the three mask forms into one additive float mask broadcastable to (B, H, Lq, Lk), or None."""
+    """Combine the three mask forms into one additive float mask broadcastable to (B, H, Lq, Lk), or None.
+
+    Disallowed positions hold ``-inf`` (not a large finite negative, which would make a fully masked row an
+    average of the values instead of the zeros SDPA gives)."""
     if attn_mask is None and key_padding_mask is None and not is_causal:
         return None
-    neg = torch.finfo(dtype).min if dtype.is_floating_point else float("-inf")
+    neg = float("-inf")
     mask = torch.zeros(1, 1, q_len, k_len, dtype=dtype, device=device)
     if is_causal:
         allowed = torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(k_len - q_len)
@@ -73,26 +80,42 @@ def scaled_dot_product(
         is_causal = False  # one query at the end of the keys (cached decoding) may see all of them
     aligned = q.shape[-2] == k.shape[-2]  # SDPA's own causal mask is top-left aligned: only for equal lengths
     if fused and not need_weights:
-        if key_padding_mask is None and (attn_mask is None or not is_causal) and (aligned or not is_causal):
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal and attn_mask is None
+        if attn_mask is None and key_padding_mask is None and (aligned or not is_causal):
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=is_causal)
+            return out, None  # no mask, or an aligned causal one: every query sees at least one key
+        if key_padding_mask is None and not is_causal:
+            mask = attn_mask  # as given (boolean or additive)
+        else:
+            mask = merge_masks(
+                attn_mask, key_padding_mask, is_causal, q.shape[-2], k.shape[-2], q.dtype, q.device
             )
-            return out, None
-        mask = merge_masks(
-            attn_mask, key_padding_mask, is_causal, q.shape[-2], k.shape[-2], q.dtype, q.device
-        )
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p), None
+        dead = _fully_masked_rows(mask)
+        # open the dead rows (so no backend divides by zero), then zero their output, as the eager path does
+        safe = mask | dead if mask.dtype == torch.bool else mask.masked_fill(dead, 0.0)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=safe, dropout_p=dropout_p)
+        return out.masked_fill(dead, 0.0), None
 
     scale = q.shape[-1] ** -0.5
     scores = (q * scale) @ k.transpose(-2, -1)  # B, H, Lq, Lk
     mask = merge_masks(
         attn_mask, key_padding_mask, is_causal, q.shape[-2], k.shape[-2], scores.dtype, q.device
     )
+    dead = None
     if mask is not None:
-        scores = scores + mask
+        dead = _fully_masked_rows(mask)
+        scores = (scores + mask).masked_fill(dead, 0.0)  # a finite softmax (and gradient) in dead rows...
     weights = scores.softmax(dim=-1)
+    if dead is not None:
+        weights = weights.masked_fill(dead, 0.0)  # ...whose weights, and so output, are then zero
     out = F.dropout(weights, p=dropout_p) @ v if dropout_p > 0 else weights @ v
     return out, weights if need_weights else None
+
+
+def _fully_masked_rows(mask: Tensor) -> Tensor:
+    """(..., Lq, 1) True where a query may attend to no key: a boolean row of False, a float row of -inf."""
+    if mask.dtype == torch.bool:
+        return ~mask.any(dim=-1, keepdim=True)
+    return (mask == float("-inf")).all(dim=-1, keepdim=True)
 
 
 class _AttentionBase(nn.Module):

@@ -22,6 +22,10 @@ class DropPath(nn.Module):
 
     def __init__(self, drop_prob: float = 0.0) -> None:
         super().__init__()
+        if not 0.0 <= drop_prob < 1.0:
+            raise ValueError(
+                f"DropPath: drop_prob must be in [0, 1) (1 would drop every sample), got {drop_prob}"
+            )
         self.drop_prob = drop_prob
 
     def forward(self, x: Tensor) -> Tensor:

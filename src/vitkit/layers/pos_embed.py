@@ -53,18 +53,25 @@ def resample_abs_pos_embed(
     interpolation: str = "bicubic",
     antialias: bool = True,
 ) -> Tensor:
-    """Resize a learned (1, prefix + H*W, D) position table to a new (H', W') grid; prefix rows are kept as is."""
+    """Resize a learned (1, prefix + H*W, D) position table to a new (H', W') grid; prefix rows are kept as is.
+
+    ``old_size`` is the table's (H, W); without it the table must be square. A rectangular table always needs
+    it: its patch count alone does not tell 2x8 from 4x4."""
     num_pos = posemb.shape[1]
-    if num_pos == new_size[0] * new_size[1] + num_prefix_tokens and (
-        old_size is None or old_size == new_size
-    ):
+    n = num_pos - num_prefix_tokens
+    if old_size is not None:
+        old_size = (int(old_size[0]), int(old_size[1]))
+        if old_size[0] * old_size[1] != n:
+            raise ValueError(
+                f"a position table with {n} patch rows is not a {old_size[0]}x{old_size[1]} grid"
+            )
+    if n == new_size[0] * new_size[1] and (old_size is None or old_size == tuple(new_size)):
         return posemb
     if old_size is None:
-        side = math.isqrt(num_pos - num_prefix_tokens)
-        if side * side != num_pos - num_prefix_tokens:
+        side = math.isqrt(n)
+        if side * side != n:
             raise ValueError(
-                f"cannot infer the grid of a position table with {num_pos - num_prefix_tokens} patch rows; "
-                "pass old_size"
+                f"cannot infer the grid of a position table with {n} patch rows (not square); pass old_size"
             )
         old_size = (side, side)
     prefix, grid = posemb[:, :num_prefix_tokens], posemb[:, num_prefix_tokens:]

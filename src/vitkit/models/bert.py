@@ -18,6 +18,8 @@ from torch import Tensor, nn
 
 from ..layers import EncoderBlock
 from ..registry import create_model, register_family, register_model
+from ._checks import check_args
+from ._head import new_head
 
 __all__ = [
     "TextEmbeddings",
@@ -83,6 +85,21 @@ class BertEncoder(nn.Module):
         act_layer: str = "gelu",
     ) -> None:
         super().__init__()
+        check_args(
+            "BertEncoder",
+            positive={"vocab_size": vocab_size, "embed_dim": embed_dim, "num_heads": num_heads, "mlp_dim": mlp_dim,
+                      "max_len": max_len, "norm_eps": norm_eps},
+            nonnegative={"depth": depth, "type_vocab_size": type_vocab_size, "num_classes": num_classes,
+                         "pad_token_id": pad_token_id},
+            rates={"drop_rate": drop_rate, "attn_drop_rate": attn_drop_rate},
+            integers=("vocab_size", "embed_dim", "num_heads", "mlp_dim", "max_len", "depth", "type_vocab_size",
+                      "num_classes", "pad_token_id"),
+            divisible=(("embed_dim", embed_dim, "num_heads", num_heads),),
+        )  # fmt: skip
+        if pad_token_id >= vocab_size:
+            raise ValueError(
+                f"BertEncoder: pad_token_id ({pad_token_id}) must be < vocab_size ({vocab_size})"
+            )
         self.config: dict[str, Any] = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         self.num_classes = num_classes
         self.embed_dim = self.num_features = embed_dim
@@ -116,12 +133,17 @@ class BertEncoder(nn.Module):
     def no_weight_decay(self) -> set[str]:
         return set()
 
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
     def reset_classifier(self, num_classes: int) -> None:
+        """A new head for ``num_classes`` classes (0: none), on the model's device and in its dtype."""
+        head = new_head(self, self.embed_dim, num_classes)
+        if isinstance(head, nn.Linear):
+            with torch.no_grad():
+                nn.init.normal_(head.weight, std=0.02)  # BERT's init
         self.num_classes = self.config["num_classes"] = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        if isinstance(self.head, nn.Linear):
-            nn.init.normal_(self.head.weight, std=0.02)
-            nn.init.zeros_(self.head.bias)
+        self.head = head
 
     def forward_features(
         self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None
@@ -206,6 +228,8 @@ class MaskedLanguageModel(nn.Module):
         mask_prob: float = 0.15,
     ) -> None:
         super().__init__()
+        if not 0 < mask_prob < 1:
+            raise ValueError(f"MaskedLanguageModel: mask_prob must be in (0, 1), got {mask_prob}")
         encoder_args = {**(encoder_args or {}), "num_classes": 0}
         self.config: dict[str, Any] = {"encoder": encoder, "encoder_args": encoder_args,
                                        "mask_token_id": mask_token_id, "special_ids": [int(i) for i in special_ids],
@@ -213,6 +237,11 @@ class MaskedLanguageModel(nn.Module):
         self.encoder = create_model(encoder, **encoder_args)
         if not isinstance(self.encoder, BertEncoder):
             raise ValueError(f"the MLM encoder must be a BERT encoder, got {encoder!r}")
+        vocab = self.encoder.embeddings.word.num_embeddings
+        if not 0 <= mask_token_id < vocab:
+            raise ValueError(
+                f"MaskedLanguageModel: mask_token_id ({mask_token_id}) is not in the {vocab}-token table"
+            )
         dim = self.encoder.embed_dim
         eps = self.encoder.config["norm_eps"]
         self.transform = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.LayerNorm(dim, eps=eps))

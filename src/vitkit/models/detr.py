@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from ..layers import DecoderBlock, Mlp, sincos_2d, sincos_2d_points
 from ..registry import register_family, register_model
+from ._checks import check_args
 from .vit import build_backbone
 
 __all__ = ["DETR"]
@@ -52,6 +53,15 @@ class DETR(nn.Module):
         img_size: int | None = None,
     ) -> None:
         super().__init__()
+        check_args(
+            "DETR",
+            positive={"num_queries": num_queries, "embed_dim": embed_dim, "decoder_depth": decoder_depth,
+                      "num_heads": num_heads, "mlp_ratio": mlp_ratio},
+            nonnegative={"num_classes": num_classes},
+            rates={"drop_rate": drop_rate},
+            integers=("num_queries", "embed_dim", "decoder_depth", "num_heads", "num_classes"),
+            divisible=(("embed_dim", embed_dim, "num_heads", num_heads), ("embed_dim", embed_dim, "4", 4)),
+        )  # fmt: skip
         self.backbone, backbone_args = build_backbone(
             backbone, backbone_args, "DETR backbone", in_chans=in_chans, img_size=img_size
         )

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from ..layers import EncoderBlock, sincos_2d
 from ..registry import register_family, register_model
+from ._checks import check_args
 from .vit import build_backbone
 
 __all__ = ["MaskedAutoencoder", "random_masking", "patchify", "unpatchify"]
@@ -62,13 +63,22 @@ def unpatchify(patches: Tensor, patch_size: tuple[int, int], grid: tuple[int, in
     return x.permute(0, 5, 1, 3, 2, 4).reshape(B, channels, gh * ph, gw * pw)
 
 
+def _patch_stats(patches: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-patch mean and (unbiased, as MAE) variance; a patch of one value has variance 0, not NaN."""
+    mean = patches.mean(dim=-1, keepdim=True)
+    if patches.shape[-1] < 2:
+        return mean, torch.zeros_like(mean)
+    return mean, patches.var(dim=-1, keepdim=True)
+
+
 class MaskedAutoencoder(nn.Module):
     """A registry ViT encoder plus MAE's lightweight decoder.
 
     Args:
         encoder: registry name of the encoder (a ``vit`` family model); ``encoder_args`` override its config.
         in_chans, drop_path_rate: passed to the encoder (``None`` keeps the registry's value).
-        mask_ratio: fraction of patches hidden from the encoder (MAE's default 0.75).
+        mask_ratio: fraction of patches hidden from the encoder (MAE's default 0.75), in [0, 1); with 0 no patch
+            is hidden and the loss is the reconstruction error over all patches.
         decoder_dim, decoder_depth, decoder_heads, decoder_mlp_ratio: decoder shape (narrow and shallow).
         norm_pix_loss: regress per-patch normalised pixels (mean 0, variance 1 within each patch), as MAE.
 
@@ -100,11 +110,23 @@ class MaskedAutoencoder(nn.Module):
         }  # fmt: skip
         if self.encoder.dynamic_img_size:
             raise ValueError("the MAE encoder needs a fixed image size (dynamic_img_size=False)")
-        if not 0 <= mask_ratio < 1:
-            raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+        check_args(
+            "MaskedAutoencoder",
+            positive={"decoder_dim": decoder_dim, "decoder_heads": decoder_heads,
+                      "decoder_mlp_ratio": decoder_mlp_ratio},
+            nonnegative={"decoder_depth": decoder_depth},
+            rates={"mask_ratio": mask_ratio},
+            integers=("decoder_dim", "decoder_heads", "decoder_depth"),
+            divisible=(("decoder_dim", decoder_dim, "decoder_heads", decoder_heads),),
+        )  # fmt: skip
         self.mask_ratio = mask_ratio
         self.norm_pix_loss = norm_pix_loss
         embed = self.encoder.patch_embed
+        if int(embed.num_patches * (1 - mask_ratio)) < 1:
+            raise ValueError(
+                f"MaskedAutoencoder: mask_ratio={mask_ratio} hides all {embed.num_patches} patches; the encoder "
+                "needs at least one"
+            )
         self.patch_size, self.grid_size = tuple(embed.patch_size), tuple(embed.grid_size)
         self.in_chans = embed.in_chans
         # Encoder tokens are normalised before the decoder: by ``norm`` (class-token models) or, for mean-pooled
@@ -183,14 +205,16 @@ class MaskedAutoencoder(nn.Module):
         """What the decoder regresses: patch pixels, normalised per patch when ``norm_pix_loss``."""
         target = patchify(images, self.patch_size)
         if self.norm_pix_loss:
-            mean, var = target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)
+            mean, var = _patch_stats(target)
             target = (target - mean) / (var + 1e-6).sqrt()
         return target
 
     def loss(self, images: Tensor, pred: Tensor, mask: Tensor) -> Tensor:
-        """Mean squared error over the masked patches only."""
+        """Mean squared error over the masked patches; over all patches when none is masked (``mask_ratio=0``:
+        plain reconstruction, a finite loss instead of 0/0)."""
         per_patch = (pred.float() - self.target(images).float()).pow(2).mean(dim=-1)
-        return (per_patch * mask).sum() / mask.sum()
+        weight = torch.where(mask.sum() > 0, mask.float(), torch.ones_like(per_patch))
+        return (per_patch * weight).sum() / weight.sum()
 
     def forward(
         self, images: Tensor, mask_ratio: float | None = None, generator: torch.Generator | None = None
@@ -208,7 +232,7 @@ class MaskedAutoencoder(nn.Module):
         """
         target = patchify(images, self.patch_size)
         if self.norm_pix_loss:
-            mean, var = target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)
+            mean, var = _patch_stats(target)
             pred = pred * (var + 1e-6).sqrt() + mean
         m = mask[..., None]
         shape = (self.patch_size, self.grid_size, self.in_chans)

@@ -16,6 +16,8 @@ from torch import Tensor, nn
 
 from ..layers.drop import DropPath
 from ..registry import register_family, register_model
+from ._checks import check_args
+from ._head import new_head
 
 __all__ = ["ResNet", "BasicBlock"]
 
@@ -61,6 +63,16 @@ class ResNet(nn.Module):
             raise ValueError(
                 f"widths {list(widths)} and depths {list(depths)} must be non-empty and of equal length"
             )
+        sizes = [img_size] if isinstance(img_size, (int, float)) else list(img_size)
+        check_args(
+            "ResNet",
+            positive={"in_chans": in_chans, "stem_channels": stem_channels,
+                      **{f"widths[{i}]": w for i, w in enumerate(widths)},
+                      **{f"img_size[{i}]": s for i, s in enumerate(sizes)}},
+            nonnegative={"num_classes": num_classes, **{f"depths[{i}]": d for i, d in enumerate(depths)}},
+            rates={"drop_rate": drop_rate, "drop_path_rate": drop_path_rate},
+            integers=("in_chans", "stem_channels", "widths", "img_size", "num_classes", "depths"),
+        )  # fmt: skip
         size = [int(img_size)] * 2 if isinstance(img_size, int) else [int(s) for s in img_size]
         self.config: dict[str, Any] = {
             "img_size": size, "in_chans": in_chans, "num_classes": num_classes, "widths": [int(w) for w in widths],
@@ -85,6 +97,7 @@ class ResNet(nn.Module):
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
         self.head_drop = nn.Dropout(drop_rate)
+        self.num_features = chans
         self.head = nn.Linear(chans, num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -95,6 +108,16 @@ class ResNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.head_drop(self.forward_features(x).mean((2, 3))))
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A new head for ``num_classes`` classes (0: pooled features), on the model's device and in its dtype."""
+        head = new_head(self, self.head.in_features if isinstance(self.head, nn.Linear) else self.num_features,
+                        num_classes)  # fmt: skip
+        self.num_classes = self.config["num_classes"] = num_classes
+        self.head = head
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         raise NotImplementedError("gradient checkpointing is not implemented for ResNet (it is small)")

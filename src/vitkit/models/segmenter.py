@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from ..layers import EncoderBlock
 from ..registry import register_family, register_model
+from ._checks import check_args
 from .vit import build_backbone
 
 __all__ = ["Segmenter", "segmentation_metrics", "confusion_metrics"]
@@ -42,6 +43,14 @@ class Segmenter(nn.Module):
         super().__init__()
         if decoder not in ("linear", "mask"):
             raise ValueError(f"decoder must be 'linear' or 'mask', got {decoder!r}")
+        check_args(
+            "Segmenter",
+            positive={"num_classes": num_classes, "decoder_dim": decoder_dim, "decoder_heads": decoder_heads},
+            nonnegative={"decoder_depth": decoder_depth},
+            rates={"drop_rate": drop_rate},
+            integers=("num_classes", "decoder_dim", "decoder_heads", "decoder_depth"),
+            divisible=(("decoder_dim", decoder_dim, "decoder_heads", decoder_heads),) if decoder == "mask" else (),
+        )  # fmt: skip
         self.backbone, backbone_args = build_backbone(
             backbone, backbone_args, "Segmenter backbone", in_chans=in_chans, img_size=img_size
         )

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from ..layers import DecoderBlock, EncoderBlock, sincos_1d
 from ..registry import register_family, register_model
+from ._checks import check_args
 
 __all__ = ["Seq2SeqTransformer", "greedy_decode", "beam_search"]
 
@@ -57,7 +58,21 @@ class Seq2SeqTransformer(nn.Module):
         norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
+        check_args(
+            "Seq2SeqTransformer",
+            positive={"vocab_size": vocab_size, "embed_dim": embed_dim, "num_heads": num_heads, "mlp_dim": mlp_dim,
+                      "max_len": max_len, "norm_eps": norm_eps},
+            nonnegative={"encoder_depth": encoder_depth, "decoder_depth": decoder_depth, "pad_id": pad_id,
+                         "bos_id": bos_id, "eos_id": eos_id},
+            rates={"drop_rate": drop_rate, "attn_drop_rate": attn_drop_rate},
+            integers=("vocab_size", "embed_dim", "encoder_depth", "decoder_depth", "num_heads", "mlp_dim", "max_len",
+                      "pad_id", "bos_id", "eos_id"),
+            divisible=(("embed_dim", embed_dim, "num_heads", num_heads), ("embed_dim", embed_dim, "2", 2)),
+        )  # fmt: skip
         self.config: dict[str, Any] = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        for name, token in (("pad_id", pad_id), ("bos_id", bos_id), ("eos_id", eos_id)):
+            if token >= vocab_size:
+                raise ValueError(f"Seq2SeqTransformer: {name} ({token}) must be < vocab_size ({vocab_size})")
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
         self.embed_dim, self.max_len = embed_dim, max_len
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_id)

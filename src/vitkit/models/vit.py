@@ -16,10 +16,19 @@ from torch.utils.checkpoint import checkpoint
 
 from ..layers import EncoderBlock, PatchEmbed, resample_abs_pos_embed, sincos_2d, to_2tuple
 from ..registry import register_family, register_model
+from ._checks import check_args
+from ._head import new_head
 
 __all__ = ["VisionTransformer", "build_backbone"]
 
 PoolType = Literal["token", "avg", "none"]
+
+
+def _sizes(name: str, value: int | Sequence[int]) -> dict[str, int]:
+    """``img_size=(32, 128)`` -> {'img_size': 32, 'img_size[1]': 128} for :func:`check_args`."""
+    if isinstance(value, (int, float)):
+        return {name: value}
+    return {name if i == 0 else f"{name}[{i}]": v for i, v in enumerate(value)}
 
 
 class VisionTransformer(nn.Module):
@@ -72,6 +81,17 @@ class VisionTransformer(nn.Module):
         stem_strides: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
+        check_args(
+            "VisionTransformer",
+            positive={"embed_dim": embed_dim, "num_heads": num_heads, "mlp_ratio": mlp_ratio, "in_chans": in_chans,
+                      "norm_eps": norm_eps, **_sizes("img_size", img_size), **_sizes("patch_size", patch_size)},
+            nonnegative={"num_classes": num_classes, "depth": depth, "reg_tokens": reg_tokens},
+            rates={"drop_rate": drop_rate, "pos_drop_rate": pos_drop_rate, "proj_drop_rate": proj_drop_rate,
+                   "attn_drop_rate": attn_drop_rate, "drop_path_rate": drop_path_rate},
+            integers=("embed_dim", "num_heads", "in_chans", "num_classes", "depth", "reg_tokens", "img_size",
+                      "patch_size"),
+            divisible=(("embed_dim", embed_dim, "num_heads", num_heads),),
+        )  # fmt: skip
         if global_pool not in ("token", "avg", "none"):
             raise ValueError(f"global_pool must be 'token', 'avg' or 'none', got {global_pool!r}")
         if global_pool == "token" and not class_token:
@@ -175,18 +195,9 @@ class VisionTransformer(nn.Module):
             if global_pool == "token" and self.cls_token is None:
                 raise ValueError("global_pool='token' needs a class token")
             self.global_pool = self.config["global_pool"] = global_pool
-        device = self.pos_embed.device if self.pos_embed is not None else next(self.parameters()).device
-        self.head = (
-            nn.Linear(self.embed_dim, num_classes, device=device) if num_classes > 0 else nn.Identity()
-        )
+        self.head = new_head(self, self.embed_dim, num_classes)  # the model's device and dtype
         if self.distilled:
-            self.head_dist = (
-                nn.Linear(self.embed_dim, num_classes, device=device) if num_classes > 0 else nn.Identity()
-            )
-        for head in (self.head, self.head_dist):
-            if isinstance(head, nn.Linear):
-                nn.init.trunc_normal_(head.weight, std=0.02)
-                nn.init.zeros_(head.bias)
+            self.head_dist = new_head(self, self.embed_dim, num_classes)
 
     def set_input_size(self, img_size: int | tuple[int, int]) -> None:
         """Change the expected input size, resampling the learned position table once."""
@@ -200,7 +211,7 @@ class VisionTransformer(nn.Module):
                 table = resample_abs_pos_embed(self.pos_embed, new_grid, old_grid, num_prefix_tokens=prefix)
             self.pos_embed = nn.Parameter(table)
         elif self.pos_embed is not None:
-            self.pos_embed = sincos_2d(new_grid, self.embed_dim)[None].to(self.pos_embed.device)
+            self.pos_embed = sincos_2d(new_grid, self.embed_dim)[None].to(self.pos_embed)  # device and dtype
 
     # ---------------------------------------------------------------- forward
     def prefix_tokens(self, batch: int) -> list[Tensor]:

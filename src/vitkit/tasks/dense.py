@@ -18,6 +18,7 @@ from torch import nn
 
 from ..registry import create_model
 from ..weights import load_pretrained
+from ..weights.pretrained import recorded_grid
 from .base import Batch, Task
 from .finetune import pretrained_backbone
 from .inputs import ImageInput
@@ -76,7 +77,9 @@ class DenseTask(Task):
                 f"{self.name} needs a {self.model_type.__name__} model (e.g. {self.example_model}), got {cfg.model!r}"
             )
         if state is not None:
-            load_pretrained(model.backbone, state, ignore_head=True)
+            load_pretrained(
+                model.backbone, state, ignore_head=True, old_grid=recorded_grid(args["backbone_args"])
+            )
             log.info("%s backbone (%s) from %s", self.name, args["backbone"], cfg.init_from)
         return model
 

@@ -10,6 +10,7 @@ uses its one output for both terms.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -91,7 +92,7 @@ class DistillationLoss(nn.Module):
             raise ValueError(f"unknown distillation kind {kind!r}; choose one of {', '.join(KINDS)}")
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"distillation alpha must be in [0, 1], got {alpha}")
-        if tau <= 0:
+        if not (math.isfinite(tau) and tau > 0):
             raise ValueError(f"distillation temperature tau must be > 0, got {tau}")
         self.teacher = teacher.eval().requires_grad_(False)
         self.teacher_input = teacher_input or nn.Identity()

@@ -96,14 +96,15 @@ def build_from_pretrained(
         target = get_family("vit")(**config)
         target.model_name = getattr(source, "model_name", "")
         state: Any = source.state_dict()
+        old_grid = tuple(source.patch_embed.grid_size)  # the source's real grid (rectangular grids too)
     else:  # timm / HuggingFace / JAX file: the architecture is named by the caller
         if model is None:
             raise ValueError(f"{path} is not a vitkit model file: name the architecture (model=...)")
         target = create_model(model, num_classes=num_classes, in_chans=in_chans, **model_args)
-        state = str(path)
+        state, old_grid = str(path), None  # the file's own config (if any) names its grid
     if not isinstance(target, VisionTransformer):
         raise ValueError(f"fine-tuning builds a ViT; {model!r} is a {type(target).__name__}")
-    load_pretrained(target, state, ignore_head=True)
+    load_pretrained(target, state, ignore_head=True, old_grid=old_grid)
     loaded = sum(1 for k in target.state_dict() if not k.startswith(HEAD_PREFIXES))
     log.info("fine-tuning from %s: %d backbone tensors loaded, new %d-class head", path, loaded, num_classes)
     return target
@@ -150,7 +151,12 @@ class ProbeHead(nn.Module):
     def fold(self) -> nn.Linear:
         """The one linear layer equal to this head in eval mode (BatchNorm's running statistics folded in)."""
         scale = (self.norm.running_var + self.norm.eps).rsqrt()
-        out = nn.Linear(self.linear.in_features, self.linear.out_features, device=scale.device)
+        out = nn.Linear(
+            self.linear.in_features,
+            self.linear.out_features,
+            device=scale.device,
+            dtype=self.linear.weight.dtype,
+        )
         out.weight.copy_(self.linear.weight * scale)
         out.bias.copy_(self.linear.bias - out.weight @ self.norm.running_mean)
         return out

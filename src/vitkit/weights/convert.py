@@ -8,27 +8,37 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .files import CheckpointError
+from .files import CheckpointError, strip_wrapper_prefixes
 
-__all__ = ["detect_layout", "hf_to_vitkit", "jax_to_vitkit", "unwrap_state_dict", "check_state_dict"]
+__all__ = [
+    "detect_layout", "hf_to_vitkit", "jax_to_vitkit", "unwrap_state_dict", "strip_wrapper_prefixes",
+    "check_state_dict",
+]  # fmt: skip
 
 _CONTAINER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "module")
 
 
 def unwrap_state_dict(obj: dict[str, Any]) -> dict[str, Tensor]:
-    """Take the tensors out of training checkpoints ({'model': ...}) and strip DDP / compile prefixes."""
-    for key in _CONTAINER_KEYS:
-        if key in obj and isinstance(obj[key], dict):
-            obj = obj[key]
-            break
-    out = {}
+    """Take the tensors out of training checkpoints and strip the names wrappers add to their keys.
+
+    Containers are entered, nested ones too: ``{'state_dict_ema' | 'model_ema' |
+    'state_dict' | 'model' | 'module': ...}``, EMA weights first when a checkpoint has both. Keys lose the
+    prefixes of DDP (``module.``), FSDP (``_fsdp_wrapped_module.``, ``_checkpoint_wrapped_module.``) and
+    ``torch.compile`` (``_orig_mod.``) wherever, and in whatever order, they were nested."""
+    while (
+        inner := next((obj[k] for k in _CONTAINER_KEYS if isinstance(obj.get(k), dict)), None)
+    ) is not None:
+        obj = inner
+    out: dict[str, Tensor] = {}
     for k, v in obj.items():
         if not isinstance(v, Tensor):
             continue
-        for prefix in ("module.", "_orig_mod."):
-            if k.startswith(prefix):
-                k = k[len(prefix) :]
-        out[k] = v
+        name = strip_wrapper_prefixes(k)
+        if name in out:
+            raise CheckpointError(
+                f"two tensors load into {name!r} once wrapper prefixes are removed (one is {k!r})"
+            )
+        out[name] = v
     return out
 
 

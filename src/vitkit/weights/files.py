@@ -21,9 +21,33 @@ from torch import nn
 
 from .qstate import to_plain
 
-__all__ = ["read_checkpoint", "read_metadata", "save", "atomic_write", "CheckpointError"]
+__all__ = [
+    "strip_wrapper_prefixes",
+    "read_checkpoint",
+    "read_metadata",
+    "save",
+    "atomic_write",
+    "CheckpointError",
+]
 
 FORMAT_VERSION = "1"
+
+
+# path components that wrappers insert anywhere in a key: torch.compile (OptimizedModule), FSDP, activation
+# checkpointing; DDP / DataParallel / timm's ModelEma put ``module.`` in front.
+_WRAPPER_PARTS = ("_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module")
+_LEADING_PARTS = ("module",)
+
+
+def strip_wrapper_prefixes(key: str) -> str:
+    """``_orig_mod.module.blocks.0._fsdp_wrapped_module.attn.qkv.weight`` -> ``blocks.0.attn.qkv.weight``.
+
+    Removes what ``torch.compile``, FSDP and activation checkpointing insert anywhere in a key, and any number of
+    leading ``module.`` (DDP, DataParallel, timm's ModelEma), in every order and nesting."""
+    parts = [p for p in key.split(".") if p not in _WRAPPER_PARTS]
+    while len(parts) > 1 and parts[0] in _LEADING_PARTS:
+        parts = parts[1:]
+    return ".".join(parts)
 
 
 class CheckpointError(ValueError):
@@ -146,7 +170,9 @@ def save(
             f"{type(model).__name__} is not a vitkit model (no .config/.family); use safetensors directly"
         )
     state_dict = model.state_dict() if state_dict is None else state_dict
-    state = {k: v.detach().contiguous().cpu() for k, v in to_plain(state_dict).items()}
+    state = {  # the plain model's names, also for the state dict of a DDP / FSDP / compiled model
+        strip_wrapper_prefixes(k): v.detach().contiguous().cpu() for k, v in to_plain(state_dict).items()
+    }
     metadata = {
         "format": "vitkit",
         "format_version": FORMAT_VERSION,

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..registry import get_family
-from .convert import check_state_dict
+from .convert import check_state_dict, unwrap_state_dict
 from .files import read_checkpoint
 
 __all__ = ["convert_hf_bert", "bert_config_from_hf", "bert_from_huggingface"]
@@ -44,6 +44,8 @@ def convert_hf_bert(state: dict[str, Tensor]) -> dict[str, Tensor]:
     The separate query/key/value projections are concatenated into the fused ``qkv`` layer; ``bert.`` prefixes and
     the ``position_ids`` buffer are dropped. Keys it does not know are kept as they are (the key check names them).
     """
+
+    state = unwrap_state_dict(state)  # training checkpoints, DDP / FSDP / torch.compile prefixes
     state = {(k[5:] if k.startswith("bert.") else k): v for k, v in state.items()}
     out: dict[str, Tensor] = {}
     qkv: dict[tuple[int, str], dict[str, Tensor]] = {}

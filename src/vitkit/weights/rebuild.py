@@ -15,7 +15,7 @@ from torch import nn
 
 from ..compress.replay import apply_edits
 from ..registry import get_family
-from .convert import check_state_dict
+from .convert import check_state_dict, unwrap_state_dict
 from .files import CheckpointError, _read_safetensors, read_metadata
 from .qstate import from_plain, is_plain, to_plain
 
@@ -41,7 +41,8 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Modu
         model.data_config = json.loads(meta["data_config"])
     if meta.get("structure_edits"):
         apply_edits(model, json.loads(meta["structure_edits"]))
-    state = _read_safetensors(path)
+
+    state = unwrap_state_dict(_read_safetensors(path))  # files written by hand from a wrapped model
     template = model.state_dict()
     if is_plain(template):
         check_state_dict(model, state, source=str(path))
