@@ -8,9 +8,25 @@ import json
 __all__ = ["add_inference_commands"]
 
 
+def _task(checkpoint: str) -> str:
+    from ..tasks.inference import task_of_file
+
+    return task_of_file(checkpoint) or "classification"  # not a vitkit file: the classifier path names why
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from ..evaluate import evaluate
     from ..metrics import format_metrics_table
+
+    task = _task(args.checkpoint)
+    if task != "classification":
+        from ..tasks.inference import evaluate as evaluate_task
+
+        result = evaluate_task(args.checkpoint, dataset=args.data, data_dir=args.data_dir, out_json=args.out,
+                               device=args.device)  # fmt: skip
+        for key, value in result.items():
+            print(f"{key:16s} {value}")
+        return 0
 
     metrics = evaluate(
         args.checkpoint, dataset=args.data, data_dir=args.data_dir, split=args.split,
@@ -21,10 +37,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from ..predict import format_predictions, predict
+    """Any task: a classifier's top-k, a detector's boxes, a segmenter's mask, a translation, a filled [MASK]..."""
+    from ..tasks import get_task
+    from ..tasks.inference import predict
 
-    results = predict(args.checkpoint, args.images, topk=args.topk)
-    print(json.dumps(results, indent=2) if args.json else format_predictions(results))
+    task = get_task(_task(args.checkpoint))
+    if task.name == "classification":
+        from ..predict import predict as predict_images
+
+        results = predict_images(args.checkpoint, args.inputs, topk=args.topk)
+    else:
+        options = {"topk": args.topk, "threshold": args.threshold, "beam": args.beam}
+        results = predict(args.checkpoint, args.inputs, out_dir=args.out, **options)
+    print(json.dumps(results, indent=2) if args.json else task.format_predictions(results))
     return 0
 
 
@@ -53,10 +78,15 @@ def add_inference_commands(sub) -> None:
     p.add_argument("--out", default=None, help="where to write the metrics JSON")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("predict", help="top-k classes for images")
+    p = sub.add_parser("predict", help="predict with a model of any task: classes, boxes, masks, translations, "
+                       "filled [MASK], MAE reconstructions")  # fmt: skip
     p.add_argument("checkpoint", help="run directory or model .safetensors")
-    p.add_argument("images", nargs="+")
-    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, or sentences for a text model")
+    p.add_argument("--topk", type=int, default=5, help="classification, text classification, MLM: top-k")
+    p.add_argument("--threshold", type=float, default=0.5, help="detection: lowest box score shown")
+    p.add_argument("--beam", type=int, default=4, help="translation: beam size (1 = greedy)")
+    p.add_argument("-o", "--out", default=None, help="folder for drawings, masks and reconstructions "
+                   "(default: predictions/ beside the model)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_predict)
 

@@ -24,6 +24,7 @@ __all__ = [
     "shutdown_distributed",
     "wrap_model",
     "all_reduce_sum",
+    "reduce_sums",
     "all_reduce_any",
     "gather_objects",
     "is_sharded",
@@ -192,3 +193,23 @@ def load_full_state_dicts(
         set_optimizer_state_dict(
             model, optimizer, optim_state, options=StateDictOptions(full_state_dict=True, strict=False)
         )
+
+
+def reduce_sums(sums: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """Sum every value of ``sums`` (numbers and tensors) over ranks in one collective."""
+    keys = sorted(sums)
+    flat: list[Any] = []
+    for k in keys:
+        v = sums[k]
+        flat += v.flatten().tolist() if isinstance(v, Tensor) else [v]
+    if not flat:
+        return {}
+    values = iter(all_reduce_sum(*flat, device=device))
+    out: dict[str, Any] = {}
+    for k in keys:
+        v = sums[k]
+        if isinstance(v, Tensor):
+            out[k] = torch.tensor([next(values) for _ in range(v.numel())]).reshape(v.shape)
+        else:
+            out[k] = next(values)
+    return out

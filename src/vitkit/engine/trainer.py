@@ -17,8 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import random
 import time
 from contextlib import nullcontext
 from dataclasses import asdict
@@ -26,7 +24,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -36,7 +33,6 @@ from ..weights.files import atomic_write
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig, save_config
 from .distributed import (
-    DistEnv,
     all_reduce_any,
     all_reduce_sum,
     full_model_state,
@@ -45,9 +41,11 @@ from .distributed import (
     init_distributed,
     is_sharded,
     load_full_state_dicts,
+    reduce_sums,
     wrap_model,
 )
 from .optim import build_optimizer, inverse_sqrt_schedule, warmup_cosine_schedule
+from .runtime import rank_device, resolve_device, seed_everything
 
 __all__ = ["Trainer", "TrainingDivergedError", "seed_everything", "resolve_device"]
 
@@ -58,52 +56,7 @@ class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-def seed_everything(seed: int, deterministic: bool = True) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        if torch.cuda.is_available():
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("device='cuda' was asked for but no CUDA device is available")
-    return torch.device(name)
-
-
-def _rank_device(device: torch.device, env: DistEnv) -> torch.device:
-    """One GPU per process under torchrun: ``cuda`` becomes ``cuda:LOCAL_RANK``."""
-    if device.type == "cuda" and device.index is None and env.enabled:
-        return torch.device("cuda", env.local_rank)
-    return device
-
-
-def _reduce_sums(sums: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """Sum every value of ``sums`` (numbers and tensors) over ranks in one collective."""
-    keys = sorted(sums)
-    flat: list[Any] = []
-    for k in keys:
-        v = sums[k]
-        flat += v.flatten().tolist() if isinstance(v, Tensor) else [v]
-    if not flat:
-        return {}
-    values = iter(all_reduce_sum(*flat, device=device))
-    out: dict[str, Any] = {}
-    for k in keys:
-        v = sums[k]
-        if isinstance(v, Tensor):
-            out[k] = torch.tensor([next(values) for _ in range(v.numel())]).reshape(v.shape)
-        else:
-            out[k] = next(values)
-    return out
-
-
-def _loggable(value: Any) -> bool:
+def loggable(value: Any) -> bool:
     """Whether a figure goes into ``metrics.jsonl`` (numbers and lists of numbers, not kept outputs)."""
     if isinstance(value, list):
         return all(v is None or isinstance(v, (int, float)) for v in value)
@@ -127,7 +80,7 @@ class Trainer:
         seed_everything(cfg.seed, cfg.deterministic)  # the same on every rank: identical initial weights
         device = resolve_device(cfg.device)
         self.dist = init_distributed(device.type)
-        self.device = _rank_device(device, self.dist)
+        self.device = rank_device(device, self.dist)
         self.use_bf16 = cfg.amp == "bf16" or (cfg.amp == "auto" and self.device.type == "cuda")
         self.is_main = self.dist.is_main
         if cfg.distributed == "fsdp" and cfg.ema_decay:
@@ -373,7 +326,7 @@ class Trainer:
         if is_sharded(model) and empty is not None:  # every rank must join each forward's weight all-gather
             for _ in range(len(self.val_loader) - batches):
                 self.task.eval_step(model, empty, False)
-        sums = _reduce_sums(sums, self.device)
+        sums = reduce_sums(sums, self.device)
         if self.dist.enabled and kept:
             kept = [item for share in gather_objects(kept) for item in share]
         with self._autocast():
@@ -417,9 +370,9 @@ class Trainer:
 
     def _evaluate_epoch(self, record: dict[str, Any]) -> None:
         key = self.task.selection[0]
-        record.update({k: v for k, v in self.evaluate().items() if _loggable(v)})
+        record.update({k: v for k, v in self.evaluate().items() if loggable(v)})
         if self.ema is not None:
-            record.update({f"ema_{k}": v for k, v in self.evaluate(self.ema.module).items() if _loggable(v)})
+            record.update({f"ema_{k}": v for k, v in self.evaluate(self.ema.module).items() if loggable(v)})
         for value in (record.get(f"ema_{key}"), record.get(key)):
             if self._better(value, self.best):
                 self.best = value

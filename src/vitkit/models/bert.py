@@ -269,5 +269,11 @@ class MaskedLanguageModel(nn.Module):
         loss = nn.functional.cross_entropy(logits.float(), target) if len(target) else hidden.sum() * 0
         return loss, logits, target
 
+    def token_logits(self, input_ids: Tensor) -> Tensor:
+        """Vocabulary logits (B, L, V) at every position of ``input_ids`` as given, nothing corrupted (fill-mask
+        inference: the mask token stands where a word is hidden)."""
+        hidden = self.encoder.forward_features(input_ids, (input_ids != self.encoder.pad_token_id).long())
+        return self.transform(hidden) @ self.encoder.embeddings.word.weight.T + self.decoder_bias
+
 
 register_family("bert_mlm", MaskedLanguageModel)

@@ -44,6 +44,7 @@ class Task:
     selection: ClassVar[tuple[str, str]] = ("val_loss", "min")
     loss_label: ClassVar[str] = "loss"  # the curve's name in curves.png
     val_split_name: ClassVar[str | None] = None  # a split name used instead of cfg.val_split
+    input_kind: ClassVar[str] = "images"  # what predict reads: "images" (files, arrays) or "texts" (strings)
 
     def __init__(self, cfg, device: torch.device, dist) -> None:
         self.cfg, self.device, self.dist = cfg, device, dist
@@ -123,6 +124,24 @@ class Task:
     def artifacts(self, model: nn.Module, result: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         """Write ``eval.json``, drawings and plots (rank 0); returns figures to add to the summary."""
         return {}
+
+    # ------------------------------------------------------------------ a saved model (predict, serve)
+    @classmethod
+    def predict(
+        cls, model: nn.Module, inputs: list[Any], source: Path | None, out_dir: Path, **options: Any
+    ) -> list:
+        """What ``vitkit predict`` / ``vitkit.predict`` return for ``inputs``: one JSON-able dict per input.
+
+        ``source``: the folder the model file is in (a text model's ``tokenizer.json``); ``out_dir``: where files
+        (drawings, masks) go."""
+        raise ValueError(f"a {cls.name} model does not predict")
+
+    @classmethod
+    def format_predictions(cls, results: list[dict[str, Any]]) -> str:
+        """The human-readable form of :meth:`predict`'s results."""
+        import json
+
+        return "\n".join(json.dumps(r) for r in results)
 
     @classmethod
     def report(cls, summary: dict[str, Any]) -> str:

@@ -89,6 +89,21 @@ class ClassifierTask(Task):
         return {k: metrics[k] for k in ("top1", "top5", "macro_f1") if k in metrics}
 
     @classmethod
+    def predict(
+        cls, model: nn.Module, inputs: list[Any], source, out_dir, topk: int = 5, **options: Any
+    ) -> list:
+        """Top-``topk`` classes of each image (:func:`vitkit.predict.predict`)."""
+        from ..predict import predict
+
+        return predict(model, inputs, topk=topk)
+
+    @classmethod
+    def format_predictions(cls, results: list[dict[str, Any]]) -> str:
+        from ..predict import format_predictions
+
+        return format_predictions(results)
+
+    @classmethod
     def report(cls, summary: dict[str, Any]) -> str:
         return f"val top-1: {summary['val_acc']:.4f}  best: {summary['best_val_acc']:.4f}"
 

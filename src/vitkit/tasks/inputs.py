@@ -87,3 +87,29 @@ def build_tokenizer(cfg):
                 return TextTokenizer.from_file(found, cfg.max_length)
     texts, _, _ = read_text_split(cfg.dataset, "train", cfg.data_dir)
     return TextTokenizer.train_wordpiece(texts, vocab_size=8000, max_length=cfg.max_length)
+
+
+def read_images(inputs: list[Any], data_config: dict[str, Any]) -> tuple[Tensor, list[Any], list[Any]]:
+    """Image files (or PIL images / arrays) -> (normalised batch at the model's size, original uint8 (H, W, C)
+    arrays, names): decoded by the one image pipeline (:func:`vitkit.data.images.decode_image`), prepared as
+    :func:`vitkit.predict.preprocess` does for a classifier."""
+    import numpy as np
+
+    from ..data.images import decode_image
+    from ..predict import preprocess
+
+    channels = int(data_config.get("in_chans") or len(data_config["mean"]))
+    arrays, names = [], []
+    for i, item in enumerate(inputs):
+        if isinstance(item, (str, Path)):
+            arrays.append(decode_image(item, channels=channels).pixels)
+            names.append(str(item))
+        else:
+            arrays.append(np.asarray(item) if not isinstance(item, Tensor) else item.numpy())
+            names.append(f"<image #{i}>")
+    return preprocess(arrays, data_config), arrays, names
+
+
+def output_stem(name: str, index: int) -> str:
+    """The file-name stem for outputs about input ``name`` (an in-memory input gets ``image<index>``)."""
+    return f"image{index}" if name.startswith("<") else Path(name).stem

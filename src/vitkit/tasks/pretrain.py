@@ -120,6 +120,33 @@ class MAEPretraining(Pretraining):
             ("reconstruction", (recon * std + mean).clamp(0, 1)),
         ]
 
+    @classmethod
+    def predict(
+        cls, model: nn.Module, inputs: list[Any], source, out_dir: Path, seed: int = 0, **options: Any
+    ) -> list:
+        """Each image's masked-autoencoder reconstruction (a random mask, seeded): loss and a PNG of original /
+        masked / reconstruction in ``out_dir``."""
+        from ..plots import plot_image_grid
+        from .inputs import output_stem, read_images
+
+        data = model.data_config or {}
+        x, _, names = read_images(inputs, data)
+        g = torch.Generator().manual_seed(seed)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        mean = torch.tensor(data["mean"]).view(1, -1, 1, 1)
+        std = torch.tensor(data["std"]).view(1, -1, 1, 1)
+        results = []
+        with torch.inference_mode():
+            for i, name in enumerate(names):
+                loss, pred, mask = model(x[i : i + 1], generator=g)
+                masked, recon = model.reconstruct(x[i : i + 1], pred.float(), mask)
+                png = out_dir / f"{output_stem(name, i)}-mae.png"
+                rows = [("original", x[i : i + 1] * std + mean), ("masked", masked * std + mean),
+                        ("reconstruction", recon * std + mean)]  # fmt: skip
+                plot_image_grid(rows, png, title=f"MAE, mask ratio {model.mask_ratio:g}")
+                results.append({"path": name, "loss": float(loss), "reconstruction": str(png)})
+        return results
+
     def artifacts(self, model: nn.Module, result: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         from ..plots import plot_image_grid
 
@@ -177,6 +204,45 @@ class MLMPretraining(Pretraining):
     def metrics(self, sums: dict[str, Any], kept: list[Any], model: nn.Module) -> dict[str, Any]:
         count = max(sums.get("count", 0), 1)
         return {"val_loss": sums.get("loss", 0.0) / count, "val_mlm_acc": sums.get("correct", 0) / count}
+
+    input_kind = "texts"
+
+    @classmethod
+    def predict(
+        cls, model: nn.Module, inputs: list[Any], source, out_dir, topk: int = 5, **options: Any
+    ) -> list:
+        """The ``topk`` likeliest tokens for every ``[MASK]`` of each sentence, and the sentence filled with the
+        likeliest ones."""
+        from .text_classification import run_tokenizer
+
+        tok = run_tokenizer(source, model)
+        out = []
+        for text in inputs:
+            ids = tok([str(text)])["input_ids"]
+            where = (ids[0] == tok.mask_id).nonzero().flatten().tolist()
+            if not where:
+                raise ValueError(f"{text!r} has no {tok.tokenizer.id_to_token(tok.mask_id)} to fill")
+            with torch.inference_mode():
+                probs = model.token_logits(ids)[0, where].float().softmax(-1)
+            top_p, top_i = probs.topk(topk, dim=-1)
+            filled = ids[0].clone()
+            filled[where] = top_i[:, 0]
+            masks = [{"position": pos, "top": [{"token": tok.tokenizer.id_to_token(int(j)), "prob": float(p)}
+                                               for p, j in zip(ps, idx, strict=True)]}
+                     for pos, ps, idx in zip(where, top_p.tolist(), top_i.tolist(), strict=True)]  # fmt: skip
+            out.append({"text": text, "filled": tok.decode(filled.tolist()), "masks": masks})
+        return out
+
+    @classmethod
+    def format_predictions(cls, results: list[dict[str, Any]]) -> str:
+        lines = []
+        for r in results:
+            lines.append(f"{r['text']}\n  -> {r['filled']}")
+            lines += [
+                "  [MASK] " + ", ".join(f"{t['token']} {100 * t['prob']:.1f}%" for t in m["top"])
+                for m in r["masks"]
+            ]
+        return "\n".join(lines)
 
     def data_config(self) -> dict[str, Any]:
         return {**super().data_config(), "modality": "text", "max_length": self.cfg.max_length}

@@ -82,6 +82,45 @@ class Segmentation(DenseTask):
         draw_segmentation(self.val_data, result["predictions"], run_dir / "overlays.png")
 
     @classmethod
+    def predict(cls, model: nn.Module, inputs: list[Any], source, out_dir: Path, **options: Any) -> list:
+        """Each image's class map at its own size: a mask PNG (pixel value = class index), an overlay PNG, and the
+        share of the image each class covers."""
+        from PIL import Image
+
+        from ..weights.files import atomic_write
+        from .inputs import output_stem, read_images
+
+        classes = list((model.data_config or {})["classes"])
+        x, images, names = read_images(inputs, model.data_config)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        results = []
+        for i, (name, image) in enumerate(zip(names, images, strict=True)):
+            with torch.inference_mode():
+                logits = F.interpolate(model(x[i : i + 1]).float(), size=image.shape[:2], mode="bilinear")
+            mask = logits[0].argmax(0).to(torch.uint8)
+            stem = out_dir / output_stem(name, i)
+            mask_png = atomic_write(
+                f"{stem}-mask.png", lambda t, m=mask: Image.fromarray(m.numpy()).save(t, format="PNG")
+            )
+            pixels = torch.from_numpy(image.reshape(*image.shape[:2], -1)).permute(2, 0, 1)
+            over = _overlay(pixels, mask).numpy()
+            overlay_png = atomic_write(
+                f"{stem}-overlay.png", lambda t, o=over: Image.fromarray(o).save(t, format="PNG")
+            )
+            counts = torch.bincount(mask.flatten().long(), minlength=len(classes)).float() / mask.numel()
+            cover = {classes[c]: round(float(v), 4) for c, v in enumerate(counts.tolist()) if v > 0}
+            results.append(
+                {"path": name, "mask": str(mask_png), "overlay": str(overlay_png), "classes": cover}
+            )
+        return results
+
+    @classmethod
+    def format_predictions(cls, results: list[dict[str, Any]]) -> str:
+        return "\n".join(
+            f"{r['path']}: {r['classes']}\n  mask {r['mask']}, overlay {r['overlay']}" for r in results
+        )
+
+    @classmethod
     def report(cls, summary: dict[str, Any]) -> str:
         return f"val mIoU: {summary['val_mIoU']:.3f}  pixel acc: {summary['val_pixel_acc']:.4f}"
 

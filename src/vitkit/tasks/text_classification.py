@@ -16,7 +16,7 @@ from .base import Batch
 from .classification import ClassifierTask
 from .inputs import build_tokenizer, cut_to_longest
 
-__all__ = ["TextClassification", "build_text_model"]
+__all__ = ["TextClassification", "build_text_model", "run_tokenizer"]
 
 
 def build_text_model(cfg, num_classes: int, tokenizer) -> nn.Module:
@@ -41,6 +41,16 @@ def build_text_model(cfg, num_classes: int, tokenizer) -> nn.Module:
         return model
     return create_model(cfg.model, num_classes=num_classes, vocab_size=tokenizer.vocab_size,
                         pad_token_id=tokenizer.pad_id, **cfg.model_args)  # fmt: skip
+
+
+def run_tokenizer(source: Path | None, model: nn.Module):
+    """The ``tokenizer.json`` beside a text model (what its token ids mean)."""
+    from ..data.text import TextTokenizer
+
+    found = Path(source) / "tokenizer.json" if source is not None else None
+    if found is None or not found.is_file():
+        raise FileNotFoundError(f"no tokenizer.json beside the model (in {source}): give the run directory")
+    return TextTokenizer.from_file(found, int((model.data_config or {}).get("max_length", 128)))
 
 
 class TextClassification(ClassifierTask):
@@ -77,6 +87,29 @@ class TextClassification(ClassifierTask):
         y = y.to(self.device, non_blocking=True)
         ids = cut_to_longest(x.to(self.device, non_blocking=True), self.tokenizer.pad_id)
         return {"inputs": ids, "labels": y, "target": y, "size": y.shape[0]}
+
+    input_kind = "texts"
+
+    @classmethod
+    def predict(
+        cls, model: nn.Module, inputs: list[Any], source, out_dir, topk: int = 5, **options: Any
+    ) -> list:
+        """Top-``topk`` classes of each sentence, read with the run's ``tokenizer.json``."""
+        import torch
+
+        tok = run_tokenizer(source, model)
+        classes = list((model.data_config or {}).get("classes") or range(model.num_classes))
+        with torch.inference_mode():
+            probs = model(tok([str(t) for t in inputs])["input_ids"]).float().softmax(-1)
+        top_p, top_i = probs.topk(min(topk, probs.shape[-1]), dim=-1)
+        return [{"text": text, "top": [{"label": str(classes[j]), "index": int(j), "prob": float(p)}
+                                       for p, j in zip(ps, idx, strict=True)]}
+                for text, ps, idx in zip(inputs, top_p.tolist(), top_i.tolist(), strict=True)]  # fmt: skip
+
+    @classmethod
+    def format_predictions(cls, results: list[dict[str, Any]]) -> str:
+        return "\n".join(f"{r['text']}\n  " + "  ".join(f"{t['label']} {100 * t['prob']:.1f}%" for t in r["top"])
+                         for r in results)  # fmt: skip
 
     def data_config(self) -> dict[str, Any]:
         return {"task": self.name, "dataset": self.cfg.dataset, "classes": self.classes, "modality": "text",

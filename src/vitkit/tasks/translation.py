@@ -166,6 +166,23 @@ class Translation(Task):
         (run_dir / "eval.json").write_text(json.dumps(out, indent=2))
         return out
 
+    input_kind = "texts"
+
+    @classmethod
+    def predict(cls, model: nn.Module, inputs: list[Any], source, out_dir, beam: int = 4, max_len: int = 64,
+                **options: Any) -> list:  # fmt: skip
+        """Each sentence translated (beam search; ``beam=1`` is greedy)."""
+        from .text_classification import run_tokenizer
+
+        if any(not str(s).strip() for s in inputs):
+            raise ValueError("empty sentence: nothing to translate")
+        hyps = translate(model, run_tokenizer(source, model), [str(s) for s in inputs], beam, max_len)
+        return [{"text": s, "translation": h} for s, h in zip(inputs, hyps, strict=True)]
+
+    @classmethod
+    def format_predictions(cls, results: list[dict[str, Any]]) -> str:
+        return "\n".join(f"{r['text']}\n  -> {r['translation']}" for r in results)
+
     @classmethod
     def report(cls, summary: dict[str, Any]) -> str:
         return (f"val BLEU: {summary['val_bleu']:.2f}  test_2016_flickr BLEU: greedy {summary['test_bleu_greedy']:.2f}, "
