@@ -204,3 +204,116 @@ def test_moved_public_names_still_import():
     for name in ("bert_from_huggingface", "convert_hf_bert", "bert_config_from_hf"):
         assert getattr(vitkit.weights, name) is getattr(vitkit.weights.hf_bert, name)
     assert "vit_tiny_patch16_224" in vitkit.list_models()  # registered although the registry imports no model
+
+
+# ---------------------------------------------------------------- size limits
+MAX_FILE_LINES = 500
+MAX_FUNCTION_LINES = 60  # from the `def` line to the last line, docstring lines not counted
+REPO = SRC.parent
+
+# being split by the task-engine work
+FILES_ALLOWED_OVER_500: frozenset[str] = frozenset({"src/vitkit/engine/trainer.py"})
+
+# being split by the task-engine work
+LONG_FUNCTIONS_ALLOWED: frozenset[str] = frozenset({
+    "src/vitkit/evaluate.py:evaluate",
+    "src/vitkit/export.py:export_model",
+    "src/vitkit/predict.py:resolve_data_config",
+    "src/vitkit/predict.py:predict",
+    "src/vitkit/serve/app.py:create_app",
+})  # fmt: skip
+
+# Functions whose body is mostly a literal data table may stay long; none today.
+DATA_TABLE_FUNCTIONS: frozenset[str] = frozenset()
+
+
+def _docstring_lines(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    first = node.body[0] if node.body else None
+    if (
+        isinstance(first, ast.Expr)
+        and isinstance(first.value, ast.Constant)
+        and isinstance(first.value.value, str)
+    ):
+        return first.end_lineno - first.lineno + 1
+    return 0
+
+
+def function_lengths(path: Path, root: Path = REPO) -> dict[str, int]:
+    """``file:Qual.name`` -> lines from ``def`` to the last line, less the docstring, for every function
+    (methods and nested functions included) of one source file."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    rel = path.relative_to(root).as_posix()
+    out: dict[str, int] = {}
+
+    def visit(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                out[f"{rel}:{prefix}{child.name}"] = (
+                    child.end_lineno - child.lineno + 1 - _docstring_lines(child)
+                )
+                visit(child, f"{prefix}{child.name}.")
+            elif isinstance(child, ast.ClassDef):
+                visit(child, f"{prefix}{child.name}.")
+            else:
+                visit(child, prefix)
+
+    visit(tree, "")
+    return out
+
+
+def all_function_lengths() -> dict[str, int]:
+    out: dict[str, int] = {}
+    for path in module_files().values():
+        out.update(function_lengths(path))
+    return out
+
+
+def test_function_lengths_count_from_def_without_docstring(tmp_path):
+    src = tmp_path / "m.py"
+    src.write_text(
+        "@decorator\n"
+        "def f(\n    a,\n):\n"
+        '    """Doc\n\n    more doc.\n    """\n'
+        "    x = 1\n\n    return x\n\n\n"
+        "class C:\n    def g(self):\n        def inner():\n            pass\n\n        return 1\n"
+    )
+    assert function_lengths(src, tmp_path) == {"m.py:f": 6, "m.py:C.g": 5, "m.py:C.g.inner": 2}
+
+
+def test_no_source_file_over_500_lines():
+    too_long = {}
+    for path in module_files().values():
+        rel = path.relative_to(REPO).as_posix()
+        n = len(path.read_text(encoding="utf-8").splitlines())
+        if n > MAX_FILE_LINES and rel not in FILES_ALLOWED_OVER_500:
+            too_long[rel] = n
+    assert not too_long, f"source files over {MAX_FILE_LINES} lines:\n" + "\n".join(
+        f"{rel}:{n}" for rel, n in sorted(too_long.items())
+    )
+
+
+def test_no_function_over_60_lines():
+    lengths = all_function_lengths()
+    assert len(lengths) > 500
+    allowed = LONG_FUNCTIONS_ALLOWED | DATA_TABLE_FUNCTIONS
+    offenders = {k: n for k, n in lengths.items() if n > MAX_FUNCTION_LINES and k not in allowed}
+    assert not offenders, (
+        f"functions over {MAX_FUNCTION_LINES} lines (from `def`, docstring not counted): split them\n"
+        + "\n".join(f"{name}:{n}" for name, n in sorted(offenders.items(), key=lambda kv: -kv[1]))
+    )
+
+
+def test_size_allow_lists_are_not_stale():
+    """An allow-listed file or function that is now short enough (or gone) must leave its allow-list."""
+    lengths = all_function_lengths()
+    stale = [
+        k for k in LONG_FUNCTIONS_ALLOWED | DATA_TABLE_FUNCTIONS if lengths.get(k, 0) <= MAX_FUNCTION_LINES
+    ]
+    for rel in FILES_ALLOWED_OVER_500:
+        path = REPO / rel
+        if not path.is_file() or len(path.read_text(encoding="utf-8").splitlines()) <= MAX_FILE_LINES:
+            stale.append(rel)
+    assert not stale, (
+        "allow-listed but now within the limits (remove them from the allow-list):\n"
+        + "\n".join(sorted(stale))
+    )

@@ -52,25 +52,11 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return float(sum(vals) / len(vals)) if vals else None
 
 
-def classification_metrics(
-    logits: Tensor, targets: Tensor, class_names: Sequence[str] | None = None
-) -> dict[str, Any]:
-    """Metrics of a multi-class classifier from its ``(N, C)`` logits and ``(N,)`` integer targets.
-
-    Returns a dict of plain Python values (JSON-able)::
-
-        num_samples, num_classes, classes        # class names ("0".."C-1" when not given)
-        top1, top5, top5_k                       # accuracies in [0, 1]; top5_k = min(5, C)
-        loss                                     # mean cross-entropy of the logits
-        macro_precision, macro_recall, macro_f1  # over classes that occur in targets or predictions
-        weighted_f1                              # per-class F1 weighted by support
-        roc_auc                                  # macro one-vs-rest ROC-AUC of the softmax probabilities
-        per_class: [{"class", "index", "precision", "recall", "f1", "support", "roc_auc"}, ...]
-        confusion_matrix                         # C x C list of lists, rows = true class, cols = predicted
-
-    See the module docstring for how undefined values are handled. ``logits`` may be any float dtype
-    (bf16 is fine) on any device; ``targets`` must lie in ``[0, C)``.
-    """
+def _checked_inputs(
+    logits: Any, targets: Any, class_names: Sequence[str] | None
+) -> tuple[Tensor, Tensor, list[str]]:
+    """Validate the inputs of :func:`classification_metrics`: (float64 logits (N, C), long targets (N,),
+    C class names)."""
     logits = _as_tensor(logits, "logits")
     targets = _as_tensor(targets, "targets")
     if logits.ndim != 2:
@@ -99,6 +85,54 @@ def classification_metrics(
     logits = logits.double()
     if not torch.isfinite(logits).all():
         raise ValueError("logits contain NaN or infinite values")
+    return logits, targets, names
+
+
+def _per_class_rows(
+    names: list[str],
+    precision: Any,
+    recall: Any,
+    f1: Any,
+    support: Any,
+    present: Any,
+    aucs: list[float | None],
+) -> list[dict[str, Any]]:
+    """One row per class; precision / recall / F1 are None for a class absent from targets and predictions."""
+    return [
+        {
+            "class": name,
+            "index": i,
+            "precision": float(precision[i]) if present[i] else None,
+            "recall": float(recall[i]) if present[i] else None,
+            "f1": float(f1[i]) if present[i] else None,
+            "support": int(support[i]),
+            "roc_auc": aucs[i],
+        }
+        for i, name in enumerate(names)
+    ]
+
+
+def classification_metrics(
+    logits: Tensor, targets: Tensor, class_names: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """Metrics of a multi-class classifier from its ``(N, C)`` logits and ``(N,)`` integer targets.
+
+    Returns a dict of plain Python values (JSON-able)::
+
+        num_samples, num_classes, classes        # class names ("0".."C-1" when not given)
+        top1, top5, top5_k                       # accuracies in [0, 1]; top5_k = min(5, C)
+        loss                                     # mean cross-entropy of the logits
+        macro_precision, macro_recall, macro_f1  # over classes that occur in targets or predictions
+        weighted_f1                              # per-class F1 weighted by support
+        roc_auc                                  # macro one-vs-rest ROC-AUC of the softmax probabilities
+        per_class: [{"class", "index", "precision", "recall", "f1", "support", "roc_auc"}, ...]
+        confusion_matrix                         # C x C list of lists, rows = true class, cols = predicted
+
+    See the module docstring for how undefined values are handled. ``logits`` may be any float dtype
+    (bf16 is fine) on any device; ``targets`` must lie in ``[0, C)``.
+    """
+    logits, targets, names = _checked_inputs(logits, targets, class_names)
+    n, num_classes = logits.shape
     preds = logits.argmax(dim=1)
     k = min(5, num_classes)
     top5 = (logits.topk(k, dim=1).indices == targets[:, None]).any(dim=1).double().mean().item()
@@ -112,18 +146,7 @@ def classification_metrics(
     present = (cm.sum(axis=1) + cm.sum(axis=0)) > 0  # occurs in the targets or the predictions
     aucs = roc_auc_ovr(logits.softmax(dim=1), targets)
 
-    per_class = [
-        {
-            "class": name,
-            "index": i,
-            "precision": float(precision[i]) if present[i] else None,
-            "recall": float(recall[i]) if present[i] else None,
-            "f1": float(f1[i]) if present[i] else None,
-            "support": int(support[i]),
-            "roc_auc": aucs[i],
-        }
-        for i, name in enumerate(names)
-    ]
+    per_class = _per_class_rows(names, precision, recall, f1, support, present, aucs)
     return {
         "num_samples": int(n),
         "num_classes": int(num_classes),

@@ -132,20 +132,10 @@ def plot_training_curves(
     return _save(fig, out_png)
 
 
-def plot_confusion_matrix(
-    cm: Sequence[Sequence[float]] | np.ndarray,
-    class_names: Sequence[str] | None,
-    out_png: str | os.PathLike,
-    normalize: bool = True,
-    title: str | None = None,
-) -> Path:
-    """An annotated heatmap of a confusion matrix (rows: true class, columns: predicted class).
-
-    ``normalize=True`` divides each row by its total (recall per class on the diagonal; rows without
-    samples stay 0) and annotates percentages; otherwise raw counts. Cells are annotated and every class
-    labelled up to 30 classes; larger matrices keep the colours and thin out the tick labels. Returns the
-    path of the PNG written.
-    """
+def _confusion_values(
+    cm: Sequence[Sequence[float]] | np.ndarray, class_names: Sequence[str] | None, normalize: bool
+) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Checked (counts, class names, the values to colour: row-normalised counts or the counts)."""
     counts = np.asarray(cm, dtype=np.float64)
     if counts.ndim != 2 or counts.shape[0] != counts.shape[1] or counts.shape[0] == 0:
         raise ValueError(f"confusion matrix must be square and non-empty, got shape {counts.shape}")
@@ -158,15 +148,12 @@ def plot_confusion_matrix(
         values = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
     else:
         values = counts
+    return counts, names, values
 
-    side = float(np.clip(0.55 * c + 2.5, 5.5, 19)) if c <= 30 else 12.0
-    fig = _new_figure((side + 1.2, side))
-    ax = fig.add_subplot(1, 1, 1)
-    vmax = 1.0 if normalize else max(float(values.max()), 1.0)
-    im = ax.imshow(values, cmap="Blues", vmin=0.0, vmax=vmax, interpolation="nearest", aspect="equal")
-    cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    cbar.ax.set_ylabel("fraction of true class" if normalize else "count", rotation=-90, va="bottom")
 
+def _label_confusion_axes(ax, names: list[str]) -> None:
+    """Class tick labels (thinned out past 30 classes), axis labels and thin white lines between cells."""
+    c = len(names)
     step = 1 if c <= 30 else math.ceil(c / 30)
     ticks = np.arange(0, c, step)
     ax.set_xticks(ticks)
@@ -187,21 +174,56 @@ def plot_confusion_matrix(
         ax.grid(which="minor", color="white", linewidth=0.8)
     ax.tick_params(which="minor", length=0)
 
+
+def _cell_text(count: float, v: float, normalize: bool, c: int) -> str:
+    """The annotation of one cell: a percentage of its row (normalised) or the count."""
+    if not normalize:
+        return f"{int(v)}" if float(v).is_integer() else f"{v:.2g}"
+    if count == 0:
+        return "0" if c <= 12 else ""
+    return f"{100 * v:.0f}%" if v >= 0.1 or v == 0 else f"{100 * v:.1f}%"
+
+
+def _annotate_cells(ax, counts: np.ndarray, values: np.ndarray, normalize: bool, vmax: float) -> None:
+    """Write each cell's value on the heatmap, white on dark cells, grey on empty ones."""
+    c = counts.shape[0]
+    fontsize = 10 if c <= 10 else (8 if c <= 20 else 6)
+    for i in range(c):
+        for j in range(c):
+            v = values[i, j]
+            text = _cell_text(counts[i, j], v, normalize, c)
+            if text:
+                color = "white" if v > 0.55 * vmax else ("#222222" if counts[i, j] else "#9a9a9a")
+                ax.text(j, i, text, ha="center", va="center", color=color, fontsize=fontsize)
+
+
+def plot_confusion_matrix(
+    cm: Sequence[Sequence[float]] | np.ndarray,
+    class_names: Sequence[str] | None,
+    out_png: str | os.PathLike,
+    normalize: bool = True,
+    title: str | None = None,
+) -> Path:
+    """An annotated heatmap of a confusion matrix (rows: true class, columns: predicted class).
+
+    ``normalize=True`` divides each row by its total (recall per class on the diagonal; rows without
+    samples stay 0) and annotates percentages; otherwise raw counts. Cells are annotated and every class
+    labelled up to 30 classes; larger matrices keep the colours and thin out the tick labels. Returns the
+    path of the PNG written.
+    """
+    counts, names, values = _confusion_values(cm, class_names, normalize)
+    c = counts.shape[0]
+    side = float(np.clip(0.55 * c + 2.5, 5.5, 19)) if c <= 30 else 12.0
+    fig = _new_figure((side + 1.2, side))
+    ax = fig.add_subplot(1, 1, 1)
+    vmax = 1.0 if normalize else max(float(values.max()), 1.0)
+    im = ax.imshow(values, cmap="Blues", vmin=0.0, vmax=vmax, interpolation="nearest", aspect="equal")
+    cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    cbar.ax.set_ylabel("fraction of true class" if normalize else "count", rotation=-90, va="bottom")
+
+    _label_confusion_axes(ax, names)
     if c <= 30:
-        fontsize = 10 if c <= 10 else (8 if c <= 20 else 6)
-        for i in range(c):
-            for j in range(c):
-                v = values[i, j]
-                if normalize:
-                    if counts[i, j] == 0:
-                        text = "0" if c <= 12 else ""
-                    else:
-                        text = f"{100 * v:.0f}%" if v >= 0.1 or v == 0 else f"{100 * v:.1f}%"
-                else:
-                    text = f"{int(v)}" if float(v).is_integer() else f"{v:.2g}"
-                if text:
-                    color = "white" if v > 0.55 * vmax else ("#222222" if counts[i, j] else "#9a9a9a")
-                    ax.text(j, i, text, ha="center", va="center", color=color, fontsize=fontsize)
+        _annotate_cells(ax, counts, values, normalize, vmax)
 
     n = int(counts.sum())
     acc = float(np.trace(counts) / n) if n else 0.0

@@ -91,6 +91,16 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def add_tool_commands(sub) -> None:
+    """Register the tool commands on the ``sub`` parsers of the ``vitkit`` CLI."""
+    add_compress_parser(sub)
+    add_export_parser(sub)
+    add_serve_parser(sub)
+    add_models_parser(sub)
+    add_summary_parser(sub)
+
+
+def add_compress_parser(sub) -> None:
+    """``vitkit compress RUN --method ...``: compress a trained run and report on it."""
     p = sub.add_parser(
         "compress",
         help="quantize, factorise, prune or token-merge a trained run; report size, speed, accuracy",
@@ -122,6 +132,9 @@ def add_tool_commands(sub) -> None:
     p.add_argument("--data-dir", default=None)
     p.set_defaults(func=cmd_compress)
 
+
+def add_export_parser(sub) -> None:
+    """``vitkit export CHECKPOINT``: export to ONNX / TorchScript / safetensors and check it."""
     p = sub.add_parser(
         "export",
         help="export a model as ONNX, TorchScript or safetensors; check it against PyTorch and time it",
@@ -142,6 +155,9 @@ def add_tool_commands(sub) -> None:
     p.add_argument("--bench", action=argparse.BooleanOptionalAction, default=True, help="time both runtimes")
     p.set_defaults(func=cmd_export)
 
+
+def add_serve_parser(sub) -> None:
+    """``vitkit serve CHECKPOINT``: the HTTP inference server."""
     p = sub.add_parser(
         "serve", help="serve a model over HTTP: /predict, /explain, /health and an upload page"
     )
@@ -158,10 +174,16 @@ def add_tool_commands(sub) -> None:
     p.add_argument("--max-mb", type=float, default=10.0, help="largest upload accepted, in MiB")
     p.set_defaults(func=cmd_serve)
 
+
+def add_models_parser(sub) -> None:
+    """``vitkit models [PATTERN]``: list registered model names."""
     p = sub.add_parser("models", help="list registered model names")
     p.add_argument("pattern", nargs="?", default="*")
     p.set_defaults(func=cmd_models)
 
+
+def add_summary_parser(sub) -> None:
+    """``vitkit summary MODEL``: config, size, FLOPs and output shapes of a model."""
     p = sub.add_parser("summary", help="build a model and print its shape, size and FLOPs")
     p.add_argument("model")
     p.set_defaults(func=cmd_summary)

@@ -91,10 +91,7 @@ def compress_run(
     ``finetune_epochs`` of training with the run's own recipe at ``finetune_lr`` (default: a tenth of the
     run's lr, no warmup). Returns the report dict (also written as ``report.json``).
     """
-    from ..evaluate import evaluate
     from ..predict import load_for_inference
-    from ..tasks import build_trainer, resolve_task_config
-    from ..weights import save
 
     if method not in METHODS:
         raise ValueError(f"unknown compression method {method!r}; choose one of {METHODS}")
@@ -110,19 +107,66 @@ def compress_run(
     setup = None  # a trainer that holds the run's data pipeline (calibration batches, fine-tuning)
     needs_data = method == "prune" or (method == "int8" and int8_static) or finetune_epochs > 0
     if needs_data:
-        if not run_cfg:
-            raise ValueError(
-                f"{run_dir} has no config.yaml: pruning, int8 calibration and fine-tuning need the run's "
-                "training setup"
-            )
-        lr = finetune_lr if finetune_lr is not None else float(run_cfg.get("lr", 1e-3)) / 10
-        cfg = resolve_task_config(
-            config_file=run_dir / "config.yaml", epochs=max(1, finetune_epochs), lr=lr, warmup_epochs=0.0,
-            out_dir=str(out.parent), name=out.name, data_dir=data_dir, progress=progress, drop_path=0.0,
-            ema_decay=None, compile=False,
-        )  # fmt: skip
-        setup = build_trainer(cfg, model=copy.deepcopy(model))
+        setup = _training_setup(
+            run_dir, run_cfg, out, model, finetune_epochs, finetune_lr, data_dir, progress
+        )
 
+    details = _apply_method(
+        model, method, setup, energy=energy, rank=rank, heads=heads, mlp=mlp, tome_r=tome_r,
+        int8_static=int8_static, keep_float=keep_float, calib_batches=calib_batches,
+    )  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    model = _finetune_or_save(model, setup, out, finetune_epochs, data_config)
+    rows = _measure(original, model, method, run_dir, out, data_config, data_dir, bench_batch)
+    report = {"run": str(run_dir), "method": method, "out_dir": str(out), "finetune_epochs": finetune_epochs,
+              "rows": rows, "details": details, "threads": torch.get_num_threads()}  # fmt: skip
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def _training_setup(
+    run_dir: Path,
+    run_cfg: dict[str, Any],
+    out: Path,
+    model: nn.Module,
+    finetune_epochs: int,
+    finetune_lr: float | None,
+    data_dir: str | os.PathLike | None,
+    progress: bool,
+) -> Any:
+    """A trainer built from the run's own recipe (on a copy of ``model``): its data pipeline gives calibration
+    batches, its config the fine-tuning recipe (a tenth of the run's lr by default, no warmup)."""
+    from ..tasks import build_trainer, resolve_task_config
+
+    if not run_cfg:
+        raise ValueError(
+            f"{run_dir} has no config.yaml: pruning, int8 calibration and fine-tuning need the run's "
+            "training setup"
+        )
+    lr = finetune_lr if finetune_lr is not None else float(run_cfg.get("lr", 1e-3)) / 10
+    cfg = resolve_task_config(
+        config_file=run_dir / "config.yaml", epochs=max(1, finetune_epochs), lr=lr, warmup_epochs=0.0,
+        out_dir=str(out.parent), name=out.name, data_dir=data_dir, progress=progress, drop_path=0.0,
+        ema_decay=None, compile=False,
+    )  # fmt: skip
+    return build_trainer(cfg, model=copy.deepcopy(model))
+
+
+def _apply_method(
+    model: nn.Module,
+    method: str,
+    setup: Any,
+    *,
+    energy: float | None,
+    rank: int | None,
+    heads: float,
+    mlp: float,
+    tome_r: int,
+    int8_static: bool,
+    keep_float: tuple[str, ...],
+    calib_batches: int,
+) -> Any:
+    """Compress ``model`` in place with ``method``; returns the method's details for the report."""
     if method == "lowrank":
         details: Any = low_rank(model, energy=energy, rank=rank)
     elif method == "int8":
@@ -139,8 +183,17 @@ def compress_run(
         batches = _calibration_batches(setup, calib_batches)
         setup.model.cpu()
         details = prune_by_importance(model, unit_importance(model.to(setup.device), batches), heads, mlp)
+    return details
 
-    out.mkdir(parents=True, exist_ok=True)
+
+def _finetune_or_save(
+    model: nn.Module, setup: Any, out: Path, finetune_epochs: int, data_config: dict[str, Any]
+) -> nn.Module:
+    """Fine-tune the compressed model with the run's recipe (the trainer writes ``out/model.safetensors``), or
+    save it as it is; returns the final model in eval mode on the CPU."""
+    from ..tasks import build_trainer
+    from ..weights import save
+
     if finetune_epochs > 0:
         trainer = build_trainer(
             setup.cfg, model=model.train(), train_data=setup.train_data, val_data=setup.val_data
@@ -150,7 +203,22 @@ def compress_run(
     else:
         model.data_config = data_config
         save(model, out / "model.safetensors", data_config=data_config)
-    model = model.eval().cpu()
+    return model.eval().cpu()
+
+
+def _measure(
+    original: nn.Module,
+    model: nn.Module,
+    method: str,
+    run_dir: Path,
+    out: Path,
+    data_config: dict[str, Any],
+    data_dir: str | os.PathLike | None,
+    bench_batch: int,
+) -> list[dict[str, Any]]:
+    """Report rows of the original and the compressed model: size, GFLOPs, throughput, accuracy (written as
+    ``eval_original.json`` / ``eval_compressed.json``), speed-up and size ratio against the original."""
+    from ..evaluate import evaluate
 
     c, (h, w) = int(data_config["in_chans"]), data_config["img_size"]
     x = torch.randn(bench_batch, c, h, w)
@@ -169,10 +237,7 @@ def compress_run(
     for r in rows:
         r["speedup"] = r["images_per_s"] / base["images_per_s"]
         r["size_ratio"] = base["file_mb"] / r["file_mb"]
-    report = {"run": str(run_dir), "method": method, "out_dir": str(out), "finetune_epochs": finetune_epochs,
-              "rows": rows, "details": details, "threads": torch.get_num_threads()}  # fmt: skip
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    return report
+    return rows
 
 
 def format_report(report: dict[str, Any]) -> str:

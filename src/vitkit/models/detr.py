@@ -71,13 +71,7 @@ class DETR(nn.Module):
             "num_heads": num_heads, "mlp_ratio": mlp_ratio, "drop_rate": drop_rate, "anchors": anchors,
             "queries": queries,
         }  # fmt: skip
-        if queries not in ("learned", "patches"):
-            raise ValueError(f"queries must be 'learned' or 'patches', got {queries!r}")
-        if queries == "patches":
-            if not anchors:
-                raise ValueError("queries='patches' places one query on every patch: it needs anchors=True")
-            num_queries = self.backbone.patch_embed.num_patches
-            self.config["num_queries"] = num_queries
+        num_queries = self._resolve_num_queries(queries, anchors, num_queries)
         self.queries = queries
         self.num_classes, self.num_queries = num_classes, num_queries
         self.input_proj = nn.Sequential(
@@ -89,19 +83,34 @@ class DETR(nn.Module):
         self.query_embed = nn.Parameter(torch.randn(1, num_queries, embed_dim) * 0.02)
         self.anchors = anchors
         if anchors:  # reference points (logits of cx, cy), on a grid over the image to start with
-            if queries == "patches":  # the patch centres, in token order
-                rows, cols = self.backbone.patch_embed.grid_size
-            else:
-                rows = cols = math.ceil(math.sqrt(num_queries))
-            ys, xs = (torch.arange(rows) + 0.5) / rows, (torch.arange(cols) + 0.5) / cols
-            points = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1).reshape(-1, 2)[:num_queries]
-            self.reference = nn.Parameter(torch.logit(points))
+            self.reference = nn.Parameter(torch.logit(self._initial_points()))
         self.decoder = nn.ModuleList([
             DecoderBlock(embed_dim, num_heads, mlp_ratio=mlp_ratio, proj_drop=drop_rate) for _ in range(decoder_depth)
         ])  # fmt: skip
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.class_head = nn.Linear(embed_dim, num_classes + 1)
         self.box_head = Mlp(embed_dim, embed_dim, out_features=4)
+
+    def _resolve_num_queries(self, queries: str, anchors: bool, num_queries: int) -> int:
+        """Check ``queries``; patch queries put one query on every patch (recorded in the config)."""
+        if queries not in ("learned", "patches"):
+            raise ValueError(f"queries must be 'learned' or 'patches', got {queries!r}")
+        if queries == "patches":
+            if not anchors:
+                raise ValueError("queries='patches' places one query on every patch: it needs anchors=True")
+            num_queries = self.backbone.patch_embed.num_patches
+            self.config["num_queries"] = num_queries
+        return num_queries
+
+    def _initial_points(self) -> Tensor:
+        """(Q, 2) starting reference points (cx, cy) in (0, 1): a grid over the image, or the patch centres in
+        token order for patch queries."""
+        if self.queries == "patches":
+            rows, cols = self.backbone.patch_embed.grid_size
+        else:
+            rows = cols = math.ceil(math.sqrt(self.num_queries))
+        ys, xs = (torch.arange(rows) + 0.5) / rows, (torch.arange(cols) + 0.5) / cols
+        return torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1).reshape(-1, 2)[: self.num_queries]
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:

@@ -132,7 +132,13 @@ class MaskedAutoencoder(nn.Module):
         # Encoder tokens are normalised before the decoder: by ``norm`` (class-token models) or, for mean-pooled
         # models whose ``norm`` is the identity, by ``fc_norm`` applied per token (fine-tuning starts from it).
         self.encoder_norm = self.encoder.norm if isinstance(self.encoder.norm, nn.LayerNorm) else None
+        self._build_decoder(decoder_dim, decoder_depth, decoder_heads, decoder_mlp_ratio)
 
+    def _build_decoder(
+        self, decoder_dim: int, decoder_depth: int, decoder_heads: int, mlp_ratio: float
+    ) -> None:
+        """MAE's decoder: embedding, mask token, fixed sin-cos positions, blocks, norm and pixel prediction,
+        initialised as MAE (xavier-uniform linears, zero biases, normal(0.02) mask token)."""
         dim = self.encoder.embed_dim
         self.decoder_embed = nn.Linear(dim, decoder_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
@@ -140,7 +146,7 @@ class MaskedAutoencoder(nn.Module):
             "decoder_pos_embed", sincos_2d(self.grid_size, decoder_dim)[None], persistent=False
         )
         self.decoder_blocks = nn.Sequential(*[
-            EncoderBlock(decoder_dim, decoder_heads, mlp_ratio=decoder_mlp_ratio) for _ in range(decoder_depth)
+            EncoderBlock(decoder_dim, decoder_heads, mlp_ratio=mlp_ratio) for _ in range(decoder_depth)
         ])  # fmt: skip
         self.decoder_norm = nn.LayerNorm(decoder_dim, eps=1e-6)
         self.decoder_pred = nn.Linear(decoder_dim, self.patch_size[0] * self.patch_size[1] * self.in_chans)

@@ -31,6 +31,53 @@ def _sizes(name: str, value: int | Sequence[int]) -> dict[str, int]:
     return {name if i == 0 else f"{name}[{i}]": v for i, v in enumerate(value)}
 
 
+def _check_vit_args(args: dict[str, Any]) -> None:
+    """Refuse bad VisionTransformer arguments by name (``args``: the constructor's arguments)."""
+    a = args
+    check_args(
+        "VisionTransformer",
+        positive={"embed_dim": a["embed_dim"], "num_heads": a["num_heads"], "mlp_ratio": a["mlp_ratio"],
+                  "in_chans": a["in_chans"], "norm_eps": a["norm_eps"], **_sizes("img_size", a["img_size"]),
+                  **_sizes("patch_size", a["patch_size"])},
+        nonnegative={"num_classes": a["num_classes"], "depth": a["depth"], "reg_tokens": a["reg_tokens"]},
+        rates={k: a[k] for k in ("drop_rate", "pos_drop_rate", "proj_drop_rate", "attn_drop_rate",
+                                 "drop_path_rate")},
+        integers=("embed_dim", "num_heads", "in_chans", "num_classes", "depth", "reg_tokens", "img_size",
+                  "patch_size"),
+        divisible=(("embed_dim", a["embed_dim"], "num_heads", a["num_heads"]),),
+    )  # fmt: skip
+    if a["global_pool"] not in ("token", "avg", "none"):
+        raise ValueError(f"global_pool must be 'token', 'avg' or 'none', got {a['global_pool']!r}")
+    if a["global_pool"] == "token" and not a["class_token"]:
+        raise ValueError("global_pool='token' needs class_token=True")
+    if a["distilled"] and not a["class_token"]:
+        raise ValueError("a distilled ViT needs its class token")
+
+
+def _vit_config(args: dict[str, Any]) -> dict[str, Any]:
+    """The constructor's arguments as stored in ``model.config`` (sizes and stems as plain lists)."""
+    config = dict(args)
+    config["img_size"] = list(to_2tuple(args["img_size"]))
+    config["patch_size"] = list(to_2tuple(args["patch_size"]))
+    config["stem_channels"] = [int(c) for c in args["stem_channels"]]
+    config["stem_strides"] = None if args["stem_strides"] is None else [int(c) for c in args["stem_strides"]]
+    return config
+
+
+def _encoder_blocks(args: dict[str, Any]) -> nn.Sequential:
+    """The pre-norm encoder blocks, with stochastic depth growing linearly with depth."""
+    a, depth = args, args["depth"]
+    dpr = torch.linspace(0, a["drop_path_rate"], depth).tolist()
+    return nn.Sequential(*[
+        EncoderBlock(
+            a["embed_dim"], a["num_heads"], mlp_ratio=a["mlp_ratio"], qkv_bias=a["qkv_bias"], qk_norm=a["qk_norm"],
+            proj_drop=a["proj_drop_rate"], attn_drop=a["attn_drop_rate"], init_values=a["init_values"],
+            drop_path=dpr[i], act_layer=a["act_layer"], norm_eps=a["norm_eps"],
+        )
+        for i in range(depth)
+    ])  # fmt: skip
+
+
 class VisionTransformer(nn.Module):
     """ViT / DeiT classifier with timm-compatible parameter names.
 
@@ -81,28 +128,9 @@ class VisionTransformer(nn.Module):
         stem_strides: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
-        check_args(
-            "VisionTransformer",
-            positive={"embed_dim": embed_dim, "num_heads": num_heads, "mlp_ratio": mlp_ratio, "in_chans": in_chans,
-                      "norm_eps": norm_eps, **_sizes("img_size", img_size), **_sizes("patch_size", patch_size)},
-            nonnegative={"num_classes": num_classes, "depth": depth, "reg_tokens": reg_tokens},
-            rates={"drop_rate": drop_rate, "pos_drop_rate": pos_drop_rate, "proj_drop_rate": proj_drop_rate,
-                   "attn_drop_rate": attn_drop_rate, "drop_path_rate": drop_path_rate},
-            integers=("embed_dim", "num_heads", "in_chans", "num_classes", "depth", "reg_tokens", "img_size",
-                      "patch_size"),
-            divisible=(("embed_dim", embed_dim, "num_heads", num_heads),),
-        )  # fmt: skip
-        if global_pool not in ("token", "avg", "none"):
-            raise ValueError(f"global_pool must be 'token', 'avg' or 'none', got {global_pool!r}")
-        if global_pool == "token" and not class_token:
-            raise ValueError("global_pool='token' needs class_token=True")
-        if distilled and not class_token:
-            raise ValueError("a distilled ViT needs its class token")
-        self.config: dict[str, Any] = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
-        self.config["img_size"] = list(to_2tuple(img_size))
-        self.config["patch_size"] = list(to_2tuple(patch_size))
-        self.config["stem_channels"] = [int(c) for c in stem_channels]
-        self.config["stem_strides"] = None if stem_strides is None else [int(c) for c in stem_strides]
+        args = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        _check_vit_args(args)
+        self.config: dict[str, Any] = _vit_config(args)
 
         self.num_classes = num_classes
         self.global_pool = global_pool
@@ -116,47 +144,58 @@ class VisionTransformer(nn.Module):
         self.grad_checkpointing = False
         use_fc_norm = global_pool == "avg" if fc_norm is None else fc_norm
 
+        # submodules and parameters are created in this order (it fixes the seeded initial weights)
+        self._build_embeddings(args)
+        self.blocks = _encoder_blocks(args)
+        self._build_head(embed_dim, num_classes, drop_rate, norm_eps, use_fc_norm)
+        self.init_weights()
+
+    def _build_embeddings(self, args: dict[str, Any]) -> None:
+        """Patch embedding, prefix tokens, position table, position dropout and the optional pre-norm."""
+        embed_dim, dynamic = args["embed_dim"], args["dynamic_img_size"]
         self.patch_embed = PatchEmbed(
-            img_size, patch_size, in_chans, embed_dim, bias=not pre_norm, strict_img_size=not dynamic_img_size,
-            flatten=not dynamic_img_size, stem_channels=stem_channels, stem_strides=stem_strides,
+            args["img_size"], args["patch_size"], args["in_chans"], embed_dim, bias=not args["pre_norm"],
+            strict_img_size=not dynamic, flatten=not dynamic, stem_channels=args["stem_channels"],
+            stem_strides=args["stem_strides"],
         )  # fmt: skip
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
-        self.dist_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if distilled else None
+        reg_tokens = args["reg_tokens"]
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if args["class_token"] else None
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if args["distilled"] else None
         self.reg_token = nn.Parameter(torch.zeros(1, reg_tokens, embed_dim)) if reg_tokens else None
-        embed_len = self.patch_embed.num_patches + (0 if no_embed_class else self.num_prefix_tokens)
-        self.pos_embed_type = pos_embed
-        if pos_embed == "learn":
+        self._build_pos_embed(args["pos_embed"], embed_dim)
+        self.pos_drop = nn.Dropout(args["pos_drop_rate"])
+        self.norm_pre = nn.LayerNorm(embed_dim, eps=args["norm_eps"]) if args["pre_norm"] else nn.Identity()
+
+    def _build_pos_embed(self, kind: str, embed_dim: int) -> None:
+        """The position table: a learned parameter, a fixed sin-cos buffer or None."""
+        embed_len = self.patch_embed.num_patches + (0 if self.no_embed_class else self.num_prefix_tokens)
+        self.pos_embed_type = kind
+        if kind == "learn":
             self.pos_embed = nn.Parameter(torch.zeros(1, embed_len, embed_dim))
-        elif pos_embed == "sincos":
-            if not no_embed_class:
+        elif kind == "sincos":
+            if not self.no_embed_class:
                 raise ValueError(
                     "pos_embed='sincos' needs no_embed_class=True (the table covers patches only)"
                 )
             self.register_buffer("pos_embed", sincos_2d(self.patch_embed.grid_size, embed_dim)[None], False)
-        elif pos_embed == "none":
+        elif kind == "none":
             self.pos_embed = None
         else:
-            raise ValueError(f"pos_embed must be 'learn', 'sincos' or 'none', got {pos_embed!r}")
-        self.pos_drop = nn.Dropout(pos_drop_rate)
-        self.norm_pre = nn.LayerNorm(embed_dim, eps=norm_eps) if pre_norm else nn.Identity()
+            raise ValueError(f"pos_embed must be 'learn', 'sincos' or 'none', got {kind!r}")
 
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist()  # stochastic depth grows with depth
-        self.blocks = nn.Sequential(*[
-            EncoderBlock(
-                embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_norm=qk_norm,
-                proj_drop=proj_drop_rate, attn_drop=attn_drop_rate, init_values=init_values, drop_path=dpr[i],
-                act_layer=act_layer, norm_eps=norm_eps,
-            )
-            for i in range(depth)
-        ])  # fmt: skip
+    def _build_head(
+        self, embed_dim: int, num_classes: int, drop_rate: float, norm_eps: float, use_fc_norm: bool
+    ) -> None:
+        """Final norm (or ``fc_norm`` after pooling), head dropout, the head and DeiT's distillation head."""
         self.norm = nn.Identity() if use_fc_norm else nn.LayerNorm(embed_dim, eps=norm_eps)
         self.fc_norm = nn.LayerNorm(embed_dim, eps=norm_eps) if use_fc_norm else nn.Identity()
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.head_dist = (
-            (nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()) if distilled else None
+            (nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity())
+            if self.distilled
+            else None
         )
-        self.init_weights()
 
     # ---------------------------------------------------------------- set-up
     def init_weights(self) -> None:
