@@ -239,7 +239,9 @@ def test_image_commands_refuse_text_models_clearly(tmp_path, capsys):
     from vitkit.cli import main
 
     vitkit.save(vitkit.create_model("bert_tiny", vocab_size=50), tmp_path / "model.safetensors")
-    assert main(["predict", str(tmp_path), "a sentence"]) == 2
+    assert main(["predict", str(tmp_path), "a sentence"]) == 2  # a text model reads its run's vocabulary
+    assert "no tokenizer.json beside the model" in capsys.readouterr().err
+    assert main(["explain", str(tmp_path), "an-image.png"]) == 2  # attention maps are for image classifiers
     assert "not an image classifier" in capsys.readouterr().err
 
 

@@ -129,67 +129,19 @@ def evaluate(
     and ``confusion_matrix_png``. It is written to ``out_json`` (default: :func:`default_output_paths`)
     with the confusion matrix PNG beside it (``plot=False`` skips the PNG).
     """
-    from .data import build_dataset
-
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     path = Path(run_or_checkpoint).expanduser()
     device = torch.device(device)
     model, data_config = load_for_inference(path, device=device)
     run_cfg = _read_run_config(_run_dir_of(path) if path.exists() else None)
-
-    name = dataset or run_cfg.get("dataset") or data_config.get("dataset")
-    if not name:
-        raise ValueError(
-            f"no dataset given and none recorded for {path} (no config.yaml, no data_config['dataset']); "
-            "pass dataset=... (vitkit eval --data NAME)"
-        )
-    if data_dir is None:
-        data_dir = run_cfg.get("data_dir")
-    in_chans = int(data_config["in_chans"])
-    size = tuple(int(s) for s in data_config["img_size"])
-    kw: dict[str, Any] = {"channels": in_chans}
-    if run_cfg.get("on_bad_image"):
-        kw["on_error"] = run_cfg["on_bad_image"]
-    ds = build_dataset(name, split, data_dir=data_dir, **kw)
-    if len(ds) == 0:
-        raise ValueError(f"dataset {name!r} split {split!r} is empty")
-
-    classes = list(data_config["classes"])
-    ds_classes = [str(c) for c in getattr(ds, "classes", classes)]
-    if len(ds_classes) != len(classes):
-        raise ValueError(
-            f"dataset {name!r} has {len(ds_classes)} classes but the model predicts {len(classes)} "
-            f"({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''})"
-        )
-    if ds_classes != classes:
-        warnings.warn(
-            f"class names of dataset {name!r} differ from the model's; class indices are compared as they are "
-            f"(dataset: {ds_classes[:5]}..., model: {classes[:5]}...)",
-            stacklevel=2,
-        )
-
-    mean = torch.tensor(data_config["mean"], dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    std = torch.tensor(data_config["std"], dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    all_logits, all_targets = [], []
+    name, ds = _eval_dataset(path, dataset, data_dir, split, run_cfg, data_config)
     start = time.perf_counter()
-    with torch.inference_mode():
-        for x, y in _batches(ds, batch_size, size, num_workers):
-            x = x.to(device, non_blocking=True)
-            if x.dtype == torch.uint8:
-                x = x.float().div_(255)
-            x = _match_channels(x.float(), in_chans)
-            if tuple(x.shape[-2:]) != size:
-                x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
-            out = model((x - mean) / std)
-            logits = out[0] if isinstance(out, (tuple, list)) else out
-            all_logits.append(logits.float().cpu())
-            all_targets.append(torch.as_tensor(y).long().cpu())
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    logits, targets = _logits_and_targets(model, ds, data_config, batch_size, num_workers, device)
     seconds = time.perf_counter() - start
 
-    metrics = classification_metrics(torch.cat(all_logits), torch.cat(all_targets), classes)
+    classes = list(data_config["classes"])
+    metrics = classification_metrics(logits, targets, classes)
     default_json, default_png = default_output_paths(path, split)
     out = Path(out_json).expanduser() if out_json is not None else default_json
     png = default_png if out_json is None else _png_beside(out)
@@ -214,6 +166,67 @@ def evaluate(
         )  # fmt: skip
     log.info("evaluated %s on %s/%s: top-1 %.4f -> %s", path, name, split, metrics["top1"], out)
     return result
+
+
+def _eval_dataset(
+    path: Path, dataset, data_dir, split: str, run_cfg: dict, data_config: dict
+) -> tuple[str, Any]:
+    """(dataset name, dataset) to evaluate on: the one named, else the run's, else the model's; its classes
+    must be as many as the model's."""
+    from .data import build_dataset
+
+    name = dataset or run_cfg.get("dataset") or data_config.get("dataset")
+    if not name:
+        raise ValueError(
+            f"no dataset given and none recorded for {path} (no config.yaml, no data_config['dataset']); "
+            "pass dataset=... (vitkit eval --data NAME)"
+        )
+    if data_dir is None:
+        data_dir = run_cfg.get("data_dir")
+    kw: dict[str, Any] = {"channels": int(data_config["in_chans"])}
+    if run_cfg.get("on_bad_image"):
+        kw["on_error"] = run_cfg["on_bad_image"]
+    ds = build_dataset(name, split, data_dir=data_dir, **kw)
+    if len(ds) == 0:
+        raise ValueError(f"dataset {name!r} split {split!r} is empty")
+    classes = list(data_config["classes"])
+    ds_classes = [str(c) for c in getattr(ds, "classes", classes)]
+    if len(ds_classes) != len(classes):
+        raise ValueError(
+            f"dataset {name!r} has {len(ds_classes)} classes but the model predicts {len(classes)} "
+            f"({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''})"
+        )
+    if ds_classes != classes:
+        warnings.warn(
+            f"class names of dataset {name!r} differ from the model's; class indices are compared as they are "
+            f"(dataset: {ds_classes[:5]}..., model: {classes[:5]}...)",
+            stacklevel=3,
+        )
+    return name, ds
+
+
+@torch.inference_mode()
+def _logits_and_targets(model, ds, data_config: dict, batch_size: int, num_workers: int, device) -> tuple:
+    """The model's logits and the labels over ``ds``, inputs prepared as in training (channels, size, mean/std)."""
+    in_chans = int(data_config["in_chans"])
+    size = tuple(int(s) for s in data_config["img_size"])
+    mean = torch.tensor(data_config["mean"], dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(data_config["std"], dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    all_logits, all_targets = [], []
+    for x, y in _batches(ds, batch_size, size, num_workers):
+        x = x.to(device, non_blocking=True)
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255)
+        x = _match_channels(x.float(), in_chans)
+        if tuple(x.shape[-2:]) != size:
+            x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+        out = model((x - mean) / std)
+        logits = out[0] if isinstance(out, (tuple, list)) else out
+        all_logits.append(logits.float().cpu())
+        all_targets.append(torch.as_tensor(y).long().cpu())
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return torch.cat(all_logits), torch.cat(all_targets)
 
 
 make_module_callable(__name__, "evaluate")

@@ -35,7 +35,42 @@ class ExportError(RuntimeError):
     """The exported model could not be written or does not reproduce the PyTorch model."""
 
 
-def _export_onnx(model: nn.Module, x: torch.Tensor, path: Path, opset: int | None) -> None:
+def _input_names(model: nn.Module, n_inputs: int) -> list[str]:
+    if n_inputs == 2:
+        return ["source", "target"]
+    return ["input_ids"] if "vocab_size" in (getattr(model, "config", None) or {}) else ["images"]
+
+
+def _output_names(sample: Any) -> list[str]:
+    if isinstance(sample, dict):
+        return [k for k, v in sample.items() if isinstance(v, torch.Tensor)]
+    if isinstance(sample, (tuple, list)):
+        return [f"output{i}" for i in range(len(sample))]
+    return ["logits"]
+
+
+def _flat(out: Any) -> tuple[torch.Tensor, ...]:
+    """A model's output as a tuple of tensors (a dict's tensor values in key order; empty lists dropped)."""
+    if isinstance(out, dict):
+        return tuple(v for v in out.values() if isinstance(v, torch.Tensor))
+    if isinstance(out, (tuple, list)):
+        return tuple(v for v in out if isinstance(v, torch.Tensor))
+    return (out,)
+
+
+class _TensorOutputs(nn.Module):
+    """The model with its outputs as a flat tuple of tensors (what tracing and ONNX graphs hold)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        outs = _flat(self.model(x) if y is None else self.model(x, y))  # (images | token ids) or (source, target)
+        return outs[0] if len(outs) == 1 else outs  # a classifier's export gives its logits as they are
+
+
+def _export_onnx(model: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path, opset: int | None) -> None:
     try:
         import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
     except ImportError as e:
@@ -43,11 +78,13 @@ def _export_onnx(model: nn.Module, x: torch.Tensor, path: Path, opset: int | Non
     batch = torch.export.Dim("batch", min=1, max=4096)
     for name in ("onnxscript", "onnx_ir", "torch.onnx", "torch.export"):  # their INFO lines drown the report
         logging.getLogger(name).setLevel(logging.WARNING)
+    with torch.no_grad():
+        outputs = _output_names(model(*inputs))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            model, (x,), dynamo=True, input_names=["images"], output_names=["logits"],
-            dynamic_shapes=({0: batch},), opset_version=opset, optimize=True, verbose=False,
+            _TensorOutputs(model), inputs, dynamo=True, input_names=_input_names(model, len(inputs)), output_names=outputs,
+            dynamic_shapes=tuple({0: batch} for _ in inputs), opset_version=opset, optimize=True, verbose=False,
         )  # fmt: skip
     program.save(str(path))
 
@@ -61,13 +98,85 @@ def _onnx_runner(path: Path, threads: int) -> Any:
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
+    names = [i.name for i in session.get_inputs()]
 
-    def run(x: torch.Tensor | np.ndarray) -> np.ndarray:
-        array = x.numpy() if isinstance(x, torch.Tensor) else x
-        return session.run(None, {name: array})[0]
+    def run(*xs: torch.Tensor | np.ndarray) -> tuple[np.ndarray, ...]:
+        arrays = [x.numpy() if isinstance(x, torch.Tensor) else x for x in xs]
+        return tuple(session.run(None, dict(zip(names, arrays, strict=True))))
 
     return run
+
+
+# tasks whose forward pass draws random masks: no deterministic graph to export
+_RANDOM_FORWARD = {"mae": "an MAE model masks patches at random in its forward pass",
+                   "mlm": "a masked language model masks tokens at random in its forward pass"}  # fmt: skip
+
+
+def _load_exportable(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
+    """(model on the CPU in eval mode, its data config) of a run directory or model file of any exportable task."""
+    from .predict import load_for_inference
+    from .tasks.inference import load_task_model, task_of_file
+
+    task = task_of_file(path) or "classification"
+    if task in _RANDOM_FORWARD:
+        raise ExportError(
+            f"{path}: {_RANDOM_FORWARD[task]}; export its encoder (encoder.safetensors) instead"
+        )
+    if task == "classification":
+        model, data_config = load_for_inference(path)
+    else:
+        model, _ = load_task_model(path)
+        data_config = dict(model.data_config or {})
+    return model.eval().cpu(), data_config
+
+
+def _check_inputs(model: nn.Module, n: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """A random batch of ``n`` inputs in the model's own form (images, or token ids)."""
+    from .models.examples import example_inputs
+
+    template = example_inputs(model, batch=n)
+    if template[0].is_floating_point():
+        return tuple(torch.randn(t.shape, generator=gen) for t in template)
+    vocab = int(model.config["vocab_size"])
+    return tuple(torch.randint(4, vocab, t.shape, generator=gen) for t in template)
+
+
+def _write(
+    model: nn.Module, fmt: str, inputs: tuple[torch.Tensor, ...], out: Path, opset, data_config
+) -> Any:
+    """Write the export and return something that runs it on the same inputs."""
+    from .weights import load, save
+
+    if fmt == "onnx":
+        _export_onnx(model, inputs, out, opset)
+        return _onnx_runner(out, torch.get_num_threads())
+    if fmt == "torchscript":
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(_TensorOutputs(model), inputs, check_trace=False)
+            torch.jit.save(traced, str(out))
+        return torch.jit.load(str(out), map_location="cpu").eval()
+    save(model, out, data_config=data_config)
+    return load(out).eval()
+
+
+def _max_diffs(
+    runner: Any, checks: list[tuple[torch.Tensor, ...]], expected: list, out: Path
+) -> dict[int, float]:
+    diffs = {}
+    with torch.no_grad():
+        for xs, ref in zip(checks, expected, strict=True):
+            out = runner(*xs)
+            got = [torch.as_tensor(np.asarray(g)) for g in (out if isinstance(out, tuple) else _flat(out))]
+            for g, r in zip(got, ref, strict=True):
+                if g.shape != r.shape:
+                    raise ExportError(
+                        f"{out}: batch of {xs[0].shape[0]} gave an output {tuple(g.shape)}, expected {tuple(r.shape)}"
+                    )
+            diffs[int(xs[0].shape[0])] = max(
+                float((g.float() - r.float()).abs().max()) for g, r in zip(got, ref, strict=True)
+            )
+    return diffs
 
 
 def export_model(
@@ -84,67 +193,44 @@ def export_model(
 ) -> dict[str, Any]:
     """Export the model of run directory or model file ``path`` as ``fmt`` to ``out``, check it, time it.
 
-    Returns a report: output file and size, max |logit difference| per checked batch size, and (``bench``)
-    images/s of PyTorch and of the exported runtime on a ``bench_batch`` batch.
+    Any task whose forward pass is deterministic exports: image models (classifiers, DETR's boxes and classes,
+    Segmenter's masks) and token models (text classifiers, translation). Returns a report: output file and size,
+    max |output difference| per checked batch size, and (``bench``) inputs/s of PyTorch and of the exported
+    runtime on a ``bench_batch`` batch. Raises :class:`ExportError` naming what does not export or reproduce.
     """
     from .compress.quantize import quantized_modules
-    from .predict import load_for_inference
-    from .weights import load, save
 
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of {FORMATS}")
-    model, data_config = load_for_inference(path)
-    model = model.eval().cpu()
+    model, data_config = _load_exportable(path)
     if fmt == "onnx" and quantized_modules(model):
         raise ExportError(
             "int8 models (vitkit compress --method int8) use PyTorch's quantized CPU kernels, which ONNX export "
             "does not cover: export them as torchscript or safetensors, or export the float model to ONNX"
         )
     src = Path(path)
-    default = (src if src.is_dir() else src.parent) / _DEFAULT_NAME[fmt]
-    out = Path(out) if out is not None else default
+    out = Path(out) if out is not None else (src if src.is_dir() else src.parent) / _DEFAULT_NAME[fmt]
     out.parent.mkdir(parents=True, exist_ok=True)
-    c, (h, w) = int(data_config["in_chans"]), tuple(data_config["img_size"])
     gen = torch.Generator().manual_seed(seed)
-    checks = [torch.randn(n, c, h, w, generator=gen) for n in (batch_size, max(1, batch_size // 2 + 1))]
+    checks = [_check_inputs(model, n, gen) for n in (batch_size, max(1, batch_size // 2 + 1))]
     with torch.no_grad():
-        expected = [model(x) for x in checks]
-
-    if fmt == "onnx":
-        _export_onnx(model, checks[0], out, opset)
-        runner = _onnx_runner(out, torch.get_num_threads())
-    elif fmt == "torchscript":
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            traced = torch.jit.trace(model, checks[0], check_trace=False)
-            torch.jit.save(traced, str(out))
-        runner = torch.jit.load(str(out), map_location="cpu").eval()
-    else:
-        save(model, out, data_config=data_config)
-        runner = load(out).eval()
-
-    diffs = {}
-    with torch.no_grad():
-        for x, ref in zip(checks, expected, strict=True):
-            got = torch.as_tensor(np.asarray(runner(x))) if fmt == "onnx" else runner(x)
-            if got.shape != ref.shape:
-                raise ExportError(
-                    f"{out}: batch of {x.shape[0]} gave logits {tuple(got.shape)}, expected {tuple(ref.shape)}"
-                )
-            diffs[int(x.shape[0])] = float((got - ref).abs().max())
+        expected = [_flat(model(*xs)) for xs in checks]
+    runner = _write(model, fmt, checks[0], out, opset, data_config)
+    diffs = _max_diffs(runner, checks, expected, out)
     worst = max(diffs.values())
     if not worst <= atol:
         raise ExportError(
-            f"{out} does not reproduce the PyTorch model: max |logit diff| {worst:.3g} > {atol:g}"
+            f"{out} does not reproduce the PyTorch model: max |output diff| {worst:.3g} > {atol:g}"
         )
-
     report: dict[str, Any] = {
         "source": str(path), "format": fmt, "out": str(out), "file_mb": out.stat().st_size / 2**20,
-        "max_abs_diff": diffs, "atol": atol, "input_shape": [c, h, w], "threads": torch.get_num_threads(),
+        "max_abs_diff": diffs, "atol": atol, "input_shape": list(checks[0][0].shape[1:]),
+        "threads": torch.get_num_threads(),
     }  # fmt: skip
     if bench:
-        x = torch.randn(bench_batch, c, h, w, generator=gen)
-        rates = throughput({"pytorch": model, fmt: runner}, x)  # the onnx runner views the tensor as numpy
+        xs = _check_inputs(model, bench_batch, gen)
+        rest = xs[1:]
+        rates = throughput({"pytorch": lambda a: model(a, *rest), fmt: lambda a: runner(a, *rest)}, xs[0])
         report["images_per_s"] = rates
         report["speed_ratio"] = rates[fmt] / rates["pytorch"]
     return report

@@ -124,38 +124,9 @@ def resolve_data_config(
         data_config = {}
     dc = dict(data_config)
 
-    in_chans = dc.get("in_chans") or in_chans_m
-    if in_chans is None:
-        in_chans = len(dc["mean"]) if isinstance(dc.get("mean"), (list, tuple)) else 3
-    in_chans = int(in_chans)
-    if in_chans_m is not None and in_chans != int(in_chans_m):
-        raise ValueError(
-            f"{source}: data config says {in_chans} input channels but the model takes {in_chans_m}"
-        )
-
-    size = dc.get("img_size") or size_m
-    if size is None:
-        raise ValueError(f"{source}: no input size in the data config or the model config")
-    size = [int(size), int(size)] if isinstance(size, (int, float)) else [int(s) for s in size]
-    if size_m is not None and size != size_m and not dynamic:
-        warnings.warn(
-            f"{source}: data config img_size {size} differs from the model's fixed input size {size_m}; using "
-            f"{size_m}",
-            stacklevel=3,
-        )
-        size = size_m
-
-    classes = dc.get("classes")
-    if classes is None:
-        if num_classes is None:
-            raise ValueError(f"{source}: no class names in the data config and no num_classes in the model")
-        classes = [str(i) for i in range(int(num_classes))]
-    classes = [str(c) for c in classes]
-    if num_classes is not None and len(classes) != int(num_classes):
-        raise ValueError(
-            f"{source}: data config lists {len(classes)} classes but the model has {num_classes} outputs"
-        )
-
+    in_chans = _resolve_channels(dc, in_chans_m, source)
+    size = _resolve_size(dc, size_m, dynamic, source)
+    classes = _resolve_classes(dc, num_classes, source)
     stats = _known_stats(dc.get("dataset"), in_chans)
     mean = dc.get("mean")
     std = dc.get("std")
@@ -168,6 +139,47 @@ def resolve_data_config(
         raise ValueError(f"{source}: data config std must be positive, got {std}")
     return {**dc, "dataset": dc.get("dataset"), "classes": classes, "mean": mean, "std": std,
             "img_size": size, "in_chans": in_chans}  # fmt: skip
+
+
+def _resolve_channels(dc: dict[str, Any], in_chans_m: int | None, source: str) -> int:
+    in_chans = dc.get("in_chans") or in_chans_m
+    if in_chans is None:
+        in_chans = len(dc["mean"]) if isinstance(dc.get("mean"), (list, tuple)) else 3
+    in_chans = int(in_chans)
+    if in_chans_m is not None and in_chans != int(in_chans_m):
+        raise ValueError(
+            f"{source}: data config says {in_chans} input channels but the model takes {in_chans_m}"
+        )
+    return in_chans
+
+
+def _resolve_size(dc: dict[str, Any], size_m: list[int] | None, dynamic: bool, source: str) -> list[int]:
+    size = dc.get("img_size") or size_m
+    if size is None:
+        raise ValueError(f"{source}: no input size in the data config or the model config")
+    size = [int(size), int(size)] if isinstance(size, (int, float)) else [int(s) for s in size]
+    if size_m is not None and size != size_m and not dynamic:
+        warnings.warn(
+            f"{source}: data config img_size {size} differs from the model's fixed input size {size_m}; using "
+            f"{size_m}",
+            stacklevel=4,
+        )
+        size = size_m
+    return size
+
+
+def _resolve_classes(dc: dict[str, Any], num_classes: int | None, source: str) -> list[str]:
+    classes = dc.get("classes")
+    if classes is None:
+        if num_classes is None:
+            raise ValueError(f"{source}: no class names in the data config and no num_classes in the model")
+        classes = [str(i) for i in range(int(num_classes))]
+    classes = [str(c) for c in classes]
+    if num_classes is not None and len(classes) != int(num_classes):
+        raise ValueError(
+            f"{source}: data config lists {len(classes)} classes but the model has {num_classes} outputs"
+        )
+    return classes
 
 
 def load_for_inference(
@@ -390,7 +402,6 @@ def predict(
     Returns one dict per input: ``{"path": str | None, "top": [{"label": str, "index": int, "prob": float},
     ...]}`` (``path`` is None for in-memory inputs).
     """
-    from .data.images import BadImageError
 
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -407,9 +418,7 @@ def predict(
         device = torch.device(device or "cpu")
         model, data_config = load_for_inference(model_or_path, device=device)
     _require(data_config)
-    classes = data_config["classes"]
-    channels = int(data_config["in_chans"])
-    k = min(topk, len(classes))
+    k = min(topk, len(data_config["classes"]))
 
     items = _as_items(images)
     results: list[dict[str, Any]] = [
@@ -419,33 +428,42 @@ def predict(
     model.eval()
     try:
         for start in range(0, len(items), batch_size):
-            tensors, rows = [], []
-            for i in range(start, min(start + batch_size, len(items))):
-                try:
-                    tensors.append(_load_item(items[i], channels, i))
-                    rows.append(i)
-                except (BadImageError, ValueError, TypeError) as e:
-                    if on_error == "raise":
-                        raise
-                    results[i]["error"] = str(e)
-            if not tensors:
-                continue
-            x = _finish(tensors, data_config).to(device)
-            with torch.inference_mode():
-                out = model(x)
-                logits = out[0] if isinstance(out, (tuple, list)) else out
-                probs = logits.float().softmax(dim=-1).cpu()
-            if probs.shape[-1] != len(classes):
-                raise ValueError(f"model gives {probs.shape[-1]} outputs but has {len(classes)} class names")
-            top_p, top_i = probs.topk(k, dim=-1)
-            for row, ps, idx in zip(rows, top_p.tolist(), top_i.tolist(), strict=True):
-                results[row]["top"] = [
-                    {"label": classes[j], "index": int(j), "prob": float(p)}
-                    for p, j in zip(ps, idx, strict=True)
-                ]
+            rows = range(start, min(start + batch_size, len(items)))
+            _predict_batch(model, items, rows, results, data_config, k, device, on_error)
     finally:
         model.train(was_training)
     return results
+
+
+def _predict_batch(model: nn.Module, items: list, rows: range, results: list[dict[str, Any]],
+                   data_config: dict[str, Any], k: int, device: torch.device, on_error: str) -> None:  # fmt: skip
+    """Fill ``results[i]["top"]`` for the items of ``rows`` (one forward pass); unreadable ones raise or, with
+    ``on_error='skip'``, get an ``"error"``."""
+    from .data.images import BadImageError
+
+    classes, channels = data_config["classes"], int(data_config["in_chans"])
+    tensors, kept = [], []
+    for i in rows:
+        try:
+            tensors.append(_load_item(items[i], channels, i))
+            kept.append(i)
+        except (BadImageError, ValueError, TypeError) as e:
+            if on_error == "raise":
+                raise
+            results[i]["error"] = str(e)
+    if not tensors:
+        return
+    x = _finish(tensors, data_config).to(device)
+    with torch.inference_mode():
+        out = model(x)
+        logits = out[0] if isinstance(out, (tuple, list)) else out
+        probs = logits.float().softmax(dim=-1).cpu()
+    if probs.shape[-1] != len(classes):
+        raise ValueError(f"model gives {probs.shape[-1]} outputs but has {len(classes)} class names")
+    top_p, top_i = probs.topk(k, dim=-1)
+    for row, ps, idx in zip(kept, top_p.tolist(), top_i.tolist(), strict=True):
+        results[row]["top"] = [{"label": classes[j], "index": int(j), "prob": float(p)}
+                               for p, j in zip(ps, idx, strict=True)]  # fmt: skip
 
 
 def format_predictions(results: Sequence[dict[str, Any]]) -> str:

@@ -158,7 +158,9 @@ class BertEncoder(nn.Module):
             )
         x = self.embeddings(input_ids, token_type_ids)
         padding = input_ids == self.pad_token_id if attention_mask is None else attention_mask == 0
-        if not padding.any():
+        if (
+            not torch.compiler.is_compiling() and not padding.any()
+        ):  # (a graph keeps the mask: no data branch)
             padding = None  # no mask at all: the fastest attention kernel
         for block in self.blocks:
             x = block(x, key_padding_mask=padding)

@@ -123,7 +123,7 @@ class Seq2SeqTransformer(nn.Module):
         first), ``tgt`` holds only the new positions, starting at position ``start``."""
         x = self._embed(tgt, start)
         tgt_padding = None if cache is not None else (tgt == self.pad_id)
-        if tgt_padding is not None and not tgt_padding.any():
+        if tgt_padding is not None and not torch.compiler.is_compiling() and not tgt_padding.any():
             tgt_padding = None
         for i, block in enumerate(self.decoder):
             x = block(

@@ -7,7 +7,6 @@ truncated or non-image file (400), a file or image over the size limits (413). W
 predictions share forward passes (:class:`DynamicBatcher`).
 """
 
-import io
 import os
 import tempfile
 import threading
@@ -18,40 +17,9 @@ from typing import Any
 import torch
 
 from .batcher import DynamicBatcher
+from .uploads import UploadError, add_error_handler, decode_upload
 
 __all__ = ["create_app"]
-
-
-class UploadError(Exception):
-    """A request the server refuses, with its HTTP status."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status, self.message = status, message
-
-
-def _decode(data: bytes, content_type: str | None, max_bytes: int, max_pixels: int) -> Any:
-    """Uploaded bytes -> a loaded PIL image, or an UploadError naming the problem."""
-    from PIL import Image, UnidentifiedImageError
-
-    if content_type and not (content_type.startswith("image/") or content_type == "application/octet-stream"):
-        raise UploadError(415, f"expected an image upload, got content type {content_type!r}")
-    if not data:
-        raise UploadError(400, "the uploaded file is empty")
-    if len(data) > max_bytes:
-        raise UploadError(413, f"file of {len(data):,} bytes is over the limit of {max_bytes:,}")
-    try:
-        img = Image.open(io.BytesIO(data))
-        if img.width * img.height > max_pixels:
-            raise UploadError(
-                413, f"image of {img.width}x{img.height} pixels is over the limit of {max_pixels:,}"
-            )
-        img.load()
-    except UploadError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise UploadError(400, f"not a readable image ({type(e).__name__}: {e})") from None
-    return img
 
 
 def create_app(
@@ -64,9 +32,23 @@ def create_app(
     max_bytes: int = 10 * 2**20,
     max_pixels: int = 40_000_000,
 ) -> Any:
-    """A FastAPI app serving the model of ``checkpoint`` (run directory or ``.safetensors``) on the CPU."""
-    from fastapi import FastAPI, Request, UploadFile
-    from fastapi.responses import HTMLResponse, JSONResponse, Response
+    """A FastAPI app serving the model of ``checkpoint`` (run directory or ``.safetensors``) on the CPU; a model of
+    another task than image classification gets :func:`~vitkit.serve.tasks.create_task_app`."""
+    from ..tasks.inference import task_of_file
+
+    task = task_of_file(checkpoint)
+    if task not in (None, "classification"):
+        from .tasks import create_task_app
+
+        return create_task_app(checkpoint, max_bytes=max_bytes, max_pixels=max_pixels, topk=topk)
+    return _classifier_app(checkpoint, topk, batching, max_batch, batch_wait_ms, max_bytes, max_pixels)
+
+
+def _classifier_app(checkpoint, topk: int, batching: bool, max_batch: int, batch_wait_ms: float, max_bytes: int,
+                    max_pixels: int) -> Any:  # fmt: skip
+    """The image classifier's app: /predict (top-k, batched), /explain (PNG), /health and the upload page."""
+    from fastapi import FastAPI, UploadFile
+    from fastapi.responses import Response
     from starlette.concurrency import run_in_threadpool
 
     from ..explain.figure import explain_image
@@ -86,20 +68,11 @@ def create_app(
     app = FastAPI(title="vitkit", description=f"serving {checkpoint}")
     app.state.batcher = batcher  # its batch_sizes show how requests were grouped
 
-    @app.exception_handler(UploadError)
-    async def _upload_error(_request: Request, e: UploadError) -> JSONResponse:
-        return JSONResponse({"error": e.message}, status_code=e.status)
+    add_error_handler(app)
 
     async def _image(file: UploadFile) -> Any:
         data = await file.read(max_bytes + 1)
-        return _decode(data, file.content_type, max_bytes, max_pixels)
-
-    def _top(probs: torch.Tensor, k: int) -> list[dict[str, Any]]:
-        p, i = probs.topk(min(k, len(classes)))
-        return [
-            {"label": classes[j], "index": int(j), "prob": float(q)}
-            for q, j in zip(p.tolist(), i.tolist(), strict=True)
-        ]
+        return decode_upload(data, file.content_type, max_bytes, max_pixels)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -112,7 +85,7 @@ def create_app(
             raise UploadError(422, f"k must be a positive integer, got {k}")
         x = preprocess([await _image(file)], data_config)[0]
         probs = await batcher.submit(x) if batcher else (await run_in_threadpool(forward, x[None]))[0]
-        return {"filename": file.filename, "top": _top(probs, k)}
+        return {"filename": file.filename, "top": _top(probs, k, classes)}
 
     @app.post("/explain")
     async def explain(file: UploadFile) -> Response:
@@ -126,8 +99,21 @@ def create_app(
 
         return Response(await run_in_threadpool(run), media_type="image/png")
 
+    _add_page(app)
+    return app
+
+
+def _top(probs: torch.Tensor, k: int, classes: list[str]) -> list[dict[str, Any]]:
+    p, i = probs.topk(min(k, len(classes)))
+    return [
+        {"label": classes[j], "index": int(j), "prob": float(q)}
+        for q, j in zip(p.tolist(), i.tolist(), strict=True)
+    ]
+
+
+def _add_page(app: Any) -> None:
+    from fastapi.responses import HTMLResponse
+
     @app.get("/", response_class=HTMLResponse)
     async def page() -> str:
         return resources.files("vitkit.serve").joinpath("page.html").read_text()
-
-    return app

@@ -101,9 +101,9 @@ def read_images(inputs: list[Any], data_config: dict[str, Any]) -> tuple[Tensor,
     channels = int(data_config.get("in_chans") or len(data_config["mean"]))
     arrays, names = [], []
     for i, item in enumerate(inputs):
-        if isinstance(item, (str, Path)):
+        if isinstance(item, (str, Path)) or hasattr(item, "mode"):  # a file or a PIL image
             arrays.append(decode_image(item, channels=channels).pixels)
-            names.append(str(item))
+            names.append(str(item) if isinstance(item, (str, Path)) else f"<image #{i}>")
         else:
             arrays.append(np.asarray(item) if not isinstance(item, Tensor) else item.numpy())
             names.append(f"<image #{i}>")
