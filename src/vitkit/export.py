@@ -65,8 +65,12 @@ class _TensorOutputs(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        outs = _flat(self.model(x) if y is None else self.model(x, y))  # (images | token ids) or (source, target)
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        outs = _flat(
+            self.model(x) if y is None else self.model(x, y)
+        )  # (images | token ids) or (source, target)
         return outs[0] if len(outs) == 1 else outs  # a classifier's export gives its logits as they are
 
 
