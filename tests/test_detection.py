@@ -239,3 +239,16 @@ def test_cli_make_canvas_writes_coco(tmp_path, capsys):
     assert len(ds) == 3 and ds.classes == [str(i) for i in range(10)] and ds.raw.shape[-1] == 32
     assert main(["detect", "train", "--data", "not-coco"]) == 2
     assert "coco:DIR" in capsys.readouterr().err
+
+
+def test_set_loss_box_terms_divide_by_the_given_object_count():
+    """Data-parallel DETR passes the mean object count over ranks: the box terms scale with it, the class term not."""
+    torch.manual_seed(0)
+    crit = SetCriterion(3)
+    outputs = {"pred_logits": torch.randn(2, 5, 4), "pred_boxes": torch.rand(2, 5, 4) * 0.5 + 0.25}
+    targets = [{"labels": torch.tensor([0, 2]), "boxes": torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.6, 0.6, 0.3, 0.3]])},
+               {"labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.4, 0.2]])}]  # fmt: skip
+    _, own = crit(outputs, targets)  # 3 objects
+    _, given = crit(outputs, targets, num_objects=6.0)  # as if the other ranks held more objects
+    assert given["bbox"] == pytest.approx(own["bbox"] / 2) and given["giou"] == pytest.approx(own["giou"] / 2)
+    assert given["class"] == pytest.approx(own["class"])

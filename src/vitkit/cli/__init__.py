@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .inference import add_inference_commands
     from .tasks import add_task_commands
     from .tools import add_tool_commands
-    from .train import add_finetune_command, add_pretrain_command, add_train_command
+    from .train import add_training_commands
 
     parser = argparse.ArgumentParser(
         prog="vitkit",
@@ -31,9 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command")
-    add_train_command(sub)
-    add_finetune_command(sub)
-    add_pretrain_command(sub)
+    add_training_commands(sub)
     add_task_commands(sub)
     add_inference_commands(sub)
     add_tool_commands(sub)

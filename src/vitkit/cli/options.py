@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["add_train_flags", "train_overrides", "task_fields", "refuse_other_task_flags"]
+__all__ = ["add_own_parser", "add_train_flags", "train_overrides", "task_fields", "refuse_other_task_flags"]
 
 
 def task_fields(task) -> list[str]:
@@ -72,3 +72,11 @@ def refuse_other_task_flags(unknown: list[str], task_name: str, parser: argparse
         parser.error(f"the {task_name} task does not take {', '.join(a.split('=')[0] for a in other)}")
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+
+
+def add_own_parser(sub, name: str, func, text: str) -> None:
+    """A command that parses its own arguments (one parser per task): everything after its name goes to ``func``
+    as ``args.rest`` (see :func:`vitkit.cli.main`)."""
+    p = sub.add_parser(name, add_help=False, help=text)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=func)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .options import add_own_parser
 from .train import run_training, train_parser
 
 __all__ = ["add_task_commands"]
@@ -145,6 +146,4 @@ def add_task_commands(sub) -> None:
                                "trains DETR"),
         ("segment", cmd_segment, "'segment train --data coco:DIR' trains a Segmenter (mask or linear decoder)"),
     ):  # fmt: skip
-        p = sub.add_parser(name, add_help=False, help=text)
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(func=func)
+        add_own_parser(sub, name, func, text)

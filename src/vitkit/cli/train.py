@@ -12,15 +12,9 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from .options import add_train_flags, refuse_other_task_flags, task_fields, train_overrides
+from .options import add_own_parser, add_train_flags, refuse_other_task_flags, task_fields, train_overrides
 
-__all__ = [
-    "train_parser",
-    "run_training",
-    "add_train_command",
-    "add_finetune_command",
-    "add_pretrain_command",
-]
+__all__ = ["train_parser", "run_training", "add_training_commands"]
 
 DATA_HELP = {
     "classification": "dataset name (digits, mnist, fashion-mnist, cifar10-jpeg, folder:PATH, manifest:FILE)",
@@ -114,15 +108,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     return run_training(p, args.rest)
 
 
-def add_train_command(sub) -> None:
-    from ..tasks import TASKS
-
-    p = sub.add_parser("train", add_help=False, help="train any task (--task NAME; default image classification on "
-                       "the embedded digits); 'vitkit train --task NAME --help' lists that task's flags")  # fmt: skip
-    p.add_argument("rest", nargs=argparse.REMAINDER, help=f"--task {'|'.join(TASKS)} and its flags")
-    p.set_defaults(func=cmd_train)
-
-
 def cmd_finetune(args: argparse.Namespace) -> int:
     name = _task_from_argv(args.rest) or "classification"
     p = train_parser(
@@ -140,13 +125,6 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return run_training(p, args.rest)
 
 
-def add_finetune_command(sub) -> None:
-    p = sub.add_parser("finetune", add_help=False, help="fine-tune pre-trained weights (vitkit run, MAE run, "
-                       "timm/HF/JAX file): full, linear probe, partial")  # fmt: skip
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_finetune)
-
-
 def cmd_pretrain(args: argparse.Namespace) -> int:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--method", default="mae", choices=("mae", "mlm"))
@@ -157,8 +135,16 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return run_training(p, args.rest)
 
 
-def add_pretrain_command(sub) -> None:
-    p = sub.add_parser("pretrain", add_help=False, help="self-supervised pre-training without labels: masked "
-                       "autoencoder (images), masked LM (text)")  # fmt: skip
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_pretrain)
+def add_training_commands(sub) -> None:
+    """``train``, ``finetune`` and ``pretrain``: each parses its own flags, those of the task it trains."""
+    from ..tasks import TASKS
+
+    for name, func, text in (
+        ("train", cmd_train, f"train any task (--task {'|'.join(TASKS)}; default image classification on the embedded "
+                             "digits); 'vitkit train --task NAME --help' lists that task's flags"),
+        ("finetune", cmd_finetune, "fine-tune pre-trained weights (vitkit run, MAE run, timm/HF/JAX file): full, "
+                                   "linear probe, partial"),
+        ("pretrain", cmd_pretrain, "self-supervised pre-training without labels: masked autoencoder (images), "
+                                   "masked LM (text)"),
+    ):  # fmt: skip
+        add_own_parser(sub, name, func, text)

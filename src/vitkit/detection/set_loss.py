@@ -69,8 +69,15 @@ class SetCriterion(nn.Module):
             loss_bbox = loss_giou = boxes.sum() * 0
         return {"class": loss_class, "bbox": loss_bbox, "giou": loss_giou}
 
-    def forward(self, outputs: dict, targets: list[dict[str, Tensor]]) -> tuple[Tensor, dict[str, float]]:
-        num_objects = max(1.0, float(sum(len(t["labels"]) for t in targets)))
+    def forward(
+        self, outputs: dict, targets: list[dict[str, Tensor]], num_objects: float | None = None
+    ) -> tuple[Tensor, dict[str, float]]:
+        """(weighted total, {term: value}). The box terms are sums over matched objects divided by
+        ``num_objects`` (default: the objects of ``targets``; data-parallel training passes the mean over ranks, as
+        DETR does, so every rank's objects weigh alike)."""
+        if num_objects is None:
+            num_objects = float(sum(len(t["labels"]) for t in targets))
+        num_objects = max(1.0, float(num_objects))
         layers = [outputs] + list(outputs.get("aux_outputs", []))
         total = outputs["pred_logits"].new_zeros((), dtype=torch.float32)
         parts: dict[str, float] = {}

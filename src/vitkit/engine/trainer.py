@@ -242,22 +242,19 @@ class Trainer:
         show = bar is not None and not bar.disable
         start = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
-        i, loss = -1, None
+        i, loss, weight = -1, None, 0
         for i, raw in enumerate(self.train_loader):
-            batch = task.train_batch(raw)
             stepping = (i + 1) % cfg.accum_steps == 0
-            with self._grad_sync(stepping):
-                with self._autocast():
-                    out = task.step(self.step_model, batch)
-                loss = out["loss"]
-                # On a GPU, reading the loss stalls the pipeline: check every `check_every` steps there (weights
-                # updated after a bad step are never checkpointed), every step on the CPU where it costs nothing.
-                bad = bad | ~torch.isfinite(loss.detach())
-                if (i + 1) % check_every == 0 and all_reduce_any(bad, self.device):
-                    self._diverged(loss, i + 1, check_every)
-                (loss / cfg.accum_steps).backward()
+            batch, out = self._micro_step(raw, stepping)
+            loss, weight = out["loss"], weight + out.get("weight", 0)
+            # On a GPU, reading the loss stalls the pipeline: check every `check_every` steps there (weights
+            # updated after a bad step are never checkpointed), every step on the CPU where it costs nothing.
+            bad = bad | ~torch.isfinite(loss.detach())
+            if (i + 1) % check_every == 0 and all_reduce_any(bad, self.device):
+                self._diverged(loss, i + 1, check_every)
             if stepping:
-                self._optimizer_step()
+                self._optimizer_step(weight if "loss_sum" in out else None)
+                weight = 0
             n = batch["size"]
             seen += n
             loss_sum += loss.detach() * n
@@ -280,7 +277,30 @@ class Trainer:
         record.update({"images_per_s": seen / elapsed, "train_time": elapsed})
         return record
 
-    def _optimizer_step(self) -> None:
+    def _micro_step(self, raw: Any, stepping: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Forward and backward of one loader batch (DDP syncs gradients on the stepping one).
+
+        A task's step that returns ``loss_sum`` and ``weight`` (e.g. summed over target tokens, and their count) is
+        back-propagated as the sum; :meth:`_optimizer_step` then divides the accumulated gradient by the weight of
+        the whole accumulated batch over every rank, so accumulation and data parallelism give the full batch's
+        gradient. Any other step's mean loss is divided by ``accum_steps``.
+        """
+        batch = self.task.train_batch(raw)
+        with self._grad_sync(stepping):
+            with self._autocast():
+                out = self.task.step(self.step_model, batch)
+            (out["loss_sum"] if "loss_sum" in out else out["loss"] / self.cfg.accum_steps).backward()
+        return batch, out
+
+    def _optimizer_step(self, weight: Tensor | float | None = None) -> None:
+        """Clip, step, schedule, EMA. ``weight``: what the accumulated ``loss_sum`` gradients are divided by
+        (summed over ranks; DDP has averaged the gradients, hence the world size)."""
+        if weight is not None:
+            (total,) = all_reduce_sum(weight, device=self.device)
+            scale = self.dist.world_size / max(total, 1.0)
+            for p in self.model.parameters():
+                if p.grad is not None:
+                    p.grad.mul_(scale)
         if self.cfg.clip_grad:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad)
         self.optimizer.step()

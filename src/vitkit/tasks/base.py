@@ -113,9 +113,17 @@ class Task:
         return {"task": self.name, "dataset": self.cfg.dataset}
 
     def save_model(self, model: nn.Module, run_dir: Path, state_dict: dict | None = None) -> None:
-        from ..weights.files import save
+        """``model.safetensors``: a registry model with its config (``vitkit.load`` rebuilds it); any other module
+        as its weights alone."""
+        from ..weights.files import atomic_write, save
 
-        save(model, run_dir / "model.safetensors", data_config=self.data_config(), state_dict=state_dict)
+        if hasattr(model, "config") and hasattr(model, "family"):
+            save(model, run_dir / "model.safetensors", data_config=self.data_config(), state_dict=state_dict)
+            return
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().contiguous().cpu() for k, v in (state_dict or model.state_dict()).items()}
+        atomic_write(run_dir / "model.safetensors", lambda tmp: save_file(state, str(tmp)))
 
     def summary(self, result: dict[str, Any], model: nn.Module) -> dict[str, Any]:
         """The figures of the final evaluation that go into ``summary.json`` (every rank)."""

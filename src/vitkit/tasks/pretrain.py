@@ -189,6 +189,15 @@ class MLMPretraining(Pretraining):
     def save_inputs(self, run_dir: Path) -> None:
         self.tokenizer.save(run_dir / "tokenizer.json")
 
+    def step(self, model: nn.Module, batch: Batch) -> dict[str, Any]:
+        """The masked tokens' cross-entropy; accumulating or data-parallel, also their sum and count (the engine
+        divides by the masked tokens of the whole batch, not micro-batch by micro-batch)."""
+        out = super().step(model, batch)
+        if self.cfg.accum_steps > 1 or self.dist.enabled:
+            chosen = len(out["output"][2])  # the masked positions' targets
+            out.update(loss_sum=out["loss"] * chosen, weight=chosen)
+        return out
+
     def train_batch(self, batch) -> Batch:
         return self.eval_batch(batch)
 

@@ -132,8 +132,17 @@ class Translation(Task):
                                label_smoothing=smoothing, reduction=reduction)  # fmt: skip
 
     def step(self, model: nn.Module, batch: Batch) -> dict[str, Any]:
+        """Token cross-entropy. Accumulating or data-parallel, the sum over tokens and their count go back too: the
+        engine divides by the tokens of the whole batch (a mean per micro-batch would over-weight short ones)."""
         logits = model(batch["source"], batch["target"][:, :-1])  # teacher forcing: BOS y1 .. y(n-1)
-        return {"loss": self._token_loss(logits, batch["target"], self.cfg.label_smoothing), "output": logits}
+        if self.cfg.accum_steps == 1 and not self.dist.enabled:
+            return {
+                "loss": self._token_loss(logits, batch["target"], self.cfg.label_smoothing),
+                "output": logits,
+            }
+        total = self._token_loss(logits, batch["target"], self.cfg.label_smoothing, reduction="sum")
+        tokens = int((batch["target"][:, 1:] != self.tokenizer.pad_id).sum())
+        return {"loss": total / max(tokens, 1), "loss_sum": total, "weight": tokens, "output": logits}
 
     def eval_step(self, model: nn.Module, batch: Batch, final: bool) -> tuple[dict, Any]:
         """Token loss (no smoothing) and token accuracy."""
