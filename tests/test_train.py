@@ -213,3 +213,13 @@ def test_gpu_bf16_compile_step(tmp_path):
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_none_on_the_command_line_turns_an_option_off(tmp_path):
+    """``--clip-grad none`` sets clip_grad to None (it used to be taken as "not given" and kept the default 1.0)."""
+    import yaml
+
+    assert cli_main(["train", "--clip-grad", "none", "--epochs", "1", "--model-args", '{"depth": 1}', "--threads",
+                     "1", "--no-progress", "--out-dir", str(tmp_path), "--name", "off"]) == 0  # fmt: skip
+    cfg = yaml.safe_load((tmp_path / "off" / "config.yaml").read_text())
+    assert cfg["clip_grad"] is None and cfg["epochs"] == 1

@@ -278,3 +278,18 @@ def test_resample_abs_pos_embed_checks_old_size():
         resample_abs_pos_embed(torch.randn(1, 13, 8), (4, 6))
     torch.testing.assert_close(resample_abs_pos_embed(table, (4, 6), old_size=(2, 8)),
                                _true_resize(table, (2, 8), (4, 6)))  # fmt: skip
+
+
+def test_finetune_from_a_rectangular_vitkit_file_resamples_its_real_grid(tmp_path):
+    """``vitkit finetune --from`` a file recording img_size [32, 128] (grid 2x8) into 64x96 (grid 4x6): the table is
+    a bicubic resize of the true 2x8 grid, also when the patch counts are equal (2x8 -> 4x4)."""
+    from vitkit.tasks.finetune import build_from_pretrained
+
+    src = _rect_vit((32, 128))
+    vitkit.save(src, tmp_path / "rect.safetensors")
+    for size, grid in (((64, 96), (4, 6)), ((64, 64), (4, 4))):
+        target = build_from_pretrained(
+            tmp_path / "rect.safetensors", 5, 3, model_args={"img_size": list(size)}
+        )
+        want = _true_resize(src.pos_embed.detach(), (2, 8), grid)
+        torch.testing.assert_close(target.pos_embed.detach(), want, atol=1e-6, rtol=1e-5)

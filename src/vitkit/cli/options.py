@@ -22,8 +22,10 @@ def task_fields(task) -> list[str]:
 
 
 def _optional(base):
+    from ..engine.config import NONE
+
     def cast(value: str):
-        return None if value.lower() in ("none", "null") else base(value)
+        return NONE if value.lower() in ("none", "null") else base(value)  # explicitly off, not "not given"
 
     cast.__name__ = base.__name__
     return cast

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 __all__ = [
-    "TrainConfig", "RECIPES", "ENGINE_OPTIONS", "resolve_config", "save_config", "load_config_file",
+    "TrainConfig", "RECIPES", "ENGINE_OPTIONS", "NONE", "resolve_config", "save_config", "load_config_file",
     "check_task_options",
 ]  # fmt: skip
 
@@ -173,6 +173,16 @@ def check_task_options(cfg: TrainConfig, task: str, options: frozenset[str] | se
         )
 
 
+class _Unset:
+    """An override that sets a field to None (``--clip-grad none``): a plain None override means "not given"."""
+
+    def __repr__(self) -> str:
+        return "NONE"
+
+
+NONE = _Unset()
+
+
 def _field_names() -> list[str]:
     return [f.name for f in fields(TrainConfig)]
 
@@ -211,7 +221,7 @@ def resolve_config(
         values.update(RECIPES[recipe])
         values["recipe"] = recipe
     values.update(file_values)
-    overrides = {k: v for k, v in overrides.items() if v is not None}
+    overrides = {k: (None if v is NONE else v) for k, v in overrides.items() if v is not None}
     _check_keys(overrides, "overrides")
     values.update(overrides)
     cfg = TrainConfig(**values)
