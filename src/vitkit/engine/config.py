@@ -20,7 +20,7 @@ import yaml
 
 __all__ = [
     "TrainConfig", "RECIPES", "ENGINE_OPTIONS", "NONE", "resolve_config", "save_config", "load_config_file",
-    "check_task_options",
+    "check_task_options", "resume_config", "RESUME_OPTIONS", "config_dict",
 ]  # fmt: skip
 
 
@@ -265,11 +265,48 @@ def _validate(cfg: TrainConfig) -> None:
 
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:
-    data = asdict(cfg)
-    for k, v in data.items():
-        if isinstance(v, tuple):
-            data[k] = list(v)
-    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))
+    """Write ``cfg`` as YAML atomically (a kill mid-write leaves the old file, never an empty one)."""
+    from ..weights.files import atomic_write
+
+    text = yaml.safe_dump(config_dict(cfg), sort_keys=False)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def config_dict(cfg: TrainConfig) -> dict[str, Any]:
+    """``cfg`` as plain values (tuples as lists): what config.yaml and a checkpoint hold."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
+
+
+# What a resume may change: how long and how the run goes on, not what it trains (those are refused by name)
+RESUME_OPTIONS = frozenset({
+    "epochs", "time_limit_min", "eval_every", "save_every", "progress", "threads", "num_workers", "tensorboard",
+    "device", "data_dir",
+})  # fmt: skip
+
+
+def resume_config(saved: dict[str, Any], **overrides: Any) -> TrainConfig:
+    """The config a resumed run trains with: the one its checkpoint was trained with (``saved``), with the
+    ``overrides`` a resume may change (:data:`RESUME_OPTIONS`). Any other override that differs is refused, naming
+    the option and the run's value."""
+    known = {k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__}
+    cfg = TrainConfig(**known)
+    for name in ("betas", "rrc_scale"):
+        if isinstance(getattr(cfg, name), list):
+            setattr(cfg, name, tuple(getattr(cfg, name)))
+    given = {k: (None if v is NONE else v) for k, v in overrides.items() if v is not None}
+    _check_keys(given, "the resume's options")
+    given = {k: tuple(v) if isinstance(v, list) else v for k, v in given.items()}
+    refused = [f"{k} (the run has {getattr(cfg, k)!r})" for k, v in given.items()
+               if k not in RESUME_OPTIONS and v != getattr(cfg, k)]  # fmt: skip
+    if refused:
+        raise ValueError(
+            f"a resume goes on with the run's own settings; it cannot change {', '.join(refused)}. Resumable: "
+            f"{', '.join(sorted(RESUME_OPTIONS))}; start a new run to change the rest"
+        )
+    for k, v in given.items():
+        setattr(cfg, k, v)
+    _validate(cfg)
+    return cfg
 
 
 def config_field_types() -> dict[str, Any]:

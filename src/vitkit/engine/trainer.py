@@ -19,7 +19,6 @@ import logging
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from tqdm.auto import tqdm
 
 from ..weights.files import atomic_write
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import TrainConfig, save_config
+from .config import TrainConfig, config_dict, save_config
 from .distributed import (
     all_reduce_any,
     all_reduce_sum,
@@ -190,7 +189,7 @@ class Trainer:
             "rng": rng,
             "rng_per_rank": gather_objects(rng) if self.dist.enabled else None,
             "world_size": self.dist.world_size,
-            "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.cfg).items()},
+            "config": config_dict(self.cfg),  # a resume trains with exactly this
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -210,13 +209,15 @@ class Trainer:
             if self.dist.enabled:  # a new world size: fresh, distinct random streams per rank from here on
                 torch.manual_seed(self.cfg.seed + 7919 * (self.epoch + 1) + self.dist.rank)
 
-    def resume(self, path: str | Path | None = None) -> None:
-        """Continue from ``path`` (a checkpoint file or run directory; default this run's checkpoint)."""
+    def resume(self, path: str | Path | None = None, state: dict[str, Any] | None = None) -> None:
+        """Continue from ``path`` (a checkpoint file or run directory; default this run's checkpoint), whose
+        checkpoint ``state`` may already be read."""
         path = Path(path) if path else self.run_dir
         if path.is_dir():
             self.run_dir = path
             path = path / "checkpoint.pt"
-        self.load_state_dict(load_checkpoint(path))
+        self.load_state_dict(state if state is not None else load_checkpoint(path))
+        self.resumed = True
         metrics = self.run_dir / "metrics.jsonl"
         if metrics.exists():  # drop lines written after the checkpoint (a crash between the two writes)
             lines = [json.loads(ln) for ln in metrics.read_text().splitlines() if ln.strip()]
@@ -314,9 +315,14 @@ class Trainer:
         where = f"step {step}" if check_every == 1 else f"one of the {check_every} steps up to step {step}"
         value = loss.item()  # the last loss; with check_every > 1 the bad one may be earlier
         shown = value if not math.isfinite(value) else "NaN or infinite"
+        checkpoint = self.run_dir / "checkpoint.pt"
+        kept = (
+            f"The last good checkpoint (epoch {self.epoch}) is kept at {checkpoint}"
+            if checkpoint.is_file() and self.epoch > 0
+            else "No checkpoint was written yet (it is written at the end of each epoch)"
+        )
         raise TrainingDivergedError(
-            f"loss became {shown} at epoch {self.epoch + 1}, {where}; stopping. The last good checkpoint is "
-            f"kept at {self.run_dir / 'checkpoint.pt'} (try a lower lr or clip_grad)"
+            f"loss became {shown} at epoch {self.epoch + 1}, {where}; stopping. {kept} (try a lower lr or clip_grad)"
         )
 
     @torch.inference_mode()
@@ -376,7 +382,10 @@ class Trainer:
 
     def _start_run(self) -> None:
         if self.is_main:
+            self._check_run_dir()
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            for stale in self.run_dir.glob(".*.tmp"):  # half-written files of a killed process: never read
+                stale.unlink(missing_ok=True)
             save_config(self.cfg, self.run_dir / "config.yaml")
             self.task.save_inputs(self.run_dir)
         if self.cfg.tensorboard and self.is_main:
@@ -387,6 +396,19 @@ class Trainer:
                     "tensorboard=True needs the tensorboard package: pip install tensorboard"
                 ) from e
             self._tb = SummaryWriter(self.run_dir / "tensorboard")
+
+    def _check_run_dir(self) -> None:
+        """A new run never writes into the folder of another one (its metrics would be appended to)."""
+        if getattr(self, "resumed", False):
+            return
+        used = [
+            n for n in ("checkpoint.pt", "metrics.jsonl", "model.safetensors") if (self.run_dir / n).exists()
+        ]
+        if used:
+            raise FileExistsError(
+                f"{self.run_dir} already holds a run ({', '.join(used)}): continue it with --resume {self.run_dir}, "
+                "or give another --name (or --out-dir)"
+            )
 
     def _evaluate_epoch(self, record: dict[str, Any]) -> None:
         key = self.task.selection[0]

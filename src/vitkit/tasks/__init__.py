@@ -20,7 +20,8 @@ import difflib
 from pathlib import Path
 from typing import Any
 
-from ..engine.config import TrainConfig, check_task_options, resolve_config
+from ..engine.checkpoint import load_checkpoint
+from ..engine.config import TrainConfig, check_task_options, resolve_config, resume_config
 from ..engine.distributed import shutdown_distributed
 from ..engine.trainer import Trainer
 from .base import Batch, EvalSums, Task
@@ -93,6 +94,22 @@ def resolve_task_config(
     return cfg
 
 
+def _resumed_config(run_dir: Path, state: dict[str, Any], overrides: dict[str, Any]) -> TrainConfig:
+    """The checkpoint's own config (config.yaml only for checkpoints that predate it), with what a resume may
+    change; a text run reads its own vocabulary again (a retrained one would give other token ids)."""
+    saved = state.get("config")
+    if not saved:
+        import yaml
+
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    cfg = resume_config(saved, **overrides)
+    if cfg.task == "classification":
+        cfg.task = task_for(cfg.dataset)
+    if "tokenizer" in get_task(cfg.task).options and (run_dir / "tokenizer.json").is_file():
+        cfg.tokenizer = str(run_dir / "tokenizer.json")
+    return cfg
+
+
 def fit(
     recipe: str | None = None, config_file: str | Path | None = None, resume: str | Path | None = None,
     **overrides: Any,
@@ -103,9 +120,9 @@ def fit(
     """
     if resume is not None:
         run_dir = Path(resume)
-        cfg = resolve_task_config(config_file=run_dir / "config.yaml", **overrides)
-        trainer = build_trainer(cfg, run_dir=run_dir)
-        trainer.resume(run_dir)
+        state = load_checkpoint(run_dir / "checkpoint.pt")
+        trainer = build_trainer(_resumed_config(run_dir, state, overrides), run_dir=run_dir)
+        trainer.resume(run_dir, state)
     else:
         trainer = build_trainer(resolve_task_config(recipe, config_file, **overrides))
     try:
