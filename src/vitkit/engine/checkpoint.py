@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..weights.files import CheckpointError, atomic_write
+from ..weights.files import CheckpointError, atomic_write, read_torch
 
 __all__ = ["save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state"]
 
@@ -25,9 +25,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"cannot resume from {path}: {e}") from e
+        return read_torch(path)  # weights_only: a checkpoint holding code is refused, never run
+    except CheckpointError as e:
+        raise CheckpointError(f"cannot resume from it: {e}") from None
 
 
 # ---------------------------------------------------------------- RNG state (weights_only-safe)

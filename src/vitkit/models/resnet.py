@@ -85,7 +85,7 @@ class ResNet(nn.Module):
             nn.BatchNorm2d(stem_channels),
             nn.ReLU(inplace=True),
         )
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()  # (also on meta)
         stages, chans, k = [], stem_channels, 0
         for i, (width, depth) in enumerate(zip(widths, depths, strict=True)):
             blocks = []

@@ -67,7 +67,9 @@ def _vit_config(args: dict[str, Any]) -> dict[str, Any]:
 def _encoder_blocks(args: dict[str, Any]) -> nn.Sequential:
     """The pre-norm encoder blocks, with stochastic depth growing linearly with depth."""
     a, depth = args, args["depth"]
-    dpr = torch.linspace(0, a["drop_path_rate"], depth).tolist()
+    dpr = torch.linspace(
+        0, a["drop_path_rate"], depth, device="cpu"
+    ).tolist()  # (plain numbers, also on meta)
     return nn.Sequential(*[
         EncoderBlock(
             a["embed_dim"], a["num_heads"], mlp_ratio=a["mlp_ratio"], qkv_bias=a["qkv_bias"], qk_norm=a["qk_norm"],

@@ -77,7 +77,9 @@ def atomic_write(path: str | os.PathLike, write_fn) -> Path:
     return path
 
 
-def _read_torch(path: Path) -> dict[str, Any]:
+def read_torch(path: Path) -> dict[str, Any]:
+    """A ``torch.save`` file read with ``weights_only=True``; a CheckpointError names the file and the problem
+    (a pickle holding code is refused, never run)."""
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)  # never runs pickled code
     except (zipfile.BadZipFile, EOFError, RuntimeError) as e:
@@ -140,14 +142,15 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, 
     if suffix == ".npz":
         return _read_npz(path), hf_config
     if suffix in (".pth", ".pt", ".bin", ".ckpt"):
-        return _read_torch(path), hf_config
+        return read_torch(path), hf_config
     with open(path, "rb") as f:  # unknown suffix: sniff the content
         head = f.read(8)
-    if head.startswith(b"PK"):
-        try:
-            return _read_torch(path), hf_config
-        except CheckpointError:
+    if head.startswith(b"PK"):  # a zip: torch.save's (a data.pkl inside) or numpy's .npz (.npy members)
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+        if any(n.endswith(".npy") for n in names) and not any(n.endswith("data.pkl") for n in names):
             return _read_npz(path), hf_config
+        return read_torch(path), hf_config
     return _read_safetensors(path), hf_config
 
 
