@@ -10,6 +10,8 @@ mask holds ``class + 1`` where an object's pixel shows (0 = background; later ob
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +26,8 @@ from torch.utils.data import Dataset
 from .images import DecodedImage, decode_image, majority_channels, orient_boxes
 
 __all__ = ["make_canvases", "write_coco", "CocoDetection"]
+
+log = logging.getLogger(__name__)
 
 
 def make_canvases(
@@ -136,6 +140,74 @@ def read_coco(root: Path, annotations: str = "annotations.json") -> tuple[Path, 
     return path, coco
 
 
+class BadRecords:
+    """Bad COCO records (images and boxes): raised at once (``on_error='raise'``) or skipped and counted, with a
+    line each naming the file, the record and the problem (``--on-bad-image``)."""
+
+    def __init__(self, path: Path, on_error: str) -> None:
+        if on_error not in ("skip", "raise"):
+            raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
+        self.path, self.on_error, self.skipped = path, on_error, []
+
+    def __call__(self, record: str, problem: str) -> None:
+        message = f"{self.path}: {record}: {problem}"
+        if self.on_error == "raise":
+            raise ValueError(message)
+        self.skipped.append(message)
+        log.warning("skipped %s", message)
+
+
+def image_file(root: Path, img: dict[str, Any]) -> str | None:
+    """The problem with an image record's ``file_name`` (None when it is a readable path inside ``root``)."""
+    name = img.get("file_name")
+    if not isinstance(name, str) or not name:
+        return "no file_name"
+    if Path(name).is_absolute() or ".." in Path(name).parts:
+        return f"file_name {name!r} points outside {root} (absolute or '..' paths are refused)"
+    if not (root / name).is_file():
+        return f"file_name {name!r}: no such file"
+    return None
+
+
+def box_problem(a: dict[str, Any], size: tuple[int, int], known: dict[int, int]) -> str | None:
+    """The problem with an annotation (None when fine): unknown category, missing / malformed / non-finite box, no
+    area, or a box more than a pixel outside its (height, width) image."""
+    if a.get("category_id") not in known:
+        return f"category_id {a.get('category_id')!r} is not among the categories"
+    box = a.get("bbox")
+    if (
+        not isinstance(box, (list, tuple))
+        or len(box) != 4
+        or not all(isinstance(v, (int, float)) for v in box)
+    ):
+        return f"bbox {box!r} is not [x, y, width, height]"
+    if not all(math.isfinite(v) for v in box):
+        return f"bbox {box} is not finite"
+    x, y, w, h = box
+    if w <= 0 or h <= 0:
+        return f"bbox {box} has no area (width and height must be > 0)"
+    H, W = size
+    if x < -1 or y < -1 or x + w > W + 1 or y + h > H + 1:
+        return f"bbox {box} lies outside the {W}x{H} image"
+    return None
+
+
+def bad_image(root: Path, img: dict[str, Any], bad: BadRecords) -> bool:
+    problem = image_file(root, img)
+    if problem:
+        bad(f"image {img.get('id')!r}", problem)
+    return problem is not None
+
+
+def _bad_box(
+    a: dict[str, Any], img: dict[str, Any], stored: tuple[int, int], known: dict, bad: BadRecords
+) -> bool:
+    problem = box_problem(a, stored, known)
+    if problem:
+        bad(f"annotation {a.get('id')!r} of image {img['file_name']!r}", problem)
+    return problem is not None
+
+
 def coco_channels(root: Path, coco: dict[str, Any], channels: int | None) -> int:
     """The channel count a COCO set loads with: ``channels`` when declared, else the majority of its images' own
     counts (:func:`~vitkit.data.images.majority_channels`: ties give 3)."""
@@ -177,7 +249,7 @@ class CocoDetection(Dataset):
 
     def __init__(
         self, root: str | os.PathLike, annotations: str = "annotations.json", channels: int | None = None,
-        image_size: int | tuple[int, int] | None = None,
+        image_size: int | tuple[int, int] | None = None, on_error: str = "raise",
     ) -> None:  # fmt: skip
         root = Path(root)
         path, coco = read_coco(root, annotations)
@@ -185,28 +257,34 @@ class CocoDetection(Dataset):
         self.category_ids = [c["id"] for c in coco["categories"]]
         self.classes = [c["name"] for c in coco["categories"]]
         index = {cid: i for i, cid in enumerate(self.category_ids)}
-        per_image: dict[int, list[dict]] = {img["id"]: [] for img in coco["images"]}
+        per_image: dict[int, list[dict]] = {img.get("id"): [] for img in coco["images"]}
         for a in coco["annotations"]:
-            per_image.setdefault(a["image_id"], []).append(a)
-        channels = coco_channels(root, coco, channels)
+            per_image.setdefault(a.get("image_id"), []).append(a)
+        bad = BadRecords(path, on_error)
+        kept = [img for img in coco["images"] if not bad_image(root, img, bad)]
+        channels = coco_channels(root, {**coco, "images": kept}, channels)
         images, self.annotations, self.image_ids, self.sizes = [], [], [], []
         self.orientations: list[int] = []
-        for img in coco["images"]:
+        for img in kept:
             image, orientation, stored = decode_u8(root / img["file_name"], channels, image_size)
             H, W = stored if orientation < 5 else stored[::-1]  # 5..8 swap the axes
             images.append(image)
             self.sizes.append((H, W))
             self.orientations.append(orientation)
             anns = [a for a in per_image[img["id"]] if not a.get("iscrowd", 0)]
+            anns = [a for a in anns if not _bad_box(a, img, stored, index, bad)]
             xywh = orient_boxes([a["bbox"] for a in anns], orientation, stored)
             scale = torch.tensor([W, H, W, H], dtype=torch.float32)
             cxcywh = torch.cat([xywh[:, :2] + xywh[:, 2:] / 2, xywh[:, 2:]], 1) / scale
             labels = torch.tensor([index[a["category_id"]] for a in anns], dtype=torch.long)
             self.annotations.append({"boxes": cxcywh, "labels": labels})
             self.image_ids.append(img["id"])
+        if not images:
+            raise ValueError(f"{path}: no readable image records ({len(bad.skipped)} skipped)")
         self.raw = stack_same_size(images, path)
         self.targets = torch.arange(len(images))
         self.num_channels = int(self.raw.shape[1])
+        self.skipped, self.num_skipped = bad.skipped, len(bad.skipped)
 
     def __len__(self) -> int:
         return len(self.raw)

@@ -64,6 +64,8 @@ def read_idx(path: str | Path, expected_magic: int | None = None) -> np.ndarray:
     if len(buf) < header:
         raise IDXError(path, f"truncated header: {ndim} dimensions need {header} bytes, file has {len(buf)}")
     dims = struct.unpack(f">{ndim}I", buf[4:header])
+    if 0 in dims:
+        raise IDXError(path, f"header declares dimensions {dims}: an empty array (no items to read)")
     dtype = np.dtype(_IDX_DTYPES[code])
     expected = math.prod(dims) * dtype.itemsize
     got = len(buf) - header

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .canvas import coco_channels, decode_u8, read_coco, stack_same_size
+from .canvas import BadRecords, bad_image, coco_channels, decode_u8, read_coco, stack_same_size
 from .images import load_label_map
 
 __all__ = ["SegmentationDataset"]
@@ -36,15 +36,19 @@ class SegmentationDataset(Dataset):
 
     def __init__(
         self, root: str | os.PathLike, annotations: str = "annotations.json", channels: int | None = None,
-        image_size: int | tuple[int, int] | None = None,
+        image_size: int | tuple[int, int] | None = None, on_error: str = "raise",
     ) -> None:  # fmt: skip
         root = Path(root)
         path, coco = read_coco(root, annotations)
         self.root = root
         self.classes = ["background"] + [c["name"] for c in coco["categories"]]
-        channels = coco_channels(root, coco, channels)
+        bad = BadRecords(path, on_error)
+        kept = [img for img in coco["images"] if not bad_image(root, img, bad)]
+        if not kept:
+            raise ValueError(f"{path}: no readable image records ({len(bad.skipped)} skipped)")
+        channels = coco_channels(root, {**coco, "images": kept}, channels)
         images, masks = [], []
-        for img in coco["images"]:
+        for img in kept:
             mask_path = root / "masks" / (Path(img["file_name"]).stem + ".png")
             if not mask_path.exists():
                 raise FileNotFoundError(
@@ -61,6 +65,7 @@ class SegmentationDataset(Dataset):
             raise ValueError(f"{root}/masks hold class {top}, but there are {len(self.classes)} classes")
         self.targets = torch.arange(len(images))
         self.num_channels = int(self.raw.shape[1])
+        self.skipped, self.num_skipped = bad.skipped, len(bad.skipped)
 
     def __len__(self) -> int:
         return len(self.raw)

@@ -53,9 +53,9 @@ class DenseTask(Task):
 
     def build_data(self, train_data=None, val_data=None):
         root = coco_root(self.cfg.dataset)
-        size = self.cfg.model_args.get("img_size")
-        self.train_data = train_data or self.dataset_type(root / "train", image_size=size)
-        self.val_data = val_data or self.dataset_type(root / "val", image_size=size)
+        kw = dict(image_size=self.cfg.model_args.get("img_size"), on_error=self.cfg.on_bad_image)
+        self.train_data = train_data or self.dataset_type(root / "train", **kw)
+        self.val_data = val_data or self.dataset_type(root / "val", **kw)
         return self.train_data, self.val_data
 
     @property
