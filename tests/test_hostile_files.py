@@ -78,3 +78,21 @@ def test_a_torch_file_with_an_unknown_suffix_is_read_as_torch(tmp_path, monkeypa
     with pytest.raises(CheckpointError, match="refusing to load .*code.weights: it holds pickled objects"):
         read_checkpoint(tmp_path / "code.weights")
     assert not (tmp_path / "pwned.txt").exists()
+
+
+def test_a_cifar_batch_holding_code_is_refused_in_one_line(tmp_path, capsys):
+    """The restricted unpickler's refusal reaches the user as one line from the CLI, not a traceback."""
+    import pickle
+
+    from vitkit.cli import main
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch",
+                 "batches.meta"]:  # fmt: skip
+        (folder / name).write_bytes(pickle.dumps(Payload()))
+    code = main(["train", "--data", "cifar10", "--data-dir", str(tmp_path), "--epochs", "1", "--no-progress",
+                 "--out-dir", str(tmp_path / "runs")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "refusing to unpickle" in err and "posix.system" in err and "Traceback" not in err
+    assert not (tmp_path / "pwned.txt").exists()

@@ -36,8 +36,13 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
     return allowed
 
 
-class UnsafePickleError(pickle.UnpicklingError):
-    """The pickle references a global outside the allow-list."""
+class UnsafePickleError(pickle.UnpicklingError, ValueError):
+    """The pickle references a global outside the allow-list (a ValueError too: reported as one line, like every
+    refused input)."""
+
+
+class CorruptPickleError(pickle.UnpicklingError, ValueError):
+    """The pickle is truncated or malformed."""
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -72,6 +77,4 @@ def safe_load_pickle(path: str | Path, encoding: str = "latin1") -> Any:
         except UnsafePickleError:
             raise
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
-            raise pickle.UnpicklingError(
-                f"corrupt or truncated pickle {path}: {type(e).__name__}: {e}"
-            ) from None
+            raise CorruptPickleError(f"corrupt or truncated pickle {path}: {type(e).__name__}: {e}") from None
