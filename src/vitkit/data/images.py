@@ -16,6 +16,7 @@ so one grayscale photo among RGB ones (or the reverse) is converted instead of f
 
 from __future__ import annotations
 
+import functools
 import io
 import warnings
 from collections.abc import Iterable
@@ -24,7 +25,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageCms, UnidentifiedImageError
 
 __all__ = [
     "IMG_EXTENSIONS",
@@ -76,6 +77,13 @@ def _to_8bit_gray(img: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.round(a8), 0, 255).astype(np.uint8), mode="L")
 
 
+@functools.cache
+def _lab_to_srgb():
+    return ImageCms.buildTransform(
+        ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB"
+    )
+
+
 def _convert(img: Image.Image, channels: int, background: tuple[int, int, int]) -> Image.Image:
     """Convert any Pillow mode to ``L`` (channels=1) or ``RGB`` (channels=3)."""
     mode = img.mode
@@ -84,6 +92,8 @@ def _convert(img: Image.Image, channels: int, background: tuple[int, int, int]) 
     if mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
         mode = img.mode
+    if mode == "LAB":  # Pillow cannot convert() it: CIE L*a*b* -> sRGB through a colour transform (littlecms)
+        img, mode = ImageCms.applyTransform(img, _lab_to_srgb()), "RGB"
     if mode in ("RGBA", "LA", "PA", "RGBa", "La"):  # composite on a solid background
         rgba = img.convert("RGBA")
         bg = Image.new("RGBA", rgba.size, (*background, 255))

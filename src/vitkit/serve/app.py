@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from .batcher import DynamicBatcher
-from .uploads import UploadError, add_error_handler, decode_upload
+from .uploads import MULTIPART_SLACK, BodyLimit, UploadError, Workers, add_error_handler, decode_upload
 
 __all__ = ["create_app"]
 
@@ -49,7 +49,6 @@ def _classifier_app(checkpoint, topk: int, batching: bool, max_batch: int, batch
     """The image classifier's app: /predict (top-k, batched), /explain (PNG), /health and the upload page."""
     from fastapi import FastAPI, UploadFile
     from fastapi.responses import Response
-    from starlette.concurrency import run_in_threadpool
 
     from ..explain.figure import explain_image
     from ..predict import load_for_inference, preprocess
@@ -70,9 +69,18 @@ def _classifier_app(checkpoint, topk: int, batching: bool, max_batch: int, batch
 
     add_error_handler(app)
 
+    workers = Workers(capacity=max(4, max_batch))
+    app.add_middleware(BodyLimit, max_body=max_bytes + MULTIPART_SLACK)
+
     async def _image(file: UploadFile) -> Any:
         data = await file.read(max_bytes + 1)
-        return decode_upload(data, file.content_type, max_bytes, max_pixels)
+        return await workers.run(decode_upload, data, file.content_type, max_bytes, max_pixels)
+
+    def prepare(img: Any) -> torch.Tensor:
+        try:
+            return preprocess([img], data_config)[0]
+        except (ValueError, OSError) as e:  # a mode or layout the model's pipeline cannot take
+            raise UploadError(415, f"cannot prepare this image for the model: {e}") from None
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -83,8 +91,8 @@ def _classifier_app(checkpoint, topk: int, batching: bool, max_batch: int, batch
     async def predict(file: UploadFile, k: int = topk) -> dict[str, Any]:
         if k < 1:
             raise UploadError(422, f"k must be a positive integer, got {k}")
-        x = preprocess([await _image(file)], data_config)[0]
-        probs = await batcher.submit(x) if batcher else (await run_in_threadpool(forward, x[None]))[0]
+        x = await workers.run(prepare, await _image(file))
+        probs = await batcher.submit(x) if batcher else (await workers.run(forward, x[None]))[0]
         return {"filename": file.filename, "top": _top(probs, k, classes)}
 
     @app.post("/explain")
@@ -94,10 +102,13 @@ def _classifier_app(checkpoint, topk: int, batching: bool, max_batch: int, batch
         def run() -> bytes:
             with tempfile.TemporaryDirectory() as tmp, lock:
                 out = Path(tmp) / "explain.png"
-                explain_image(model, img, out, save_npy=False)
+                try:
+                    explain_image(model, img, out, save_npy=False)
+                except (ValueError, OSError) as e:
+                    raise UploadError(415, f"cannot prepare this image for the model: {e}") from None
                 return out.read_bytes()
 
-        return Response(await run_in_threadpool(run), media_type="image/png")
+        return Response(await workers.run(run), media_type="image/png")
 
     _add_page(app)
     return app

@@ -21,10 +21,9 @@ def create_task_app(checkpoint: str | os.PathLike, *, max_bytes: int = 10 * 2**2
     """A FastAPI app serving the task model of ``checkpoint`` (run directory or ``.safetensors``) on the CPU."""
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
-    from starlette.concurrency import run_in_threadpool
 
     from ..tasks.inference import load_task_model, model_file
-    from .uploads import UploadError, add_error_handler, decode_upload
+    from .uploads import MULTIPART_SLACK, BodyLimit, UploadError, Workers, add_error_handler, decode_upload
 
     model, task = load_task_model(checkpoint)
     source = model_file(checkpoint).parent
@@ -32,12 +31,14 @@ def create_task_app(checkpoint: str | os.PathLike, *, max_bytes: int = 10 * 2**2
     app = FastAPI(title="vitkit", description=f"serving the {task.name} model {checkpoint}")
 
     add_error_handler(app)
+    app.add_middleware(BodyLimit, max_body=max_bytes + MULTIPART_SLACK)
+    workers = Workers()
 
     def run(item: Any) -> dict[str, Any]:
         with lock, tempfile.TemporaryDirectory() as tmp:
             try:
                 result = task.predict(model, [item], source=source, out_dir=Path(tmp), **options)[0]
-            except (ValueError, FileNotFoundError) as e:
+            except (ValueError, FileNotFoundError, OSError) as e:
                 raise UploadError(400, str(e)) from None
         return {k: v for k, v in result.items() if k not in _FILE_KEYS and k != "path"}
 
@@ -55,13 +56,14 @@ def create_task_app(checkpoint: str | os.PathLike, *, max_bytes: int = 10 * 2**2
             text = body.get("text") if isinstance(body, dict) else None
             if not isinstance(text, str) or not text.strip():
                 raise UploadError(400, 'a text model takes a JSON body {"text": "..."} with a non-empty text')
-            return await run_in_threadpool(run, text)
+            return await workers.run(run, text)
         form = await request.form()
         upload = form.get("file")
         if upload is None or not hasattr(upload, "read"):
             raise UploadError(400, "an image model takes a multipart upload in the field 'file'")
-        image = decode_upload(await upload.read(max_bytes + 1), upload.content_type, max_bytes, max_pixels)
-        return {"filename": upload.filename, **(await run_in_threadpool(run, image))}
+        image = await workers.run(decode_upload, await upload.read(max_bytes + 1), upload.content_type, max_bytes,
+                                  max_pixels)  # fmt: skip
+        return {"filename": upload.filename, **(await workers.run(run, image))}
 
     @app.post("/explain")
     async def explain() -> JSONResponse:

@@ -1,21 +1,35 @@
-"""Uploaded files: the limits and the decoding every server route shares, and the error they raise."""
+"""What every server route shares: upload limits, decoding off the event loop, one error shape.
 
+- :class:`BodyLimit` (ASGI middleware) refuses a body over the limit by its ``Content-Length`` before reading it,
+  and while it streams (a lying or absent length), with 413; a client that stops sending for ``read_timeout_s``
+  gets 408. Nothing over the limit is spooled to disk.
+- :class:`Workers` runs decoding, preprocessing and the model in a thread pool with a bounded number of requests
+  in flight: over capacity a request gets a fast 503 with ``Retry-After`` instead of queueing; ``/health`` never
+  waits behind a decode.
+- :func:`decode_upload` checks the pixel budget from the image header before any pixel is decoded (413).
+- Every refusal, FastAPI's own validation errors included, answers ``{"error": message}``.
+"""
+
+import asyncio
 import io
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["UploadError", "decode_upload", "add_error_handler"]
+__all__ = ["UploadError", "decode_upload", "add_error_handler", "BodyLimit", "Workers", "MULTIPART_SLACK"]
+
+MULTIPART_SLACK = 64 * 1024  # multipart boundaries and headers around the file itself
 
 
 class UploadError(Exception):
-    """A request the server refuses, with its HTTP status."""
+    """A request the server refuses, with its HTTP status (and headers, e.g. Retry-After)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.headers = status, message, headers or {}
 
 
 def decode_upload(data: bytes, content_type: str | None, max_bytes: int, max_pixels: int) -> Any:
-    """Uploaded bytes -> a loaded PIL image, or an UploadError naming the problem."""
+    """Uploaded bytes -> a loaded PIL image, or an UploadError naming the problem (run it in :class:`Workers`)."""
     from PIL import Image, UnidentifiedImageError
 
     if content_type and not (content_type.startswith("image/") or content_type == "application/octet-stream"):
@@ -23,25 +37,100 @@ def decode_upload(data: bytes, content_type: str | None, max_bytes: int, max_pix
     if not data:
         raise UploadError(400, "the uploaded file is empty")
     if len(data) > max_bytes:
-        raise UploadError(413, f"file of {len(data):,} bytes is over the limit of {max_bytes:,}")
+        raise UploadError(413, f"file of {len(data):,} bytes is over the limit of {max_bytes:,} bytes")
     try:
-        img = Image.open(io.BytesIO(data))
+        img = Image.open(io.BytesIO(data))  # reads the header only
         if img.width * img.height > max_pixels:
             raise UploadError(
-                413, f"image of {img.width}x{img.height} pixels is over the limit of {max_pixels:,}"
+                413, f"image of {img.width}x{img.height} pixels is over the limit of {max_pixels:,} pixels"
             )
         img.load()
     except UploadError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError as e:  # Pillow's own ceiling, hit before ours could read the size
+        raise UploadError(413, f"image over the limit of {max_pixels:,} pixels ({e})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise UploadError(400, f"not a readable image ({type(e).__name__}: {e})") from None
     return img
 
 
 def add_error_handler(app: Any) -> None:
-    """Every refusal of ``app`` answers ``{"error": message}`` with its status."""
+    """Every refusal of ``app`` answers ``{"error": message}`` with its status, FastAPI's 422s included."""
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
 
     @app.exception_handler(UploadError)
     async def _upload_error(_request: Any, e: UploadError) -> JSONResponse:
-        return JSONResponse({"error": e.message}, status_code=e.status)
+        return JSONResponse({"error": e.message}, status_code=e.status, headers=e.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Any, e: RequestValidationError) -> JSONResponse:
+        parts = [f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg')}" for err in e.errors()]
+        return JSONResponse({"error": "; ".join(parts) or "invalid request"}, status_code=422)
+
+
+class Workers:
+    """A bounded thread pool for the blocking work of a request (decode, preprocess, forward)."""
+
+    def __init__(self, capacity: int = 8, retry_after_s: int = 1) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self.capacity, self.retry_after_s, self.in_flight = capacity, retry_after_s, 0
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        from starlette.concurrency import run_in_threadpool
+
+        if self.in_flight >= self.capacity:
+            raise UploadError(503, f"the server is busy ({self.in_flight} requests in flight); retry shortly",
+                              {"Retry-After": str(self.retry_after_s)})  # fmt: skip
+        self.in_flight += 1
+        try:
+            return await run_in_threadpool(fn, *args)
+        finally:
+            self.in_flight -= 1
+
+
+class BodyLimit:
+    """ASGI middleware: bodies over ``max_body`` bytes get 413 (by Content-Length, or as they stream); a body that
+    stalls for ``read_timeout_s`` gets 408."""
+
+    def __init__(self, app: Any, max_body: int, read_timeout_s: float = 30.0) -> None:
+        self.app, self.max_body, self.read_timeout_s = app, max_body, read_timeout_s
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            return await _refuse(send, 413, f"request body of {int(length):,} bytes is over the limit of "
+                                            f"{self.max_body:,} bytes")  # fmt: skip
+        seen, refused = 0, False
+
+        async def limited_receive() -> dict:
+            nonlocal seen, refused
+            try:
+                message = await asyncio.wait_for(receive(), self.read_timeout_s)
+            except asyncio.TimeoutError:
+                refused = True
+                raise UploadError(408, f"the request body stalled for {self.read_timeout_s:g} s") from None
+            seen += len(message.get("body", b""))
+            if seen > self.max_body:
+                refused = True
+                raise UploadError(413, f"request body over the limit of {self.max_body:,} bytes")
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except UploadError as e:
+            if not refused:
+                raise
+            await _refuse(send, e.status, e.message)
+
+
+async def _refuse(send: Callable, status: int, message: str) -> None:
+    import json
+
+    body = json.dumps({"error": message}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"connection", b"close")]})  # fmt: skip
+    await send({"type": "http.response.body", "body": body})
