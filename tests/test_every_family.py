@@ -182,3 +182,13 @@ def test_a_flag_of_another_task_is_refused_by_name(capsys, tmp_path):
     with pytest.raises(SystemExit):
         main(["train", "--task", "mlm", "--mixup", "0.2"])
     assert "the mlm task does not take --mixup" in capsys.readouterr().err
+
+
+def test_a_task_named_without_a_model_trains_its_default_model(runs, tmp_path, capsys):
+    """``vitkit detect train --data coco:DIR`` trains the task's default model (DETR), not the classifier's."""
+    data = runs["detection"].parent / "data"
+    assert main(["detect", "train", "--data", f"coco:{data}", "--epochs", "1", "--batch-size", "4", "--threads", "1",
+                 "--no-progress", "--out-dir", str(tmp_path), "--name", "det"]) == 0  # fmt: skip
+    import yaml
+
+    assert yaml.safe_load((tmp_path / "det" / "config.yaml").read_text())["model"] == "detr_vit_canvas"

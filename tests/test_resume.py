@@ -98,3 +98,18 @@ def test_divergence_says_what_is_on_disk(tmp_path, bad_call, on_disk):
 
     with pytest.raises(TrainingDivergedError, match=on_disk.replace("(", r"\(").replace(")", r"\)")):
         build_trainer(cfg, loss_fn=loss_fn).fit()
+
+
+def test_vitkit_train_resume_keeps_the_runs_own_task(tmp_path, capsys):
+    """``vitkit train --resume RUN`` of an MAE run resumes MAE (the --task flag's default used to replace it)."""
+    from vitkit.train import pretrain
+
+    pretrain("mae", model="mae_vit_digits", dataset="digits", epochs=1, batch_size=256, threads=1, progress=False,
+             out_dir=str(tmp_path), name="mae")  # fmt: skip
+    assert main(["train", "--resume", str(tmp_path / "mae"), "--epochs", "2", "--no-progress"]) == 0
+    assert "val mae loss" in capsys.readouterr().out
+
+
+def test_accumulating_more_batches_than_an_epoch_holds_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="accum_steps=64 is more than the 11 batches of an epoch"):
+        train(**TINY, accum_steps=64, epochs=1, out_dir=str(tmp_path), name="acc")

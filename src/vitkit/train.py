@@ -25,7 +25,8 @@ def train(
 
     With no recipe, config file, dataset or resume, the ``digits`` recipe runs (the README's main job).
     """
-    if resume is None and recipe is None and config_file is None and "dataset" not in overrides:
+    main_job = overrides.get("task", "classification") == "classification"
+    if resume is None and recipe is None and config_file is None and "dataset" not in overrides and main_job:
         recipe = "digits"
     return fit(recipe, config_file, resume, **overrides)
 

@@ -23,7 +23,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from ..tasks.inference import evaluate as evaluate_task
 
         result = evaluate_task(args.checkpoint, dataset=args.data, data_dir=args.data_dir, out_json=args.out,
-                               device=args.device)  # fmt: skip
+                               device=args.device, batch_size=args.batch_size, split=args.split)  # fmt: skip
         for key, value in result.items():
             print(f"{key:16s} {value}")
         return 0

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Sequence
-from typing import Any
 
 from .options import add_own_parser, add_train_flags, refuse_other_task_flags, task_fields, train_overrides
 
@@ -56,16 +55,18 @@ def train_parser(
     return p
 
 
-def run_training(parser: argparse.ArgumentParser, argv: Sequence[str], **fixed: Any) -> int:
-    """Parse ``argv`` with a :func:`train_parser`, train, print the run's result lines."""
+def run_training(parser: argparse.ArgumentParser, argv: Sequence[str], fixed_task: bool = True) -> int:
+    """Parse ``argv`` with a :func:`train_parser`, train, print the run's result lines. ``fixed_task``: the command
+    names the task (``detect train``...); otherwise only an explicit ``--task`` does, and a recipe, YAML file or
+    resumed run keeps its own."""
     from ..tasks import get_task
     from ..train import train
 
     args, unknown = parser.parse_known_args(argv)
     refuse_other_task_flags(unknown, args.task_name, parser)
     overrides = train_overrides(args)
-    if args.resume is None:
-        overrides.update(task=args.task_name, **fixed)
+    if args.resume is None and fixed_task:
+        overrides["task"] = args.task_name
     summary = train(recipe=args.recipe, config_file=args.config, resume=args.resume, **overrides)
     if os.environ.get("RANK", "0") != "0":
         return 0
@@ -85,15 +86,29 @@ def run_training(parser: argparse.ArgumentParser, argv: Sequence[str], **fixed: 
 
 
 def _task_from_argv(argv: Sequence[str]) -> str | None:
+    """The task a training command line means (to choose its flags): ``--task``, else the resumed run's, the
+    recipe's, the YAML file's, or the one the dataset implies."""
+    from pathlib import Path
+
+    import yaml
+
+    from ..engine.config import RECIPES
+    from ..tasks import task_for
+
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--task", default=None)
+    for flag in ("--task", "--resume", "--recipe", "--config"):
+        pre.add_argument(flag, default=None)
     pre.add_argument("--data", "--dataset", dest="dataset", default=None)
     known, _ = pre.parse_known_args(argv)
-    if known.task is None:
-        from ..tasks import task_for
-
-        return task_for(known.dataset) if known.dataset else None
-    return known.task
+    saved: dict = {}
+    if known.resume and (Path(known.resume) / "config.yaml").is_file():
+        saved = yaml.safe_load((Path(known.resume) / "config.yaml").read_text()) or {}
+    elif known.config and Path(known.config).is_file():
+        saved = yaml.safe_load(Path(known.config).read_text()) or {}
+    recipe = RECIPES.get(known.recipe or saved.get("recipe") or "", {})
+    task = known.task or saved.get("task") or recipe.get("task")
+    dataset = known.dataset or saved.get("dataset") or recipe.get("dataset")
+    return task or (task_for(dataset) if dataset else None)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -104,8 +119,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     p = train_parser(
         name, "vitkit train", f"train a model: the {name} task (default: a ViT on the embedded digits)"
     )
-    p.add_argument("--task", default=name, help=f"what to train (this help: {name})")
-    return run_training(p, args.rest)
+    p.add_argument("--task", default=None, help=f"what to train (this help: {name})")
+    return run_training(p, args.rest, fixed_task=False)
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
@@ -113,7 +128,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     p = train_parser(
         name, "vitkit finetune", "fine-tune pre-trained weights (vitkit run, MAE run, timm/HF/JAX file)"
     )
-    p.add_argument("--task", default=name, help="classification (default) or text-classification")
+    p.add_argument("--task", default=None, help="classification (default) or text-classification")
     if name == "classification":
         p.add_argument("--mode", dest="finetune_mode", default=None, choices=("full", "linear", "partial"),
                        help="full fine-tune (default), linear probe (frozen backbone) or partial (--freeze-blocks)")  # fmt: skip
@@ -122,7 +137,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         p.error("--from RUN_OR_WEIGHTS is required (the weights to fine-tune)")
     if args_.resume is None and args_.recipe is None and args_.config is None and args_.dataset is None:
         raise ValueError("name the data to fine-tune on: --data NAME (or --recipe / --config)")
-    return run_training(p, args.rest)
+    return run_training(p, args.rest, fixed_task=False)
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:

@@ -422,6 +422,11 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train for the configured epochs (from where a resume left off); returns a summary dict."""
         cfg = self.cfg
+        if cfg.accum_steps > len(self.train_loader):
+            raise ValueError(
+                f"accum_steps={cfg.accum_steps} is more than the {len(self.train_loader)} batches of an epoch: the "
+                "optimizer would never step (lower accum_steps or batch_size)"
+            )
         self._start_run()
         skipped = getattr(self.train_data, "num_skipped", 0) + getattr(self.val_data, "num_skipped", 0)
         if skipped and self.is_main:

@@ -21,7 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from ..engine.checkpoint import load_checkpoint
-from ..engine.config import TrainConfig, check_task_options, resolve_config, resume_config
+from ..engine.config import (
+    RECIPES,
+    TrainConfig,
+    check_task_options,
+    load_config_file,
+    resolve_config,
+    resume_config,
+)
 from ..engine.distributed import shutdown_distributed
 from ..engine.trainer import Trainer
 from .base import Batch, EvalSums, Task
@@ -91,6 +98,11 @@ def resolve_task_config(
     cfg = resolve_config(recipe, config_file, **overrides)
     if cfg.task == "classification":
         cfg.task = task_for(cfg.dataset)
+    named = [overrides.get("model"), RECIPES.get(recipe or cfg.recipe or "", {}).get("model")]
+    if config_file is not None:
+        named.append(load_config_file(config_file).get("model"))
+    if not any(named) and get_task(cfg.task).default_model:  # no model named anywhere: the task's own
+        cfg.model = get_task(cfg.task).default_model
     return cfg
 
 

@@ -46,7 +46,7 @@ class DenseTask(Task):
     """
 
     # no image augmentation: it would move the pixels but not the boxes / masks
-    options = frozenset({"init_from", "on_bad_image", "drop_path"})
+    options = frozenset({"init_from", "on_bad_image"})
     dataset_type: ClassVar[type] = object
     model_type: ClassVar[type] = nn.Module
     example_model: ClassVar[str] = ""
@@ -54,8 +54,8 @@ class DenseTask(Task):
     def build_data(self, train_data=None, val_data=None):
         root = coco_root(self.cfg.dataset)
         kw = dict(image_size=self.cfg.model_args.get("img_size"), on_error=self.cfg.on_bad_image)
-        self.train_data = train_data or self.dataset_type(root / "train", **kw)
-        self.val_data = val_data or self.dataset_type(root / "val", **kw)
+        self.train_data = train_data if train_data is not None else self.dataset_type(root / "train", **kw)
+        self.val_data = val_data if val_data is not None else self.dataset_type(root / "val", **kw)
         return self.train_data, self.val_data
 
     @property

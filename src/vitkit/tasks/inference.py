@@ -106,6 +106,7 @@ def predict(
 def evaluate(
     path: str | os.PathLike, dataset: str | None = None, data_dir: str | os.PathLike | None = None,
     out_json: str | os.PathLike | None = None, device: str = "cpu", batch_size: int | None = None,
+    split: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """The task's validation figures for the model of a run directory or file (written to ``out_json``, default
     ``eval-<dataset>.json`` beside the model); the run's ``config.yaml`` says how its data was read."""

@@ -65,8 +65,12 @@ class MAEPretraining(Pretraining):
         if is_text_dataset(cfg.dataset):
             raise ValueError(f"--method mae pre-trains on images; {cfg.dataset!r} is text (use --method mlm)")
         load = dict(data_dir=cfg.data_dir, on_error=cfg.on_bad_image)
-        self.train_data = train_data or build_dataset(cfg.dataset, "train", **load)
-        self.val_data = val_data or build_dataset(cfg.dataset, cfg.val_split, **load)
+        self.train_data = (
+            train_data if train_data is not None else build_dataset(cfg.dataset, "train", **load)
+        )
+        self.val_data = (
+            val_data if val_data is not None else build_dataset(cfg.dataset, cfg.val_split, **load)
+        )
         return self.train_data, self.val_data
 
     def build_model(self, in_chans: int) -> nn.Module:
@@ -170,9 +174,15 @@ class MLMPretraining(Pretraining):
         if not is_text_dataset(cfg.dataset):
             raise ValueError(f"--method mlm pre-trains on text; {cfg.dataset!r} is an image dataset")
         self.tokenizer = build_tokenizer(cfg)
-        self.train_data = train_data or build_text_dataset(cfg.dataset, "train", self.tokenizer, cfg.data_dir)
-        self.val_data = val_data or build_text_dataset(
-            cfg.dataset, cfg.val_split, self.tokenizer, cfg.data_dir
+        self.train_data = (
+            train_data
+            if train_data is not None
+            else build_text_dataset(cfg.dataset, "train", self.tokenizer, cfg.data_dir)
+        )
+        self.val_data = (
+            val_data
+            if val_data is not None
+            else build_text_dataset(cfg.dataset, cfg.val_split, self.tokenizer, cfg.data_dir)
         )
         return self.train_data, self.val_data
 

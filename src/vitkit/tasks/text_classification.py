@@ -68,8 +68,10 @@ class TextClassification(ClassifierTask):
         if train_data is None:
             train_data = build_text_dataset(cfg.dataset, "train", self.tokenizer, cfg.data_dir)
         self.train_data = self.subset(train_data)
-        self.val_data = val_data or build_text_dataset(
-            cfg.dataset, cfg.val_split, self.tokenizer, cfg.data_dir
+        self.val_data = (
+            val_data
+            if val_data is not None
+            else build_text_dataset(cfg.dataset, cfg.val_split, self.tokenizer, cfg.data_dir)
         )
         return self.train_data, self.val_data
 

@@ -23,7 +23,7 @@ from ..data.translation import TranslationDataset, parse_pair, read_multi30k
 from ..models.seq2seq import Seq2SeqTransformer, beam_search, greedy_decode
 from ..registry import create_model
 from .base import Batch, Task
-from .inputs import cut_to_longest
+from .inputs import cut_to_longest, shared_across_ranks
 
 __all__ = ["Translation", "translate", "corpus_bleu", "load_translator"]
 
@@ -71,13 +71,15 @@ class Translation(Task):
     def build_data(self, train_data=None, val_data=None):
         cfg = self.cfg
         self.tokenizer = self._build_tokenizer()
-        self.train_data = train_data or self._dataset("train")
+        self.train_data = train_data if train_data is not None else self._dataset("train")
         if cfg.train_subset is not None:
             from ..data import stratified_subset
 
             self.train_data = stratified_subset(self.train_data, cfg.train_subset, cfg.seed)
-        self.val_data = val_data or self._dataset(
-            self.val_split_name if cfg.val_split == "test" else cfg.val_split
+        self.val_data = (
+            val_data
+            if val_data is not None
+            else self._dataset(self.val_split_name if cfg.val_split == "test" else cfg.val_split)
         )
         return self.train_data, self.val_data
 
@@ -89,7 +91,10 @@ class Translation(Task):
         _, src, tgt = parse_pair(cfg.dataset)
         sources, targets = read_multi30k(cfg.data_dir, "train", src, tgt)
         vocab = int(cfg.model_args.get("vocab_size", 8000))
-        return TextTokenizer.train_bpe(sources + targets, vocab_size=vocab, max_length=cfg.max_length)
+        return shared_across_ranks(
+            lambda: TextTokenizer.train_bpe(sources + targets, vocab_size=vocab, max_length=cfg.max_length),
+            cfg.max_length,
+        )
 
     def _dataset(self, split: str) -> TranslationDataset:
         _, src, tgt = parse_pair(self.cfg.dataset)
