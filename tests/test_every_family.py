@@ -192,3 +192,24 @@ def test_a_task_named_without_a_model_trains_its_default_model(runs, tmp_path, c
     import yaml
 
     assert yaml.safe_load((tmp_path / "det" / "config.yaml").read_text())["model"] == "detr_vit_canvas"
+
+
+def test_the_python_api_and_summary_take_a_saved_model_of_any_task(runs, capsys):
+    import vitkit
+
+    boxes = vitkit.predict(runs["detection"], [str(runs["canvas"])])  # was: 'dict' has no attribute 'float'
+    assert isinstance(boxes[0]["boxes"], list)
+    assert vitkit.predict(runs["text_classification"], "a great film")[0]["text"] == "a great film"
+    assert main(["summary", str(runs["segmentation"])]) == 0 and "GMACs" in capsys.readouterr().out
+
+
+def test_an_unknown_text_dataset_is_named(tmp_path, capsys):
+    assert main(["train", "--task", "text-classification", "--data", "sst3", "--out-dir", str(tmp_path)]) == 2
+    assert "unknown text dataset 'sst3'; known: sst2" in capsys.readouterr().err
+
+
+def test_an_mae_runs_encoder_exports_as_the_refusal_suggests(runs, tmp_path):
+    from vitkit.export import export_model
+
+    report = export_model(runs["mae"] / "encoder.safetensors", "onnx", tmp_path / "enc.onnx", bench=False)
+    assert max(report["max_abs_diff"].values()) <= 1e-4

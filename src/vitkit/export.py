@@ -88,9 +88,18 @@ def _export_onnx(model: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path,
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             _TensorOutputs(model), inputs, dynamo=True, input_names=_input_names(model, len(inputs)), output_names=outputs,
-            dynamic_shapes=tuple({0: batch} for _ in inputs), opset_version=opset, optimize=True, verbose=False,
+            dynamic_shapes=_dynamic_shapes(model, inputs, batch), opset_version=opset, optimize=True, verbose=False,
         )  # fmt: skip
     program.save(str(path))
+
+
+def _dynamic_shapes(model: nn.Module, inputs: tuple[torch.Tensor, ...], batch: Any) -> tuple[dict, ...]:
+    """Any batch size; token inputs also any length up to the model's ``max_len`` (source and target apart)."""
+    if inputs[0].is_floating_point():
+        return tuple({0: batch} for _ in inputs)
+    longest = int((getattr(model, "config", None) or {}).get("max_len", 512))
+    names = ("source_len", "target_len") if len(inputs) == 2 else ("length",)
+    return tuple({0: batch, 1: torch.export.Dim(n, min=2, max=longest)} for n in names)
 
 
 def _onnx_runner(path: Path, threads: int) -> Any:
@@ -134,11 +143,13 @@ def _load_exportable(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]
     return model.eval().cpu(), data_config
 
 
-def _check_inputs(model: nn.Module, n: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
-    """A random batch of ``n`` inputs in the model's own form (images, or token ids)."""
+def _check_inputs(
+    model: nn.Module, n: int, gen: torch.Generator, length: int = 16
+) -> tuple[torch.Tensor, ...]:
+    """A random batch of ``n`` inputs in the model's own form (images, or token ids of ``length``)."""
     from .models.examples import example_inputs
 
-    template = example_inputs(model, batch=n)
+    template = example_inputs(model, batch=n, length=length)
     if template[0].is_floating_point():
         return tuple(torch.randn(t.shape, generator=gen) for t in template)
     vocab = int(model.config["vocab_size"])
@@ -216,7 +227,11 @@ def export_model(
     out = Path(out) if out is not None else (src if src.is_dir() else src.parent) / _DEFAULT_NAME[fmt]
     out.parent.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(seed)
-    checks = [_check_inputs(model, n, gen) for n in (batch_size, max(1, batch_size // 2 + 1))]
+    # a second batch size, and for token models a second length: both dimensions are dynamic
+    checks = [
+        _check_inputs(model, n, gen, length)
+        for n, length in ((batch_size, 16), (max(1, batch_size // 2 + 1), 11))
+    ]
     with torch.no_grad():
         expected = [_flat(model(*xs)) for xs in checks]
     runner = _write(model, fmt, checks[0], out, opset, data_config)

@@ -66,14 +66,22 @@ def _shapes(out) -> str:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    """Any registered model: its config, size, multiply-adds and output shapes for an example input."""
+    """Any registered model or saved model (run directory, .safetensors): its config, size, multiply-adds and
+    output shapes for an example input."""
+    from pathlib import Path
+
     import torch
 
     from .. import create_model
     from ..models.examples import example_inputs
     from ..profiling import forward_flops
 
-    model = create_model(args.model).eval()
+    if Path(args.model).exists():
+        from ..tasks.inference import load_task_model
+
+        model = load_task_model(args.model)[0]
+    else:
+        model = create_model(args.model).eval()
     print(f"{args.model}: {type(model).__name__}")
     for key, value in getattr(model, "config", {}).items():
         print(f"  {key:16s} {value}")
@@ -184,6 +192,6 @@ def add_models_parser(sub) -> None:
 
 def add_summary_parser(sub) -> None:
     """``vitkit summary MODEL``: config, size, FLOPs and output shapes of a model."""
-    p = sub.add_parser("summary", help="build a model and print its shape, size and FLOPs")
+    p = sub.add_parser("summary", help="a registry model or a saved one: config, size, GMACs, output shapes")
     p.add_argument("model")
     p.set_defaults(func=cmd_summary)

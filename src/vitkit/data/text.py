@@ -259,6 +259,8 @@ def is_text_dataset(name: str | None) -> bool:
 def read_text_split(name: str, split: str, data_dir: str | os.PathLike | None = None):
     """(texts, labels, classes) of a text dataset split (``test`` means SST-2's labelled GLUE dev set)."""
     key = name.strip().lower().replace("-", "")
+    if key not in TEXT_DATASETS:
+        raise ValueError(f"unknown text dataset {name!r}; known: {', '.join(sorted(TEXT_DATASETS))}")
     reader, classes, splits = TEXT_DATASETS[key]
     if split not in splits:
         raise ValueError(f"unknown split {split!r} for {name}; expected one of {list(splits)}")

@@ -131,3 +131,12 @@ def read_images(inputs: list[Any], data_config: dict[str, Any]) -> tuple[Tensor,
 def output_stem(name: str, index: int) -> str:
     """The file-name stem for outputs about input ``name`` (an in-memory input gets ``image<index>``)."""
     return f"image{index}" if name.startswith("<") else Path(name).stem
+
+
+def text_datasets(cfg, tokenizer, train_data=None, val_data=None) -> tuple[Any, Any]:
+    """The training and validation splits of ``cfg.dataset`` read with ``tokenizer`` (a given one is kept)."""
+    from ..data.text import build_text_dataset
+
+    read = lambda split: build_text_dataset(cfg.dataset, split, tokenizer, cfg.data_dir)  # noqa: E731
+    return (train_data if train_data is not None else read("train"),
+            val_data if val_data is not None else read(cfg.val_split))  # fmt: skip

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import Batch, Task
-from .inputs import AUGMENT_OPTIONS, ImageInput, build_tokenizer, cut_to_longest
+from .inputs import AUGMENT_OPTIONS, ImageInput, build_tokenizer, cut_to_longest, text_datasets
 
 __all__ = ["Pretraining", "MAEPretraining", "MLMPretraining", "PRETRAIN_METHODS"]
 
@@ -38,8 +38,11 @@ class Pretraining(Task):
     def save_model(self, model: nn.Module, run_dir: Path, state_dict: dict | None = None) -> None:
         from ..weights.files import save
 
-        for name, module in (("model", model), ("encoder", model.encoder)):
-            save(module, run_dir / f"{name}.safetensors", data_config=self.data_config())
+        save(model, run_dir / "model.safetensors", data_config=self.data_config())
+        encoder = {
+            k: v for k, v in self.data_config().items() if k != "task"
+        }  # a plain encoder, no MAE/MLM head
+        save(model.encoder, run_dir / "encoder.safetensors", data_config=encoder)
 
     def summary(self, result: dict[str, Any], model: nn.Module) -> dict[str, Any]:
         return {"method": self.name, **super().summary(result, model),
@@ -168,22 +171,13 @@ class MLMPretraining(Pretraining):
     loss_label = "mlm loss"
 
     def build_data(self, train_data=None, val_data=None):
-        from ..data.text import build_text_dataset, is_text_dataset
+        from ..data.text import is_text_dataset
 
         cfg = self.cfg
         if not is_text_dataset(cfg.dataset):
             raise ValueError(f"--method mlm pre-trains on text; {cfg.dataset!r} is an image dataset")
         self.tokenizer = build_tokenizer(cfg)
-        self.train_data = (
-            train_data
-            if train_data is not None
-            else build_text_dataset(cfg.dataset, "train", self.tokenizer, cfg.data_dir)
-        )
-        self.val_data = (
-            val_data
-            if val_data is not None
-            else build_text_dataset(cfg.dataset, cfg.val_split, self.tokenizer, cfg.data_dir)
-        )
+        self.train_data, self.val_data = text_datasets(cfg, self.tokenizer, train_data, val_data)
         return self.train_data, self.val_data
 
     def build_model(self, in_chans: int) -> nn.Module:

@@ -14,7 +14,7 @@ from torch import nn
 
 from .base import Batch
 from .classification import ClassifierTask
-from .inputs import build_tokenizer, cut_to_longest
+from .inputs import build_tokenizer, cut_to_longest, text_datasets
 
 __all__ = ["TextClassification", "build_text_model", "run_tokenizer"]
 
@@ -61,18 +61,11 @@ class TextClassification(ClassifierTask):
     default_model = "bert_tiny"
 
     def build_data(self, train_data=None, val_data=None):
-        from ..data.text import build_text_dataset
 
         cfg = self.cfg
         self.tokenizer = build_tokenizer(cfg)
-        if train_data is None:
-            train_data = build_text_dataset(cfg.dataset, "train", self.tokenizer, cfg.data_dir)
+        train_data, self.val_data = text_datasets(cfg, self.tokenizer, train_data, val_data)
         self.train_data = self.subset(train_data)
-        self.val_data = (
-            val_data
-            if val_data is not None
-            else build_text_dataset(cfg.dataset, cfg.val_split, self.tokenizer, cfg.data_dir)
-        )
         return self.train_data, self.val_data
 
     def build_model(self, in_chans: int) -> nn.Module:
