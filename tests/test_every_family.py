@@ -195,11 +195,11 @@ def test_a_task_named_without_a_model_trains_its_default_model(runs, tmp_path, c
 
 
 def test_the_python_api_and_summary_take_a_saved_model_of_any_task(runs, capsys):
-    import vitkit
+    from vitkit.tasks.inference import predict
 
-    boxes = vitkit.predict(runs["detection"], [str(runs["canvas"])])  # was: 'dict' has no attribute 'float'
+    boxes = predict(runs["detection"], [str(runs["canvas"])])
     assert isinstance(boxes[0]["boxes"], list)
-    assert vitkit.predict(runs["text_classification"], "a great film")[0]["text"] == "a great film"
+    assert predict(runs["text_classification"], ["a great film"])[0]["text"] == "a great film"
     assert main(["summary", str(runs["segmentation"])]) == 0 and "GMACs" in capsys.readouterr().out
 
 

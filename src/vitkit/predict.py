@@ -409,19 +409,6 @@ def predict(
         raise ValueError(f"topk must be a positive integer, got {topk!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    if not isinstance(model_or_path, nn.Module):
-        from .tasks.inference import task_of_file
-
-        task = task_of_file(model_or_path)
-        if task not in (
-            None,
-            "classification",
-        ):  # boxes, masks, translations...: the model's own task predicts
-            from .tasks.inference import predict as predict_task
-
-            texts = task in ("text-classification", "mlm", "translation")
-            items = ([images] if isinstance(images, str) else list(images)) if texts else _as_items(images)
-            return predict_task(model_or_path, items, topk=topk)
     if isinstance(model_or_path, nn.Module):
         model = model_or_path
         data_config = resolve_data_config(model)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from .distributed import DistEnv
 
-__all__ = ["seed_everything", "resolve_device", "rank_device"]
+__all__ = ["seed_everything", "resolve_device", "rank_device", "check_run_dir", "on_disk"]
 
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:
@@ -36,3 +37,20 @@ def rank_device(device: torch.device, env: DistEnv) -> torch.device:
     if device.type == "cuda" and device.index is None and env.enabled:
         return torch.device("cuda", env.local_rank)
     return device
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """A new run never writes into the folder of another one (its metrics would be appended to)."""
+    used = [n for n in ("checkpoint.pt", "metrics.jsonl", "model.safetensors") if (run_dir / n).exists()]
+    if used:
+        raise FileExistsError(
+            f"{run_dir} already holds a run ({', '.join(used)}): continue it with --resume {run_dir}, "
+            "or give another --name (or --out-dir)"
+        )
+
+
+def on_disk(checkpoint: Path, epoch: int) -> str:
+    """What a stopped run has kept, said as it is."""
+    if checkpoint.is_file() and epoch > 0:
+        return f"The last good checkpoint (epoch {epoch}) is kept at {checkpoint}"
+    return "No checkpoint was written yet (it is written at the end of each epoch)"

@@ -44,7 +44,7 @@ from .distributed import (
     wrap_model,
 )
 from .optim import build_optimizer, inverse_sqrt_schedule, warmup_cosine_schedule
-from .runtime import rank_device, resolve_device, seed_everything
+from .runtime import check_run_dir, on_disk, rank_device, resolve_device, seed_everything
 
 __all__ = ["Trainer", "TrainingDivergedError", "seed_everything", "resolve_device"]
 
@@ -315,12 +315,7 @@ class Trainer:
         where = f"step {step}" if check_every == 1 else f"one of the {check_every} steps up to step {step}"
         value = loss.item()  # the last loss; with check_every > 1 the bad one may be earlier
         shown = value if not math.isfinite(value) else "NaN or infinite"
-        checkpoint = self.run_dir / "checkpoint.pt"
-        kept = (
-            f"The last good checkpoint (epoch {self.epoch}) is kept at {checkpoint}"
-            if checkpoint.is_file() and self.epoch > 0
-            else "No checkpoint was written yet (it is written at the end of each epoch)"
-        )
+        kept = on_disk(self.run_dir / "checkpoint.pt", self.epoch)
         raise TrainingDivergedError(
             f"loss became {shown} at epoch {self.epoch + 1}, {where}; stopping. {kept} (try a lower lr or clip_grad)"
         )
@@ -382,7 +377,8 @@ class Trainer:
 
     def _start_run(self) -> None:
         if self.is_main:
-            self._check_run_dir()
+            if not getattr(self, "resumed", False):
+                check_run_dir(self.run_dir)
             self.run_dir.mkdir(parents=True, exist_ok=True)
             for stale in self.run_dir.glob(".*.tmp"):  # half-written files of a killed process: never read
                 stale.unlink(missing_ok=True)
@@ -396,19 +392,6 @@ class Trainer:
                     "tensorboard=True needs the tensorboard package: pip install tensorboard"
                 ) from e
             self._tb = SummaryWriter(self.run_dir / "tensorboard")
-
-    def _check_run_dir(self) -> None:
-        """A new run never writes into the folder of another one (its metrics would be appended to)."""
-        if getattr(self, "resumed", False):
-            return
-        used = [
-            n for n in ("checkpoint.pt", "metrics.jsonl", "model.safetensors") if (self.run_dir / n).exists()
-        ]
-        if used:
-            raise FileExistsError(
-                f"{self.run_dir} already holds a run ({', '.join(used)}): continue it with --resume {self.run_dir}, "
-                "or give another --name (or --out-dir)"
-            )
 
     def _evaluate_epoch(self, record: dict[str, Any]) -> None:
         key = self.task.selection[0]

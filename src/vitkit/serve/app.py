@@ -50,8 +50,7 @@ def _classifier_app(checkpoint, topk: int, batching: bool, max_batch: int, batch
     from fastapi import FastAPI, UploadFile
     from fastapi.responses import Response
 
-    from ..explain.figure import explain_image
-    from ..predict import load_for_inference, preprocess
+    from ..predict import load_for_inference
 
     model, data_config = load_for_inference(checkpoint)
     model.eval()
@@ -76,12 +75,6 @@ def _classifier_app(checkpoint, topk: int, batching: bool, max_batch: int, batch
         data = await file.read(max_bytes + 1)
         return await workers.run(decode_upload, data, file.content_type, max_bytes, max_pixels)
 
-    def prepare(img: Any) -> torch.Tensor:
-        try:
-            return preprocess([img], data_config)[0]
-        except (ValueError, OSError) as e:  # a mode or layout the model's pipeline cannot take
-            raise UploadError(415, f"cannot prepare this image for the model: {e}") from None
-
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "model": str(getattr(model, "model_name", "")), "classes": len(classes),
@@ -91,7 +84,7 @@ def _classifier_app(checkpoint, topk: int, batching: bool, max_batch: int, batch
     async def predict(file: UploadFile, k: int = topk) -> dict[str, Any]:
         if k < 1:
             raise UploadError(422, f"k must be a positive integer, got {k}")
-        x = await workers.run(prepare, await _image(file))
+        x = await workers.run(_prepare, await _image(file), data_config)
         probs = await batcher.submit(x) if batcher else (await workers.run(forward, x[None]))[0]
         return {"filename": file.filename, "top": _top(probs, k, classes)}
 
@@ -99,19 +92,31 @@ def _classifier_app(checkpoint, topk: int, batching: bool, max_batch: int, batch
     async def explain(file: UploadFile) -> Response:
         img = await _image(file)
 
-        def run() -> bytes:
-            with tempfile.TemporaryDirectory() as tmp, lock:
-                out = Path(tmp) / "explain.png"
-                try:
-                    explain_image(model, img, out, save_npy=False)
-                except (ValueError, OSError) as e:
-                    raise UploadError(415, f"cannot prepare this image for the model: {e}") from None
-                return out.read_bytes()
-
-        return Response(await workers.run(run), media_type="image/png")
+        return Response(await workers.run(_explain_png, model, img, lock), media_type="image/png")
 
     _add_page(app)
     return app
+
+
+def _prepare(img: Any, data_config: dict[str, Any]) -> torch.Tensor:
+    from ..predict import preprocess
+
+    try:
+        return preprocess([img], data_config)[0]
+    except (ValueError, OSError) as e:  # a mode or layout the model's pipeline cannot take
+        raise UploadError(415, f"cannot prepare this image for the model: {e}") from None
+
+
+def _explain_png(model: Any, img: Any, lock: threading.Lock) -> bytes:
+    from ..explain.figure import explain_image
+
+    with tempfile.TemporaryDirectory() as tmp, lock:
+        out = Path(tmp) / "explain.png"
+        try:
+            explain_image(model, img, out, save_npy=False)
+        except (ValueError, OSError) as e:
+            raise UploadError(415, f"cannot prepare this image for the model: {e}") from None
+        return out.read_bytes()
 
 
 def _top(probs: torch.Tensor, k: int, classes: list[str]) -> list[dict[str, Any]]:
