@@ -41,13 +41,14 @@ def _sst2(root: Path) -> Path:
 SST2_TOKENIZER = str(Path(__file__).parent / "data" / "tiny_sst2_tokenizer.json")
 
 
-def _multi30k(root: Path) -> Path:
+def _multi30k(root: Path, sizes: tuple[int, int, int] = (96, 24, 24)) -> Path:
+    """A word-for-word German -> English toy language in Multi30k's layout: (train, val, test) sentence counts."""
     rng = random.Random(0)
     words = ["hund", "katze", "mann", "frau", "kind", "ball", "haus", "baum"]
     english = dict(zip(words, ["dog", "cat", "man", "woman", "child", "ball", "house", "tree"], strict=True))
     folder = root / "multi30k" / "task1" / "raw"
     folder.mkdir(parents=True, exist_ok=True)
-    for split, n in (("train", 96), ("val", 24), ("test_2016_flickr", 24)):
+    for split, n in zip(("train", "val", "test_2016_flickr"), sizes, strict=True):
         de = [" ".join(rng.choice(words) for _ in range(rng.randint(2, 5))) for _ in range(n)]
         en = [" ".join(english[w] for w in line.split()) for line in de]
         for lang, lines in (("de", de), ("en", en)):

@@ -6,6 +6,7 @@ import time
 
 import pytest
 import torch
+from task_scenarios import _multi30k
 
 import vitkit
 from vitkit.models.seq2seq import Seq2SeqTransformer, beam_search, greedy_decode
@@ -102,30 +103,12 @@ def test_a_reversal_task_is_learned():
     assert (beam == tgt).float().mean() >= 0.95
 
 
-def _tiny_multi30k(root, n_train=240):
-    import gzip
-    import random
-
-    rng = random.Random(0)
-    words = ["hund", "katze", "mann", "frau", "kind", "ball", "haus", "baum"]
-    english = dict(zip(words, ["dog", "cat", "man", "woman", "child", "ball", "house", "tree"], strict=True))
-    folder = root / "multi30k" / "task1" / "raw"
-    folder.mkdir(parents=True)
-    for split, n in (("train", n_train), ("val", 150), ("test_2016_flickr", 150)):
-        de = [" ".join(rng.choice(words) for _ in range(rng.randint(2, 5))) for _ in range(n)]
-        en = [" ".join(english[w] for w in line.split()) for line in de]
-        for lang, lines in (("de", de), ("en", en)):
-            with gzip.open(folder / f"{split}.{lang}.gz", "wt", encoding="utf-8") as f:
-                f.write("\n".join(lines) + "\n")
-    return root
-
-
 def test_translation_trains_through_the_trainer_and_the_cli(tmp_path, capsys):
     import json
 
     from vitkit.cli import main
 
-    data = _tiny_multi30k(tmp_path / "data")
+    data = _multi30k(tmp_path / "data", sizes=(240, 150, 150))
     rc = main(["translate", "train", "--data", "multi30k-de-en", "--data-dir", str(data), "--model", "transformer_tiny",
                "--model-args", '{"vocab_size": 60}', "--epochs", "20", "--batch-size", "32", "--lr", "3e-3",
                "--warmup-epochs", "1", "--schedule", "inverse_sqrt", "--label-smoothing", "0", "--threads", "1",

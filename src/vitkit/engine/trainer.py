@@ -111,6 +111,7 @@ class Trainer:
         self.epoch = 0  # completed epochs
         self.global_step = 0
         self.best = None  # the best value of the task's selection metric so far
+        self.resumed = False  # set by resume(): the run directory already holds this run
         self.history: list[dict[str, Any]] = []
         name = cfg.name or f"{self.task.run_name()}-{datetime.now():%Y%m%d-%H%M%S}"
         self.run_dir = Path(run_dir) if run_dir else Path(cfg.out_dir) / name
@@ -119,9 +120,7 @@ class Trainer:
     # ---------------------------------------------------------------- set-up
     def _place(self, model: nn.Module) -> nn.Module:
         cfg = self.cfg
-        self.memory_format = (
-            torch.channels_last if getattr(cfg, "channels_last", False) else torch.contiguous_format
-        )
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.task.memory_format = self.memory_format
         if self.dist.enabled and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
             if self.device.type == "cuda":  # batch statistics over the global batch, as on one process
@@ -152,7 +151,7 @@ class Trainer:
         cfg = self.cfg
         self.optimizer = build_optimizer(
             self.model, cfg.lr, cfg.weight_decay, cfg.betas, fused=self.device.type == "cuda",
-            layer_decay=getattr(cfg, "layer_decay", None),
+            layer_decay=cfg.layer_decay,
         )  # fmt: skip
         self.steps_per_epoch = max(1, len(self.train_loader) // cfg.accum_steps)
         total = cfg.epochs * self.steps_per_epoch
@@ -377,7 +376,7 @@ class Trainer:
 
     def _start_run(self) -> None:
         if self.is_main:
-            if not getattr(self, "resumed", False):
+            if not self.resumed:
                 check_run_dir(self.run_dir)
             self.run_dir.mkdir(parents=True, exist_ok=True)
             for stale in self.run_dir.glob(".*.tmp"):  # half-written files of a killed process: never read

@@ -24,12 +24,11 @@ AUGMENT_OPTIONS = frozenset(
 
 
 def input_size(model: nn.Module) -> tuple[int, int] | None:
-    """The image size a vitkit model expects (an MAE's is its encoder's), or None when it takes any size."""
-    for m in (model, getattr(model, "encoder", None), getattr(model, "backbone", None)):
-        size = getattr(m, "config", {}).get("img_size")
-        if size is not None:
-            return tuple(size)
-    return None
+    """The (height, width) a vitkit model expects (an MAE's is its encoder's), or None when it takes any size."""
+    from ..models.examples import image_input_shape
+
+    shape = image_input_shape(model)
+    return shape[1:] if shape is not None else None
 
 
 class ImageInput:
