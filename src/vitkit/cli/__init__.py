@@ -15,11 +15,12 @@ from collections.abc import Sequence
 
 __all__ = ["main", "build_parser"]
 
-OWN_PARSERS = ("train", "finetune", "pretrain", "translate", "detect", "segment")
+OWN_PARSERS = ("train", "finetune", "pretrain", "translate", "detect", "segment", "lm")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from .inference import add_inference_commands
+    from .lm import add_lm_command
     from .tasks import add_task_commands
     from .tools import add_tool_commands
     from .train import add_training_commands
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     add_training_commands(sub)
     add_task_commands(sub)
+    add_lm_command(sub)
     add_inference_commands(sub)
     add_tool_commands(sub)
     return parser

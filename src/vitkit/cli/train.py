@@ -23,6 +23,7 @@ DATA_HELP = {
     "translation": "multi30k-SRC-TGT, e.g. multi30k-de-en",
     "detection": "coco:DIR (DIR/train, DIR/val with annotations.json)",
     "segmentation": "coco:DIR (DIR/train, DIR/val with annotations.json and masks/)",
+    "lm": "a UTF-8 text file, or tinyshakespeare (DATA_DIR/tinyshakespeare/input.txt)",
 }
 
 

@@ -39,6 +39,10 @@ class TrainConfig:
     )
     max_length: int = 128  # text: longest token sequence kept ([CLS] and [SEP] included)
     train_subset: float | None = None  # class-balanced subset of the training split: fraction (<1) or count
+    # language modelling: context length (default: the model's), random batches per epoch, training part of the text
+    block_size: int | None = None
+    epoch_steps: int = 250
+    train_fraction: float = 0.9
     # fine-tuning: start from pre-trained weights (vitkit run / model file / MAE run, or a timm/HF/JAX file)
     init_from: str | None = None
     finetune_mode: str = (
@@ -135,6 +139,19 @@ RECIPES: dict[str, dict[str, Any]] = {
         batch_size=128, lr=1e-3, warmup_epochs=1,
         schedule="inverse_sqrt", weight_decay=0.0, betas=(0.9, 0.98), label_smoothing=0.1, drop_path=0.0,
         max_length=64, clip_grad=1.0,
+    ),
+    # Character-level Shakespeare, nanoGPT's small CPU configuration (4 layers, 4 heads, width 128, context 64, batch
+    # 12, 2,000 iterations, no dropout; lr 1e-3 -> 1e-4 cosine after 100 warmup iterations, beta2 0.99, wd 0.1)
+    "shakespeare-char-cpu": dict(
+        task="lm", model="gpt_micro", dataset="tinyshakespeare", block_size=64, batch_size=12, epochs=8,
+        epoch_steps=250, lr=1e-3, min_lr=1e-4, warmup_epochs=0.4, weight_decay=0.1, betas=(0.9, 0.99), clip_grad=1.0,
+        label_smoothing=0.0, drop_path=0.0,
+    ),
+    # Character-level Shakespeare in an hour of a 2-core CPU (see benchmarks/results/shakespeare_char.md)
+    "shakespeare-char": dict(
+        task="lm", model="gpt_mini", dataset="tinyshakespeare", block_size=128, batch_size=32, epochs=24,
+        epoch_steps=250, lr=2e-3, min_lr=2e-4, warmup_epochs=0.4, weight_decay=0.1, betas=(0.9, 0.99), clip_grad=1.0,
+        label_smoothing=0.0, drop_path=0.0, eval_every=2,
     ),
     # CIFAR-10 on a GPU: longer schedule with RandAugment, mixup/cutmix and EMA
     "cifar10": dict(
@@ -258,6 +275,12 @@ def _validate(cfg: TrainConfig) -> None:
         problems.append(f"finetune_mode={cfg.finetune_mode!r} needs init_from (the weights to start from)")
     if cfg.layer_decay is not None and not 0 < cfg.layer_decay <= 1:
         problems.append(f"layer_decay must be in (0, 1], got {cfg.layer_decay}")
+    if cfg.block_size is not None and cfg.block_size < 1:
+        problems.append(f"block_size must be >= 1, got {cfg.block_size}")
+    if cfg.epoch_steps < 1:
+        problems.append(f"epoch_steps must be >= 1, got {cfg.epoch_steps}")
+    if not 0 < cfg.train_fraction < 1:
+        problems.append(f"train_fraction must be in (0, 1), got {cfg.train_fraction}")
     if cfg.train_subset is not None and cfg.train_subset <= 0:
         problems.append(f"train_subset must be a fraction in (0, 1) or a count >= 1, got {cfg.train_subset}")
     if problems:

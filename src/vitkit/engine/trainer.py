@@ -232,11 +232,11 @@ class Trainer:
         self.model.train()
         for module in task.frozen_modules:  # frozen parts: no dropout, BatchNorm statistics unchanged
             module.eval()
-        if hasattr(self.train_loader, "set_epoch"):
-            self.train_loader.set_epoch(self.epoch)
+        for source in (self.train_loader, self.train_data):  # a dataset may draw items per epoch (LM)
+            getattr(source, "set_epoch", lambda epoch: None)(self.epoch)
         loss_sum = torch.zeros((), device=self.device)
         counts: dict[str, Tensor] = {}
-        seen = 0
+        seen = tokens = 0
         bad = torch.zeros((), dtype=torch.bool, device=self.device)
         check_every = 1 if self.device.type == "cpu" else 25
         show = bar is not None and not bar.disable
@@ -257,14 +257,16 @@ class Trainer:
                 weight = 0
             n = batch["size"]
             seen += n
+            tokens += batch.get("tokens", 0)
             loss_sum += loss.detach() * n
             for k, v in task.train_counts(batch, out["output"]).items():
                 counts[k] = counts.get(k, torch.zeros((), device=self.device)) + v
             if show:
                 bar.update(1)
                 if i % 10 == 0:
+                    rate = (tokens or seen) / (time.perf_counter() - start)
                     bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
-                                    samples_s=f"{seen / (time.perf_counter() - start):.0f}")  # fmt: skip
+                                    **{"tokens_s" if tokens else "samples_s": f"{rate:.0f}"})  # fmt: skip
         if loss is not None and all_reduce_any(bad, self.device):
             self._diverged(loss, i + 1, check_every)
         elapsed = time.perf_counter() - start
@@ -275,6 +277,8 @@ class Trainer:
         record = {"train_loss": loss_total / max(seen, 1)}
         record.update({f"train_{k}": v / max(seen, 1) for k, v in zip(names, totals, strict=True)})
         record.update({"images_per_s": seen / elapsed, "train_time": elapsed})
+        if tokens:  # text tasks count tokens
+            record["tokens_per_s"] = all_reduce_sum(tokens, device=self.device)[0] / elapsed
         return record
 
     def _micro_step(self, raw: Any, stepping: bool) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -383,6 +387,7 @@ class Trainer:
                 stale.unlink(missing_ok=True)
             save_config(self.cfg, self.run_dir / "config.yaml")
             self.task.save_inputs(self.run_dir)
+        self.task.run_dir = self.run_dir
         if self.cfg.tensorboard and self.is_main:
             try:
                 from torch.utils.tensorboard import SummaryWriter

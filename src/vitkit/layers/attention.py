@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .rope import apply_rotary
+
 __all__ = ["Attention", "CrossAttention", "scaled_dot_product", "merge_masks"]
 
 
@@ -177,16 +179,21 @@ class Attention(_AttentionBase):
         is_causal: bool = False,
         need_weights: bool = False,
         cache: dict[str, Tensor] | None = None,
+        rope: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """x: (B, L, C) -> (B, L, C); with ``need_weights`` also the (B, H, L, L) attention weights.
 
         ``cache`` (incremental decoding): a dict holding the keys/values of earlier positions; the new ones are
         appended to it and ``x`` holds only the new positions (a causal mask is then aligned to the end).
         ``key_padding_mask`` covers all keys, cached ones included.
+        ``rope``: the (cos, sin) tables of the new positions (:class:`~vitkit.layers.rope.RotaryEmbedding`),
+        applied to queries and keys before the keys are cached.
         """
         B, L, C = x.shape
         qkv = self.qkv(x).reshape(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each B, H, L, head_dim
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if cache is not None:
             if "k" in cache:
                 k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)

@@ -56,13 +56,24 @@ class EncoderBlock(nn.Module):
         self.drop_path2 = _drop(drop_path)
 
     def forward(
-        self, x: Tensor, attn_mask: Tensor | None = None, key_padding_mask: Tensor | None = None
+        self,
+        x: Tensor,
+        attn_mask: Tensor | None = None,
+        key_padding_mask: Tensor | None = None,
+        is_causal: bool = False,
+        cache: dict[str, Tensor] | None = None,
+        rope: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
-        """x: (B, L, C) -> (B, L, C)."""
+        """x: (B, L, C) -> (B, L, C). ``is_causal``, ``cache`` and ``rope`` as in :class:`Attention` (a decoder-only
+        model such as GPT is a stack of causal encoder blocks)."""
+
+        def attn(h: Tensor) -> Tensor:
+            return self.attn(h, attn_mask, key_padding_mask, is_causal, cache=cache, rope=rope)
+
         if self.norm_first:
-            x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), attn_mask, key_padding_mask)))
+            x = x + self.drop_path1(self.ls1(attn(self.norm1(x))))
             return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
-        x = self.norm1(x + self.drop_path1(self.ls1(self.attn(x, attn_mask, key_padding_mask))))
+        x = self.norm1(x + self.drop_path1(self.ls1(attn(x))))
         return self.norm2(x + self.drop_path2(self.ls2(self.mlp(x))))
 
 

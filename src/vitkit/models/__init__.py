@@ -2,6 +2,7 @@
 
 from .bert import BertEncoder
 from .detr import DETR
+from .gpt import GPT
 from .mae import MaskedAutoencoder
 from .resnet import ResNet
 from .segmenter import Segmenter
@@ -11,6 +12,7 @@ from .vit import VisionTransformer, vit_flops
 __all__ = [
     "BertEncoder",
     "DETR",
+    "GPT",
     "MaskedAutoencoder",
     "Seq2SeqTransformer",
     "ResNet",

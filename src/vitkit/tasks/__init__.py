@@ -9,6 +9,7 @@
 | ``translation`` | :mod:`.translation` | sentence pairs | encoder-decoder Transformer |
 | ``detection`` | :mod:`.detection` | COCO boxes | DETR |
 | ``segmentation`` | :mod:`.segmentation` | COCO + masks | Segmenter |
+| ``lm`` | :mod:`.language_modeling` | a UTF-8 text | GPT (decoder-only, next-token prediction) |
 
 :func:`register_task` adds one (see ``docs/architecture.md``); :func:`fit` resolves a config, builds the
 trainer for its task, trains (or resumes) and returns the summary.
@@ -34,6 +35,7 @@ from ..engine.trainer import Trainer
 from .base import Batch, EvalSums, Task
 from .classification import ImageClassification
 from .detection import Detection
+from .language_modeling import LanguageModeling
 from .pretrain import MAEPretraining, MLMPretraining
 from .segmentation import Segmentation
 from .text_classification import TextClassification
@@ -64,7 +66,7 @@ def register_task(task: type[Task]) -> type[Task]:
 
 
 for _task in (ImageClassification, TextClassification, MAEPretraining, MLMPretraining, Translation, Detection,
-              Segmentation):  # fmt: skip
+              Segmentation, LanguageModeling):  # fmt: skip
     register_task(_task)
 
 

@@ -24,7 +24,7 @@ __all__ = ["task_of", "task_of_file", "load_task_model", "model_file", "predict"
 
 _FAMILY_TASKS = {"vit": "classification", "resnet": "classification", "bert": "text-classification",
                  "bert_mlm": "mlm", "seq2seq": "translation", "mae": "mae", "detr": "detection",
-                 "segmenter": "segmentation"}  # fmt: skip
+                 "segmenter": "segmentation", "gpt": "lm"}  # fmt: skip
 _MODALITY_TASKS = {"text": "text-classification", "translation": "translation", "detection": "detection",
                    "segmentation": "segmentation"}  # fmt: skip
 

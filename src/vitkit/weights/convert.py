@@ -13,6 +13,8 @@ from .files import CheckpointError, strip_wrapper_prefixes
 __all__ = [
     "detect_layout", "hf_to_vitkit", "jax_to_vitkit", "unwrap_state_dict", "strip_wrapper_prefixes",
     "check_state_dict",
+    "convert_hf_gpt2",
+    "is_hf_gpt2",
 ]  # fmt: skip
 
 _CONTAINER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "module")
@@ -216,3 +218,56 @@ def check_state_dict(
     if any(k.startswith("head") for k in missing + unexpected) or any(w.startswith("head") for w in wrong):
         lines.append("  (a different classifier head? pass ignore_head=True to keep the model's own head)")
     raise CheckpointError("\n".join(lines))
+
+
+# ---------------------------------------------------------------- HuggingFace GPT-2
+_TOP = {"wte.": "token_embed.", "wpe.": "pos_embed.", "ln_f.": "norm.", "lm_head.": "head."}
+_BLOCK = {
+    "ln_1.": "norm1.",
+    "attn.c_attn.": "attn.qkv.",
+    "attn.c_proj.": "attn.proj.",
+    "ln_2.": "norm2.",
+    "mlp.c_fc.": "mlp.fc1.",
+    "mlp.c_proj.": "mlp.fc2.",
+}
+_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+def is_hf_gpt2(state: dict[str, Any]) -> bool:
+    """Whether a state dict is in GPT-2's layout (``wte``/``h.N.attn.c_attn``, with or without ``transformer.``)."""
+    return any(k.endswith("attn.c_attn.weight") for k in state) and any(
+        k.endswith("wte.weight") for k in state
+    )
+
+
+def convert_hf_gpt2(state: dict[str, Tensor], tied: bool = True) -> dict[str, Tensor]:
+    """GPT-2 state dict -> :class:`~vitkit.models.gpt.GPT` names. ``tied``: drop ``lm_head.weight`` (it must then
+    equal the token embedding). Unknown keys are kept as they are (the key check names them)."""
+    state = unwrap_state_dict(state)
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        key = key.removeprefix("transformer.")
+        if key.startswith("h."):
+            _, i, rest = key.split(".", 2)
+            if rest in ("attn.bias", "attn.masked_bias"):
+                continue  # causal-mask buffers
+            if rest in _CONV1D:
+                value = value.t()
+            for old, new in _BLOCK.items():
+                if rest.startswith(old):
+                    rest = new + rest[len(old) :]
+                    break
+            out[f"blocks.{i}.{rest}"] = value.contiguous()
+            continue
+        for old, new in _TOP.items():
+            if key.startswith(old):
+                key = new + key[len(old) :]
+                break
+        out[key] = value
+    if tied and "head.weight" in out:
+        head = out.pop("head.weight")
+        if "token_embed.weight" in out and not head.equal(out["token_embed.weight"]):
+            raise ValueError(
+                "lm_head.weight differs from wte.weight: load it into a GPT with tie_embeddings=False"
+            )
+    return out

@@ -12,7 +12,15 @@ import torch
 from torch import Tensor, nn
 
 from ..layers import resample_abs_pos_embed
-from .convert import check_state_dict, detect_layout, hf_to_vitkit, jax_to_vitkit, unwrap_state_dict
+from .convert import (
+    check_state_dict,
+    convert_hf_gpt2,
+    detect_layout,
+    hf_to_vitkit,
+    is_hf_gpt2,
+    jax_to_vitkit,
+    unwrap_state_dict,
+)
 from .files import CheckpointError, read_checkpoint
 
 __all__ = ["load_pretrained", "convert_state_dict", "source_grid", "recorded_grid"]
@@ -137,6 +145,17 @@ def _adopt_hf_norm_eps(model: nn.Module, hf_config: dict[str, Any] | None) -> No
     log.info("using the checkpoint's layer_norm_eps=%g", eps)
 
 
+def _load_gpt(model: nn.Module, raw: dict[str, Any], source: str) -> dict[str, list[str]]:
+    """A GPT-2 (HuggingFace) or vitkit GPT state dict into a built GPT, every key checked by name and shape."""
+    state = unwrap_state_dict(raw)
+    layout = "HuggingFace GPT-2" if is_hf_gpt2(state) else "vitkit GPT"
+    if is_hf_gpt2(state):
+        state = convert_hf_gpt2(state, tied=model.head is None)
+    check_state_dict(model, state, source=f"{source} ({layout} layout)")
+    model.load_state_dict(state)
+    return {"missing": [], "unexpected": []}
+
+
 def load_pretrained(
     model: nn.Module,
     path: str | os.PathLike | dict[str, Any],
@@ -154,6 +173,8 @@ def load_pretrained(
     read from the file (a vitkit file's ``img_size``/``patch_size``, a HuggingFace ``config.json``), else a square
     table is taken as square and any other raises (see :func:`source_grid`). Pass it for an in-memory state dict
     of a rectangular model.
+    A :class:`~vitkit.models.gpt.GPT` takes a HuggingFace ``GPT2LMHeadModel`` / ``GPT2Model`` checkpoint (see
+    :mod:`.hf_gpt2`) or vitkit's own names.
     Returns {'missing': [...], 'unexpected': [...]} (both empty when ``strict``).
     """
     hf_config = None
@@ -162,8 +183,10 @@ def load_pretrained(
     else:
         raw, hf_config = read_checkpoint(path)
         source = str(path)
-        if old_grid is None:
+        if old_grid is None and getattr(model, "family", None) != "gpt":
             old_grid = _vitkit_file_grid(path) or recorded_grid(hf_config)
+    if getattr(model, "family", None) == "gpt":
+        return _load_gpt(model, raw, source)
     state, layout = convert_state_dict(raw)
     if layout == "hf":
         _adopt_hf_norm_eps(model, hf_config)
