@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import struct
 import zlib
 
@@ -16,6 +17,7 @@ from PIL import Image
 import vitkit
 
 pytest.importorskip("fastapi", reason="fastapi not installed (pip install 'vitkit[serve]')")
+from fastapi import UploadFile  # noqa: E402  (module level: the route's annotation is resolved from here)
 from fastapi.testclient import TestClient  # noqa: E402
 
 from vitkit.serve import create_app  # noqa: E402
@@ -141,3 +143,67 @@ def test_health_answers_while_the_model_is_busy(client):
                  for _ in range(3)]  # fmt: skip
         assert client.get("/health").json()["status"] == "ok"
         assert all(p.result().status_code == 200 for p in posts)
+
+
+def _form_app(read_timeout_s: float = 30.0):
+    """A FastAPI app with one multipart route behind BodyLimit (FastAPI parses the form before the route runs)."""
+    from fastapi import FastAPI
+
+    from vitkit.serve.uploads import MULTIPART_SLACK, add_error_handler
+
+    app = FastAPI()
+    add_error_handler(app)
+    app.add_middleware(BodyLimit, max_body=1000 + MULTIPART_SLACK, read_timeout_s=read_timeout_s)
+
+    @app.post("/upload")
+    async def upload(file: UploadFile) -> dict:
+        return {"size": len(await file.read())}
+
+    return app
+
+
+def _call(app, chunks: list[bytes], stall: bool = False) -> list[dict]:
+    """Send ``chunks`` as a multipart body to ``app`` (ASGI), then stall if asked; the messages sent back."""
+    sent, queue = [], list(chunks)
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/upload", "raw_path": b"/upload", "root_path": "", "query_string": b"", "server": None,
+             "client": None, "headers": [(b"content-type", b"multipart/form-data; boundary=B")]}  # fmt: skip
+
+    async def receive():
+        if not queue and stall:
+            await asyncio.sleep(10)
+        return {
+            "type": "http.request",
+            "body": queue.pop(0) if queue else b"",
+            "more_body": bool(queue) or stall,
+        }
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    return sent
+
+
+_PART = (
+    b'--B\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\nContent-Type: image/png\r\n\r\n'
+)
+
+
+def test_a_refusal_inside_fastapis_form_parser_is_not_turned_into_its_400():
+    """FastAPI answers any error raised while it reads a form with 400 "There was an error parsing the body"; the
+    408 of a stalled body and the 413 of a body streaming past the limit must reach the client instead."""
+    stalled = _call(_form_app(read_timeout_s=0.1), [_PART + b"x" * 100], stall=True)
+    assert [m.get("status") for m in stalled if m["type"] == "http.response.start"] == [408]
+    assert json.loads(stalled[-1]["body"]) == {"error": "the request body stalled for 0.1 s"}
+    streamed = _call(_form_app(), [_PART] + [b"\0" * 8192] * 20)
+    assert [m.get("status") for m in streamed if m["type"] == "http.response.start"] == [413]
+    assert set(json.loads(streamed[-1]["body"])) == {"error"}
+    ok = _call(_form_app(), [_PART + b"x" * 100 + b"\r\n--B--\r\n"])
+    assert ok[0]["status"] == 200 and json.loads(ok[-1]["body"]) == {"size": 100}
+
+
+def test_starlettes_own_errors_have_the_one_shape_too(client):
+    for r, status in ((client.get("/predict"), 405), (client.get("/nowhere"), 404),
+                      (client.post("/predict", content=b"--x", headers={"content-type": "multipart/form-data"}), 400)):  # fmt: skip
+        assert r.status_code == status and set(r.json()) == {"error"}, r.text

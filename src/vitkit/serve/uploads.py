@@ -7,7 +7,8 @@
   in flight: over capacity a request gets a fast 503 with ``Retry-After`` instead of queueing; ``/health`` never
   waits behind a decode.
 - :func:`decode_upload` checks the pixel budget from the image header before any pixel is decoded (413).
-- Every refusal, FastAPI's own validation errors included, answers ``{"error": message}``.
+- Every refusal answers ``{"error": message}``: FastAPI's validation errors (422) and Starlette's own (404, 405,
+  a form it cannot parse) included.
 """
 
 import asyncio
@@ -58,10 +59,15 @@ def add_error_handler(app: Any) -> None:
     """Every refusal of ``app`` answers ``{"error": message}`` with its status, FastAPI's 422s included."""
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     @app.exception_handler(UploadError)
     async def _upload_error(_request: Any, e: UploadError) -> JSONResponse:
         return JSONResponse({"error": e.message}, status_code=e.status, headers=e.headers)
+
+    @app.exception_handler(StarletteHTTPException)  # 404, 405, a body FastAPI could not parse (400)...
+    async def _http_error(_request: Any, e: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(e.detail)}, status_code=e.status_code, headers=e.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Any, e: RequestValidationError) -> JSONResponse:
@@ -92,7 +98,8 @@ class Workers:
 
 class BodyLimit:
     """ASGI middleware: bodies over ``max_body`` bytes get 413 (by Content-Length, or as they stream); a body that
-    stalls for ``read_timeout_s`` gets 408."""
+    stalls for ``read_timeout_s`` gets 408. The refusal is raised inside the app's read of the body and replaces
+    whatever the app answers to it (FastAPI turns any error raised while it parses a form into its own 400)."""
 
     def __init__(self, app: Any, max_body: int, read_timeout_s: float = 30.0) -> None:
         self.app, self.max_body, self.read_timeout_s = app, max_body, read_timeout_s
@@ -104,33 +111,41 @@ class BodyLimit:
         if length is not None and length.isdigit() and int(length) > self.max_body:
             return await _refuse(send, 413, f"request body of {int(length):,} bytes is over the limit of "
                                             f"{self.max_body:,} bytes")  # fmt: skip
-        seen, refused = 0, False
+        seen, refusal, started = 0, None, False
 
         async def limited_receive() -> dict:
-            nonlocal seen, refused
+            nonlocal seen, refusal
             try:
                 message = await asyncio.wait_for(receive(), self.read_timeout_s)
             except asyncio.TimeoutError:
-                refused = True
-                raise UploadError(408, f"the request body stalled for {self.read_timeout_s:g} s") from None
+                refusal = UploadError(408, f"the request body stalled for {self.read_timeout_s:g} s")
+                raise refusal from None
             seen += len(message.get("body", b""))
             if seen > self.max_body:
-                refused = True
-                raise UploadError(413, f"request body over the limit of {self.max_body:,} bytes")
+                refusal = UploadError(413, f"request body over the limit of {self.max_body:,} bytes")
+                raise refusal
             return message
 
+        async def guarded_send(message: dict) -> None:
+            nonlocal started
+            if refusal is None:  # once refused, the app's own answer (e.g. FastAPI's 400 "error parsing the
+                started = True  # body", which the refusal raised inside its form parser) is not sent
+                await send(message)
+
         try:
-            await self.app(scope, limited_receive, send)
-        except UploadError as e:
-            if not refused:
+            await self.app(scope, limited_receive, guarded_send)
+        except Exception:
+            if refusal is None:
                 raise
-            await _refuse(send, e.status, e.message)
+        if refusal is not None and not started:
+            await _refuse(send, refusal.status, refusal.message)
 
 
 async def _refuse(send: Callable, status: int, message: str) -> None:
     import json
 
     body = json.dumps({"error": message}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"connection", b"close")]})  # fmt: skip
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+               (b"connection", b"close")]  # fmt: skip
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
