@@ -31,21 +31,26 @@ def create_app(
     batch_wait_ms: float = 5.0,
     max_bytes: int = 10 * 2**20,
     max_pixels: int = 40_000_000,
+    body_timeout_s: float = 30.0,
 ) -> Any:
     """A FastAPI app serving the model of ``checkpoint`` (run directory or ``.safetensors``) on the CPU; a model of
-    another task than image classification gets :func:`~vitkit.serve.tasks.create_task_app`."""
+    another task than image classification gets :func:`~vitkit.serve.tasks.create_task_app`. A request body that
+    stalls for ``body_timeout_s`` gets 408."""
     from ..tasks.inference import task_of_file
 
     task = task_of_file(checkpoint)
     if task not in (None, "classification"):
         from .tasks import create_task_app
 
-        return create_task_app(checkpoint, max_bytes=max_bytes, max_pixels=max_pixels, topk=topk)
-    return _classifier_app(checkpoint, topk, batching, max_batch, batch_wait_ms, max_bytes, max_pixels)
+        return create_task_app(checkpoint, max_bytes=max_bytes, max_pixels=max_pixels, body_timeout_s=body_timeout_s,
+                               topk=topk)  # fmt: skip
+    return _classifier_app(
+        checkpoint, topk, batching, max_batch, batch_wait_ms, max_bytes, max_pixels, body_timeout_s
+    )
 
 
 def _classifier_app(checkpoint, topk: int, batching: bool, max_batch: int, batch_wait_ms: float, max_bytes: int,
-                    max_pixels: int) -> Any:  # fmt: skip
+                    max_pixels: int, body_timeout_s: float) -> Any:  # fmt: skip
     """The image classifier's app: /predict (top-k, batched), /explain (PNG), /health and the upload page."""
     from fastapi import FastAPI, UploadFile
     from fastapi.responses import Response
@@ -69,7 +74,7 @@ def _classifier_app(checkpoint, topk: int, batching: bool, max_batch: int, batch
     add_error_handler(app)
 
     workers = Workers(capacity=max(4, max_batch))
-    app.add_middleware(BodyLimit, max_body=max_bytes + MULTIPART_SLACK)
+    app.add_middleware(BodyLimit, max_body=max_bytes + MULTIPART_SLACK, read_timeout_s=body_timeout_s)
 
     async def _image(file: UploadFile) -> Any:
         data = await file.read(max_bytes + 1)

@@ -17,7 +17,7 @@ _FILE_KEYS = ("drawing", "mask", "overlay", "reconstruction")  # files written i
 
 
 def create_task_app(checkpoint: str | os.PathLike, *, max_bytes: int = 10 * 2**20, max_pixels: int = 40_000_000,
-                    **options: Any) -> Any:  # fmt: skip
+                    body_timeout_s: float = 30.0, **options: Any) -> Any:  # fmt: skip
     """A FastAPI app serving the task model of ``checkpoint`` (run directory or ``.safetensors``) on the CPU."""
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
@@ -31,7 +31,7 @@ def create_task_app(checkpoint: str | os.PathLike, *, max_bytes: int = 10 * 2**2
     app = FastAPI(title="vitkit", description=f"serving the {task.name} model {checkpoint}")
 
     add_error_handler(app)
-    app.add_middleware(BodyLimit, max_body=max_bytes + MULTIPART_SLACK)
+    app.add_middleware(BodyLimit, max_body=max_bytes + MULTIPART_SLACK, read_timeout_s=body_timeout_s)
     workers = Workers()
 
     def run(item: Any) -> dict[str, Any]:
