@@ -136,8 +136,8 @@ def test_health_answers_while_the_model_is_busy(client):
     """Decoding and the model run in the worker pool: /health is served from the event loop at once."""
     from concurrent.futures import ThreadPoolExecutor
 
-    img = io.BytesIO()
-    Image.fromarray(np.zeros((2000, 2000), np.uint8)).save(img, "PNG")
+    img = io.BytesIO()  # three of these fit in the pixel budget (twice the 4-Mpixel limit)
+    Image.fromarray(np.zeros((1600, 1600), np.uint8)).save(img, "PNG")
     with ThreadPoolExecutor(4) as pool:
         posts = [pool.submit(client.post, "/predict", files={"file": ("b.png", img.getvalue(), "image/png")})
                  for _ in range(3)]  # fmt: skip
@@ -207,3 +207,44 @@ def test_starlettes_own_errors_have_the_one_shape_too(client):
     for r, status in ((client.get("/predict"), 405), (client.get("/nowhere"), 404),
                       (client.post("/predict", content=b"--x", headers={"content-type": "multipart/form-data"}), 400)):  # fmt: skip
         assert r.status_code == status and set(r.json()) == {"error"}, r.text
+
+
+def test_the_pixel_budget_lets_one_image_in_and_refuses_more_with_503():
+    from vitkit.serve.uploads import PixelBudget, decode_upload
+
+    budget = PixelBudget(1000)
+    budget.take(5000)  # one image is always let in, whatever its size
+    with pytest.raises(UploadError) as refused:
+        budget.take(1)
+    assert refused.value.status == 503 and refused.value.headers == {"Retry-After": "1"}
+    budget.give(5000)
+    png = io.BytesIO()
+    Image.new("L", (30, 20)).save(png, "PNG")
+    img = decode_upload(png.getvalue(), "image/png", 10**6, 10**6, budget)
+    assert budget.used == 600
+    budget.give(img.width * img.height)
+    with pytest.raises(UploadError):  # a header that reads but pixels that do not: the pixels come back
+        decode_upload(png.getvalue()[:-30], "image/png", 10**6, 10**6, budget)
+    assert budget.used == 0
+
+
+def test_requests_give_their_pixels_back_and_wait_for_them(client):
+    """While other decodes hold the budget, an upload gets a fast 503; every request, answered or refused, gives
+    its pixels back."""
+    budget, png = client.app.state.pixel_budget, io.BytesIO()
+    Image.new("L", (28, 28)).save(png, "PNG")
+    file = {"file": ("x.png", png.getvalue(), "image/png")}
+    assert client.post("/predict", files=file).status_code == 200
+    assert client.post("/explain", files=file).status_code == 200
+    assert (
+        client.post("/predict", files={"file": ("t.png", png.getvalue()[:-30], "image/png")}).status_code
+        == 400
+    )
+    assert budget.used == 0
+    budget.take(budget.total)  # another request's image
+    try:
+        r = client.post("/predict", files=file)
+        assert r.status_code == 503 and r.headers["retry-after"] == "1" and "busy" in r.json()["error"]
+    finally:
+        budget.give(budget.total)
+    assert client.post("/predict", files=file).status_code == 200 and budget.used == 0

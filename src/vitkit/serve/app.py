@@ -17,7 +17,15 @@ from typing import Any
 import torch
 
 from .batcher import DynamicBatcher
-from .uploads import MULTIPART_SLACK, BodyLimit, UploadError, Workers, add_error_handler, decode_upload
+from .uploads import (
+    MULTIPART_SLACK,
+    BodyLimit,
+    PixelBudget,
+    UploadError,
+    Workers,
+    add_error_handler,
+    uploaded_image,
+)
 
 __all__ = ["create_app"]
 
@@ -74,11 +82,11 @@ def _classifier_app(checkpoint, topk: int, batching: bool, max_batch: int, batch
     add_error_handler(app)
 
     workers = Workers(capacity=max(4, max_batch))
+    app.state.pixel_budget = budget = PixelBudget(2 * max_pixels)  # two images at the limit at once
     app.add_middleware(BodyLimit, max_body=max_bytes + MULTIPART_SLACK, read_timeout_s=body_timeout_s)
 
-    async def _image(file: UploadFile) -> Any:
-        data = await file.read(max_bytes + 1)
-        return await workers.run(decode_upload, data, file.content_type, max_bytes, max_pixels)
+    def _image(file: UploadFile) -> Any:
+        return uploaded_image(file, workers, budget, max_bytes, max_pixels)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -89,15 +97,15 @@ def _classifier_app(checkpoint, topk: int, batching: bool, max_batch: int, batch
     async def predict(file: UploadFile, k: int = topk) -> dict[str, Any]:
         if k < 1:
             raise UploadError(422, f"k must be a positive integer, got {k}")
-        x = await workers.run(_prepare, await _image(file), data_config)
+        async with _image(file) as img:
+            x = await workers.run(_prepare, img, data_config)
         probs = await batcher.submit(x) if batcher else (await workers.run(forward, x[None]))[0]
         return {"filename": file.filename, "top": _top(probs, k, classes)}
 
     @app.post("/explain")
     async def explain(file: UploadFile) -> Response:
-        img = await _image(file)
-
-        return Response(await workers.run(_explain_png, model, img, lock), media_type="image/png")
+        async with _image(file) as img:
+            return Response(await workers.run(_explain_png, model, img, lock), media_type="image/png")
 
     _add_page(app)
     return app
