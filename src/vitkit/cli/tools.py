@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["add_tool_commands"]
 
@@ -38,13 +40,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise RuntimeError("vitkit serve needs the serve extras: pip install 'vitkit[serve]'") from e
     from ..serve import create_app
+    from ..serve.protocol import header_deadline_protocol
 
     app = create_app(args.checkpoint, topk=args.topk, batching=args.batching, max_batch=args.max_batch,
-                     batch_wait_ms=args.batch_wait_ms, max_bytes=int(args.max_mb * 2**20))  # fmt: skip
+                     batch_wait_ms=args.batch_wait_ms, max_bytes=int(args.max_mb * 2**20),
+                     body_timeout_s=args.body_timeout)  # fmt: skip
     print(
-        f"serving {args.checkpoint} on http://{args.host}:{args.port}/ (batching {'on' if args.batching else 'off'})"
+        f"serving {args.checkpoint} on http://{args.host}:{args.port}/ (batching {'on' if args.batching else 'off'};"
+        f" at most {args.max_connections} connections, keep-alive {args.keep_alive} s)",
+        flush=True,
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", limit_concurrency=args.max_connections,
+                timeout_keep_alive=args.keep_alive, http=header_deadline_protocol(args.header_timeout))  # fmt: skip
     return 0
 
 
@@ -180,7 +187,26 @@ def add_serve_parser(sub) -> None:
         "--batch-wait-ms", type=float, default=5.0, help="how long a batch waits for more requests"
     )
     p.add_argument("--max-mb", type=float, default=10.0, help="largest upload accepted, in MiB")
+    p.add_argument("--max-connections", type=_positive(int), default=64,
+                   help="open connections (and requests) served at once; over it, uvicorn answers 503")  # fmt: skip
+    p.add_argument("--keep-alive", type=_positive(int), default=5,
+                   help="seconds an idle keep-alive connection stays open")  # fmt: skip
+    p.add_argument("--header-timeout", type=_positive(float), default=10.0,
+                   help="seconds a client has to send a request's headers (408, or closed if it sent nothing)")  # fmt: skip
+    p.add_argument("--body-timeout", type=_positive(float), default=30.0,
+                   help="seconds a request body may stall between two reads (408)")  # fmt: skip
     p.set_defaults(func=cmd_serve)
+
+
+def _positive(kind: type) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its error message
+    return parse
 
 
 def add_models_parser(sub) -> None:

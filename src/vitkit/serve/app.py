@@ -17,7 +17,15 @@ from typing import Any
 import torch
 
 from .batcher import DynamicBatcher
-from .uploads import MULTIPART_SLACK, BodyLimit, UploadError, Workers, add_error_handler, decode_upload
+from .uploads import (
+    MULTIPART_SLACK,
+    BodyLimit,
+    PixelBudget,
+    UploadError,
+    Workers,
+    add_error_handler,
+    uploaded_image,
+)
 
 __all__ = ["create_app"]
 
@@ -31,21 +39,26 @@ def create_app(
     batch_wait_ms: float = 5.0,
     max_bytes: int = 10 * 2**20,
     max_pixels: int = 40_000_000,
+    body_timeout_s: float = 30.0,
 ) -> Any:
     """A FastAPI app serving the model of ``checkpoint`` (run directory or ``.safetensors``) on the CPU; a model of
-    another task than image classification gets :func:`~vitkit.serve.tasks.create_task_app`."""
+    another task than image classification gets :func:`~vitkit.serve.tasks.create_task_app`. A request body that
+    stalls for ``body_timeout_s`` gets 408."""
     from ..tasks.inference import task_of_file
 
     task = task_of_file(checkpoint)
     if task not in (None, "classification"):
         from .tasks import create_task_app
 
-        return create_task_app(checkpoint, max_bytes=max_bytes, max_pixels=max_pixels, topk=topk)
-    return _classifier_app(checkpoint, topk, batching, max_batch, batch_wait_ms, max_bytes, max_pixels)
+        return create_task_app(checkpoint, max_bytes=max_bytes, max_pixels=max_pixels, body_timeout_s=body_timeout_s,
+                               topk=topk)  # fmt: skip
+    return _classifier_app(
+        checkpoint, topk, batching, max_batch, batch_wait_ms, max_bytes, max_pixels, body_timeout_s
+    )
 
 
 def _classifier_app(checkpoint, topk: int, batching: bool, max_batch: int, batch_wait_ms: float, max_bytes: int,
-                    max_pixels: int) -> Any:  # fmt: skip
+                    max_pixels: int, body_timeout_s: float) -> Any:  # fmt: skip
     """The image classifier's app: /predict (top-k, batched), /explain (PNG), /health and the upload page."""
     from fastapi import FastAPI, UploadFile
     from fastapi.responses import Response
@@ -69,11 +82,11 @@ def _classifier_app(checkpoint, topk: int, batching: bool, max_batch: int, batch
     add_error_handler(app)
 
     workers = Workers(capacity=max(4, max_batch))
-    app.add_middleware(BodyLimit, max_body=max_bytes + MULTIPART_SLACK)
+    app.state.pixel_budget = budget = PixelBudget(2 * max_pixels)  # two images at the limit at once
+    app.add_middleware(BodyLimit, max_body=max_bytes + MULTIPART_SLACK, read_timeout_s=body_timeout_s)
 
-    async def _image(file: UploadFile) -> Any:
-        data = await file.read(max_bytes + 1)
-        return await workers.run(decode_upload, data, file.content_type, max_bytes, max_pixels)
+    def _image(file: UploadFile) -> Any:
+        return uploaded_image(file, workers, budget, max_bytes, max_pixels)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -84,15 +97,15 @@ def _classifier_app(checkpoint, topk: int, batching: bool, max_batch: int, batch
     async def predict(file: UploadFile, k: int = topk) -> dict[str, Any]:
         if k < 1:
             raise UploadError(422, f"k must be a positive integer, got {k}")
-        x = await workers.run(_prepare, await _image(file), data_config)
+        async with _image(file) as img:
+            x = await workers.run(_prepare, img, data_config)
         probs = await batcher.submit(x) if batcher else (await workers.run(forward, x[None]))[0]
         return {"filename": file.filename, "top": _top(probs, k, classes)}
 
     @app.post("/explain")
     async def explain(file: UploadFile) -> Response:
-        img = await _image(file)
-
-        return Response(await workers.run(_explain_png, model, img, lock), media_type="image/png")
+        async with _image(file) as img:
+            return Response(await workers.run(_explain_png, model, img, lock), media_type="image/png")
 
     _add_page(app)
     return app

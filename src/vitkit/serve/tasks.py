@@ -11,19 +11,28 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from .uploads import (
+    MULTIPART_SLACK,
+    BodyLimit,
+    PixelBudget,
+    UploadError,
+    Workers,
+    add_error_handler,
+    uploaded_image,
+)
+
 __all__ = ["create_task_app"]
 
 _FILE_KEYS = ("drawing", "mask", "overlay", "reconstruction")  # files written in a temporary folder
 
 
 def create_task_app(checkpoint: str | os.PathLike, *, max_bytes: int = 10 * 2**20, max_pixels: int = 40_000_000,
-                    **options: Any) -> Any:  # fmt: skip
+                    body_timeout_s: float = 30.0, **options: Any) -> Any:  # fmt: skip
     """A FastAPI app serving the task model of ``checkpoint`` (run directory or ``.safetensors``) on the CPU."""
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
 
     from ..tasks.inference import load_task_model, model_file
-    from .uploads import MULTIPART_SLACK, BodyLimit, UploadError, Workers, add_error_handler, decode_upload
 
     model, task = load_task_model(checkpoint)
     source = model_file(checkpoint).parent
@@ -31,8 +40,9 @@ def create_task_app(checkpoint: str | os.PathLike, *, max_bytes: int = 10 * 2**2
     app = FastAPI(title="vitkit", description=f"serving the {task.name} model {checkpoint}")
 
     add_error_handler(app)
-    app.add_middleware(BodyLimit, max_body=max_bytes + MULTIPART_SLACK)
+    app.add_middleware(BodyLimit, max_body=max_bytes + MULTIPART_SLACK, read_timeout_s=body_timeout_s)
     workers = Workers()
+    app.state.pixel_budget = budget = PixelBudget(2 * max_pixels)  # two images at the limit at once
 
     def run(item: Any) -> dict[str, Any]:
         with lock, tempfile.TemporaryDirectory() as tmp:
@@ -61,9 +71,8 @@ def create_task_app(checkpoint: str | os.PathLike, *, max_bytes: int = 10 * 2**2
         upload = form.get("file")
         if upload is None or not hasattr(upload, "read"):
             raise UploadError(400, "an image model takes a multipart upload in the field 'file'")
-        image = await workers.run(decode_upload, await upload.read(max_bytes + 1), upload.content_type, max_bytes,
-                                  max_pixels)  # fmt: skip
-        return {"filename": upload.filename, **(await workers.run(run, image))}
+        async with uploaded_image(upload, workers, budget, max_bytes, max_pixels) as image:
+            return {"filename": upload.filename, **(await workers.run(run, image))}
 
     @app.post("/explain")
     async def explain() -> JSONResponse:
