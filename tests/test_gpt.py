@@ -176,3 +176,70 @@ def test_saved_gpt_reloads_and_drops_into_a_trainer_step(tmp_path):
     # GPT-2 init: residual projections are smaller than the other linears
     big = GPT(vocab_size=10, block_size=8, embed_dim=64, depth=8, num_heads=4)
     assert big.blocks[0].mlp.fc2.weight.std() < 0.6 * big.blocks[0].mlp.fc1.weight.std()
+
+
+def test_past_the_context_the_window_slides_as_nanogpt_crops_it():
+    for pos_embed in ("learned", "rope"):
+        model = _tiny(pos_embed=pos_embed)
+        x = torch.randint(0, 50, (2, 28))
+        want = x.clone()
+        with torch.no_grad():
+            for _ in range(12):  # nanoGPT: idx[:, -block_size:], full forward, last position's argmax
+                nxt = model(want[:, -model.block_size :])[:, -1].argmax(-1, keepdim=True)
+                want = torch.cat([want, nxt], 1)
+        assert generate(model, x, 12, do_sample=False).tolist() == want.tolist()
+
+
+def test_generate_refuses_a_right_padded_mask():
+    model = _tiny()
+    ids = torch.tensor([[5, 6, 0]])
+    with pytest.raises(ValueError, match="left-padded"):
+        generate(model, ids, 3, attention_mask=torch.tensor([[1, 1, 0]]), do_sample=False)
+    model.train()  # interrupted mid-generation (e.g. Ctrl-C while streaming), the model's mode comes back
+
+    def interrupt(tokens):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        generate(model, ids[:, :2], 3, do_sample=False, on_tokens=interrupt)
+    assert model.training
+
+
+def test_gpt2_variants_load_old_buffers_untied_heads_bare_models_and_odd_mlp_widths(transformers):
+    # an MLP width that int(dim * inner / dim) would round down (176 * (240 / 176) = 239.99...)
+    hf, cfg = _hf_pair(
+        transformers, dict(vocab_size=61, n_positions=32, n_embd=176, n_layer=1, n_head=4, n_inner=240)
+    )
+    model = GPT(**{**gpt2_config_from_hf(cfg.to_dict()), "drop_rate": 0.0, "attn_drop_rate": 0.0}).eval()
+    assert model.blocks[0].mlp.fc1.out_features == 240
+    state = dict(hf.state_dict())
+    state["transformer.h.0.attn.bias"] = torch.tril(torch.ones(1, 1, 32, 32))  # old checkpoints' mask buffers
+    state["transformer.h.0.attn.masked_bias"] = torch.tensor(-1e4)
+    vitkit.load_pretrained(model, state)
+    x = torch.randint(0, 61, (2, 9))
+    with torch.no_grad():
+        assert (model(x) - hf(x).logits).abs().max() < 1e-5
+    # a bare GPT2Model state dict (no transformer. prefix, no lm_head) into an untied model: head = wte
+    bare = {k.removeprefix("transformer."): v for k, v in state.items() if k != "lm_head.weight"}
+    untied = GPT(**{**gpt2_config_from_hf(cfg.to_dict()), "tie_embeddings": False, "drop_rate": 0.0}).eval()
+    vitkit.load_pretrained(untied, bare)
+    assert torch.equal(untied.head.weight, hf.transformer.wte.weight)
+    with torch.no_grad():
+        assert (untied(x) - hf(x).logits).abs().max() < 1e-5
+
+
+def test_grad_checkpointing_gives_the_same_loss_and_gradients_and_bias_false_has_no_linear_biases():
+    x = torch.randint(0, 50, (2, 17))
+    grads = []
+    for ckpt in (False, True):
+        model = _tiny().train()
+        model.set_grad_checkpointing(ckpt)
+        _, loss = model(x[:, :-1], x[:, 1:])
+        loss.backward()
+        grads.append((loss.item(), model.blocks[0].attn.qkv.weight.grad.clone()))
+    assert grads[0][0] == pytest.approx(grads[1][0], abs=1e-6)
+    assert torch.allclose(grads[0][1], grads[1][1], atol=1e-6)
+    plain = _tiny(bias=False)
+    linears = [m for m in plain.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(m.bias is None for m in linears)
+    assert plain(x).shape == (2, 17, 50)

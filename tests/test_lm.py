@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from vitkit.cli import main
 from vitkit.data.lm import LMTokenizer, TokenBlocks, TokenWindows, encode_corpus, split_point, text_chunks
@@ -43,8 +43,11 @@ def test_character_tokenizer_round_trips_and_names_unknown_characters(tmp_path):
         tok.encode("Speak $ #")
 
 
-def test_corpus_reader_splits_by_position_and_refuses_bad_files(tmp_path):
-    text = "".join(f"line {i} é\n" for i in range(30000))  # ~300 KB, multi-byte characters, several chunks
+def test_corpus_reader_splits_by_position_and_refuses_bad_files(tmp_path, monkeypatch):
+    import vitkit.data.lm as lm
+
+    monkeypatch.setattr(lm, "CHUNK_BYTES", 7)  # many chunks, boundaries inside the two-byte "é"
+    text = "".join(f"line {i} é\n" for i in range(300)) + "no final newline é"
     path = tmp_path / "corpus.txt"
     path.write_text(text, encoding="utf-8")
     cut = split_point(path, 0.9)
@@ -61,6 +64,10 @@ def test_corpus_reader_splits_by_position_and_refuses_bad_files(tmp_path):
     latin.write_bytes(b"caf\xe9 au lait\n")
     with pytest.raises(ValueError, match=r"latin1.txt is not UTF-8 text: byte 3"):
         list(text_chunks(latin))
+    cut_char = tmp_path / "cut.txt"  # a bad byte right after a character cut by a chunk boundary
+    cut_char.write_bytes(b"abcdef\xc3\xa9\xffgh\n")
+    with pytest.raises(ValueError, match=r"byte 8 \(b'\\xff'\)"):
+        list(text_chunks(cut_char))
 
 
 def test_token_streams_are_memory_mapped_windows_drawn_anew_each_epoch(tmp_path):
@@ -88,10 +95,10 @@ def _toy_language(path: Path, n: int = 3000) -> None:
     path.write_text("".join("ab" * int(rng.integers(1, 6)) + "c\n" for _ in range(n)))
 
 
-def test_a_tiny_gpt_learns_a_toy_language_through_the_cli(tmp_path, capsys):
+def test_a_tiny_gpt_learns_a_toy_language_through_the_cli(tmp_path, capsys, monkeypatch):
     corpus = tmp_path / "toy.txt"
     _toy_language(corpus)
-    os.environ.setdefault("VITKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("VITKIT_CACHE", str(tmp_path / "cache"))
     argv = ["lm", "train", "--data", str(corpus), "--model", "gpt_nano", "--block-size", "32", "--batch-size", "16",
             "--epochs", "3", "--epoch-steps", "40", "--lr", "3e-3", "--warmup-epochs", "0.2", "--threads", "1",
             "--out-dir", str(tmp_path), "--name", "toy", "--no-progress"]  # fmt: skip
@@ -121,6 +128,51 @@ def test_a_tiny_gpt_learns_a_toy_language_through_the_cli(tmp_path, capsys):
     assert "character vocabulary: 'z'" in out.err and out.out == ""  # refused before anything is printed
     assert main(["lm", "generate", str(run), "--temperature", "0"]) != 0
     assert "temperature must be > 0" in capsys.readouterr().err
+
+
+def test_windows_change_every_epoch_in_persistent_loader_workers(tmp_path):
+    from vitkit.data.loader import make_loader
+
+    path = tmp_path / "c.txt"
+    path.write_text("".join(chr(97 + i % 26) for i in range(5000)))
+    tok = LMTokenizer.train_char(text_chunks(path))
+    windows = TokenWindows(encode_corpus(text_chunks(path), tok, tmp_path / "c.bin"), 16, 8, seed=3)
+    loader = make_loader(windows, 8, shuffle=False, num_workers=1, seed=0)
+    seen = []
+    for epoch in range(2):
+        loader.set_epoch(epoch)
+        windows.set_epoch(epoch)  # what the trainer does; the worker process must see it
+        seen.append(next(iter(loader)).tolist())
+    windows.set_epoch(1)
+    assert seen[0] != seen[1]
+    assert seen[1] == torch.stack([windows[i] for i in range(8)]).tolist()  # the main process draws the same
+
+
+def test_generate_text_stops_at_stop_strings_and_eos_and_streams_exactly_what_it_returns():
+    import torch
+
+    from vitkit.models.gpt import GPT
+    from vitkit.tasks.language_modeling import generate_text
+
+    tok = LMTokenizer.train_bpe(["to be or not to be, that is the question\n" * 30], 300)
+    assert tok.eos_id == 0
+    torch.manual_seed(0)
+    model = GPT(vocab_size=tok.vocab_size, block_size=64, embed_dim=32, depth=1, num_heads=2).eval()
+    free = generate_text(model, tok, ["to be", "or"], 30, do_sample=False)
+    assert all(free)
+    pieces: list[str] = []
+    stop = free[0][3:6]  # a stop string that occurs in the free continuation
+    texts = generate_text(model, tok, ["to be", "or"], 30, do_sample=False, stop=[stop], stream=pieces.append)
+    assert texts[0] == free[0][: free[0].find(stop)] and stop not in texts[0]
+    assert "".join(pieces) == texts[0]  # never a part of the stop string, never a broken character
+    with torch.no_grad():  # a model that always says <|endoftext|> after one token: empty continuations
+        model.head = None
+        model.token_embed.weight.zero_()
+        model.token_embed.weight[0, 0] = 1.0
+        model.norm.weight.fill_(0.0)
+        model.norm.bias.zero_()
+        model.norm.bias[0] = 1.0
+    assert generate_text(model, tok, ["to be"], 10, do_sample=False) == [""]
 
 
 def test_lm_training_refuses_empty_and_non_utf8_text_by_name(tmp_path, capsys):

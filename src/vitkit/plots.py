@@ -74,13 +74,14 @@ def plot_training_curves(
     out_png: str | os.PathLike,
     title: str | None = None,
     loss_label: str = "cross-entropy",
+    quality: tuple[str, str, str, str] = ("Accuracy", "top-1 accuracy", "acc", "max"),
 ) -> Path:
-    """Loss (train/val), accuracy (train/val) and learning rate against epoch, side by side.
+    """Loss (train/val), a quality figure (train/val; accuracy by default) and learning rate against epoch.
 
     ``metrics`` is a ``metrics.jsonl`` path or the records themselves (dicts with ``epoch`` and any of
-    ``train_loss``, ``val_loss``, ``train_acc``, ``val_acc``, ``lr``; missing values are skipped). When an
-    epoch appears more than once (a resumed run) the last record wins. The best validation accuracy is
-    marked. Returns the path of the PNG written.
+    ``train_loss``, ``val_loss``, ``train_<key>``, ``val_<key>``, ``lr``; missing values are skipped). When an
+    epoch appears more than once (a resumed run) the last record wins. ``quality``: the middle panel's (title,
+    y label, key, ``"max"``/``"min"`` is best); its best validation value is marked. Returns the path of the PNG.
     """
     if isinstance(metrics, (str, os.PathLike)):
         if title is None:
@@ -99,7 +100,12 @@ def plot_training_curves(
     style = {"marker": "o", "markersize": 3.5} if n <= 40 else {}
     panels = [
         (axes[0], "Loss", loss_label, [("train_loss", "train", _TRAIN), ("val_loss", "val", _VAL)]),
-        (axes[1], "Accuracy", "top-1 accuracy", [("train_acc", "train", _TRAIN), ("val_acc", "val", _VAL)]),
+        (
+            axes[1],
+            quality[0],
+            quality[1],
+            [(f"train_{quality[2]}", "train", _TRAIN), (f"val_{quality[2]}", "val", _VAL)],
+        ),
         (axes[2], "Learning rate", "lr", [("lr", "lr", _LR)]),
     ]
     for ax, name, ylabel, keys in panels:
@@ -109,10 +115,10 @@ def plot_training_curves(
             if xs:
                 ax.plot(xs, ys, label=label, color=color, linewidth=1.8, **style)
                 plotted = True
-        if name == "Accuracy":
-            xs, ys = _series(records, "val_acc")
+        if ax is axes[1]:
+            xs, ys = _series(records, f"val_{quality[2]}")
             if xs:
-                best = int(np.argmax(ys))
+                best = int(np.argmax(ys) if quality[3] == "max" else np.argmin(ys))
                 ax.scatter([xs[best]], [ys[best]], s=90, marker="*", color="gold", edgecolor="black",
                            linewidth=0.6, zorder=5, label=f"best val {ys[best]:.4f} (epoch {xs[best]:g})")  # fmt: skip
         ax.set_title(name, fontsize=12, fontweight="bold")

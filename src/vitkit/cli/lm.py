@@ -70,7 +70,9 @@ def _eval(rest: list[str]) -> int:
     p = argparse.ArgumentParser(prog="vitkit lm eval", description="loss and perplexity of a language model")
     p.add_argument("run", help="a language-model run directory")
     p.add_argument("--data", required=True, help="a UTF-8 text file (scored whole)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument(
+        "--batch-size", type=int, default=8, help="windows per forward pass (logits: batch x context x vocab)"
+    )
     a = p.parse_args(rest)
     model, tokenizer = load_lm(a.run)
     result = perplexity_of_text(model, tokenizer, a.data, a.batch_size)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import codecs
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -89,11 +90,17 @@ def text_chunks(path: Path, start: int = 0, end: int | None = None) -> Iterator[
         pos = start
         while pos < end:
             data = f.read(min(CHUNK_BYTES, end - pos))
+            if not data:
+                raise ValueError(
+                    f"{path} ended at byte {pos}, before byte {end}: was it changed while being read?"
+                )
+            pending = len(decoder.getstate()[0])  # bytes of a character cut by the previous chunk
             try:
                 text = decoder.decode(data, final=pos + len(data) >= end)
-            except UnicodeDecodeError as e:
+            except UnicodeDecodeError as e:  # e.start counts from the first pending byte
+                where = pos - pending + e.start
                 raise ValueError(
-                    f"{path} is not UTF-8 text: byte {pos + e.start} ({data[e.start : e.start + 1]!r}) {e.reason}"
+                    f"{path} is not UTF-8 text: byte {where} ({e.object[e.start : e.start + 1]!r}) {e.reason}"
                 ) from None
             pos += len(data)
             text = carry + text
@@ -143,7 +150,7 @@ class LMTokenizer:
 
     @classmethod
     def train_bpe(cls, chunks, vocab_size: int = 4096) -> LMTokenizer:
-        """Byte-level BPE (GPT-2's pre-tokenisation) trained on ``chunks``, with ``<|endoftext|>`` as the last id."""
+        """Byte-level BPE (GPT-2's pre-tokenisation) trained on ``chunks``, with ``<|endoftext|>`` as id 0."""
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
         tok = Tokenizer(models.BPE())
@@ -203,12 +210,15 @@ class LMTokenizer:
         return self.tokenizer.decode(list(ids), skip_special_tokens=False)
 
 
-def encode_corpus(chunks, tokenizer: LMTokenizer, out: str | os.PathLike) -> np.memmap:
+def encode_corpus(chunks, tokenizer: LMTokenizer, out: str | os.PathLike, reuse: bool = True) -> np.memmap:
     """Encode text chunks into ``out`` (raw ``uint16``, or ``uint32`` for a vocabulary over 65,535), written chunk by
-    chunk; returns it memory-mapped read-only."""
+    chunk to a temporary file of this process and renamed into place (concurrent writers never mix); returns it
+    memory-mapped read-only. ``reuse``: an existing ``out`` (complete, as only renames create it) is read as it is."""
     dtype = np.uint16 if tokenizer.vocab_size <= 65536 else np.uint32
     out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp")
+    if reuse and out.is_file() and out.stat().st_size > 0:
+        return np.memmap(out, dtype=dtype, mode="r")
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
     count = 0
     with open(tmp, "wb") as f:
         for chunk in chunks:
@@ -223,7 +233,8 @@ def encode_corpus(chunks, tokenizer: LMTokenizer, out: str | os.PathLike) -> np.
 
 class TokenWindows(Dataset):
     """Random training windows of a token stream: item ``i`` is ``block_size + 1`` consecutive tokens (inputs and
-    the next-token targets) starting at an offset drawn from ``seed`` and the epoch (:meth:`set_epoch`).
+    the next-token targets) starting at an offset drawn from (``seed``, epoch, ``i``); :meth:`set_epoch` draws new
+    ones. The epoch is kept in shared memory, so DataLoader worker processes (persistent ones too) see it.
 
     ``num_windows`` is the length of an epoch (steps per epoch x batch size), not the corpus size."""
 
@@ -235,22 +246,23 @@ class TokenWindows(Dataset):
                 f"the training text has {len(tokens)} tokens: too few for windows of {block_size} + 1 tokens"
             )
         self.tokens, self.block_size, self.num_windows, self.seed = tokens, block_size, num_windows, seed
-        self.set_epoch(0)
+        self.epoch = torch.zeros((), dtype=torch.int64).share_memory_()
 
     def set_epoch(self, epoch: int) -> None:
-        rng = np.random.default_rng([self.seed, epoch])
-        self.offsets = rng.integers(0, len(self.tokens) - self.block_size - 1, self.num_windows)
+        self.epoch.fill_(epoch)
 
     def __len__(self) -> int:
         return self.num_windows
 
     def __getitem__(self, index: int) -> Tensor:
-        start = int(self.offsets[index])
+        rng = np.random.default_rng((self.seed, int(self.epoch), int(index)))
+        start = int(rng.integers(0, len(self.tokens) - self.block_size - 1))
         return torch.from_numpy(self.tokens[start : start + self.block_size + 1].astype(np.int64))
 
 
 class TokenBlocks(Dataset):
-    """Consecutive windows of ``block_size + 1`` tokens overlapping by one (every token is predicted exactly once)."""
+    """Consecutive windows of ``block_size + 1`` tokens overlapping by one: every token is predicted once, but for
+    the last ``(len - 1) % block_size`` (a tail shorter than a window, left out)."""
 
     modality = "lm"
 

@@ -149,7 +149,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     ),
     # Character-level Shakespeare in an hour of a 2-core CPU (see benchmarks/results/shakespeare_char.md)
     "shakespeare-char": dict(
-        task="lm", model="gpt_mini", dataset="tinyshakespeare", block_size=128, batch_size=32, epochs=24,
+        task="lm", model="gpt_mini", dataset="tinyshakespeare", block_size=128, batch_size=32, epochs=14,
         epoch_steps=250, lr=2e-3, min_lr=2e-4, warmup_epochs=0.4, weight_decay=0.1, betas=(0.9, 0.99), clip_grad=1.0,
         label_smoothing=0.0, drop_path=0.0, eval_every=2,
     ),

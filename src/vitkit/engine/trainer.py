@@ -143,9 +143,8 @@ class Trainer:
         self.train_loader = make_loader(
             self.train_data, cfg.batch_size, shuffle=True, drop_last=True, **shards
         )
-        self.val_loader = make_loader(
-            self.val_data, max(cfg.batch_size, 256), shuffle=False, drop_last=False, **shards
-        )
+        val_batch = getattr(self.task, "eval_batch_size", None) or max(cfg.batch_size, 256)
+        self.val_loader = make_loader(self.val_data, val_batch, shuffle=False, drop_last=False, **shards)
 
     def _build_optimizer(self) -> None:
         cfg = self.cfg
@@ -492,7 +491,7 @@ class Trainer:
             return summary
         summary.update(self.task.artifacts(model, result, self.run_dir))
         plot_training_curves(
-            self.run_dir / "metrics.jsonl", self.run_dir / "curves.png", loss_label=self.task.loss_label
+            self.run_dir / "metrics.jsonl", self.run_dir / "curves.png", **self.task.curve_options()
         )
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         if self._tb is not None:

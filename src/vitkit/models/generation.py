@@ -113,9 +113,23 @@ def generate(
     check_sampling(do_sample, temperature, top_k, top_p)
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    mask = torch.ones_like(idx) if attention_mask is None else attention_mask.to(idx.device, torch.long)
+    if mask.shape != idx.shape or not bool(mask[:, -1].all()):
+        raise ValueError(
+            "attention_mask must have the prompts' shape and be left-padded (every row ends with a token); "
+            "see left_pad"
+        )
     was_training = model.training
     model.eval()
-    mask = torch.ones_like(idx) if attention_mask is None else attention_mask.to(idx.device, torch.long)
+    try:
+        return _decode(model, idx, mask, max_new_tokens, do_sample, temperature, top_k, top_p, eos_id, pad_id,
+                       generator, use_cache, on_tokens)  # fmt: skip
+    finally:
+        model.train(was_training)
+
+
+def _decode(model, idx, mask, max_new_tokens, do_sample, temperature, top_k, top_p, eos_id, pad_id, generator,
+            use_cache, on_tokens) -> Tensor:  # fmt: skip
     done = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
     cache, fed = (model.new_cache() if use_cache else None), 0
     for _ in range(max_new_tokens):
@@ -137,5 +151,4 @@ def generate(
                 done |= stop.to(done.device)
         if bool(done.all()):
             break
-    model.train(was_training)
     return idx

@@ -43,6 +43,8 @@ class Task:
     # the validation figure that says which weights are better (EMA or raw) and which epoch was best
     selection: ClassVar[tuple[str, str]] = ("val_loss", "min")
     loss_label: ClassVar[str] = "loss"  # the curve's name in curves.png
+    # curves.png's middle panel: (title, y label, figure logged as train_<key> / val_<key>, "max" or "min" is best)
+    quality_curve: ClassVar[tuple[str, str, str, str]] = ("Accuracy", "top-1 accuracy", "acc", "max")
     val_split_name: ClassVar[str | None] = None  # a split name used instead of cfg.val_split
     input_kind: ClassVar[str] = "images"  # what predict reads: "images" (files, arrays) or "texts" (strings)
 
@@ -124,6 +126,10 @@ class Task:
 
         state = {k: v.detach().contiguous().cpu() for k, v in (state_dict or model.state_dict()).items()}
         atomic_write(run_dir / "model.safetensors", lambda tmp: save_file(state, str(tmp)))
+
+    def curve_options(self) -> dict[str, Any]:
+        """How ``curves.png`` labels this task's figures (:func:`vitkit.plots.plot_training_curves`)."""
+        return {"loss_label": self.loss_label, "quality": self.quality_curve}
 
     def summary(self, result: dict[str, Any], model: nn.Module) -> dict[str, Any]:
         """The figures of the final evaluation that go into ``summary.json`` (every rank)."""

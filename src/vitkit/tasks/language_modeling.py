@@ -59,37 +59,55 @@ def generate_text(
                              f"of {model.block_size} tokens")  # fmt: skip
     device = next(model.parameters()).device
     idx, mask = left_pad(encoded)
-    idx, mask = idx.to(device), mask.to(device)
-    start = idx.shape[1]
     rows: list[list[int]] = [[] for _ in prompts]
-    shown = [0]
+    finished = [False] * len(prompts)
     stops = [s for s in (stop or []) if s]
+    printer = _Streamer(stream, stops) if stream is not None else None
 
     def on_tokens(tokens: torch.Tensor) -> torch.Tensor:
-        done = torch.zeros(len(rows), dtype=torch.bool)
         for i, t in enumerate(tokens.tolist()):
+            if finished[i]:
+                continue  # a finished row only gets padding
+            if t == tokenizer.eos_id:
+                finished[i] = True
+                continue
             rows[i].append(t)
             text = tokenizer.decode(rows[i])
-            done[i] = any(s in text for s in stops)
-            if i == 0 and stream is not None:
-                cut = _cut(text, stops)
-                if len(cut) > shown[0] and not cut.endswith(
-                    "\ufffd"
-                ):  # a byte-level token may end mid-character
-                    stream(cut[shown[0] :])
-                    shown[0] = len(cut)
-        return done
+            finished[i] = any(s in text for s in stops)
+            if i == 0 and printer is not None:
+                printer.show(text)
+        return torch.tensor(finished)
 
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-    out = generate(model, idx, max_new_tokens, attention_mask=mask, do_sample=do_sample, temperature=temperature,
-                   top_k=top_k, top_p=top_p, eos_id=tokenizer.eos_id, generator=generator, on_tokens=on_tokens)  # fmt: skip
-    texts = []
-    for row, ids in zip(out[:, start:].tolist(), rows, strict=True):
-        ids = ids[: len(row)]
-        if tokenizer.eos_id is not None and tokenizer.eos_id in ids:
-            ids = ids[: ids.index(tokenizer.eos_id)]
-        texts.append(_cut(tokenizer.decode(ids), stops))
+    generate(model, idx.to(device), max_new_tokens, attention_mask=mask.to(device), do_sample=do_sample,
+             temperature=temperature, top_k=top_k, top_p=top_p, eos_id=tokenizer.eos_id, generator=generator,
+             on_tokens=on_tokens)  # fmt: skip
+    texts = [_cut(tokenizer.decode(ids), stops) for ids in rows]
+    if printer is not None:
+        printer.finish(texts[0])
     return texts
+
+
+class _Streamer:
+    """Writes the first continuation as it grows, holding back what could still be the start of a stop string or
+    an unfinished character (a byte-level token may end mid-character), so that the terminal shows exactly the
+    returned text."""
+
+    def __init__(self, write: Callable[[str], None], stops: list[str]) -> None:
+        self.write, self.stops, self.shown = write, stops, 0
+
+    def show(self, text: str) -> None:
+        text = _cut(text, self.stops)
+        hold = max((k for s in self.stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+        safe = text[: len(text) - hold].rstrip("\ufffd")
+        if len(safe) > self.shown:
+            self.write(safe[self.shown :])
+            self.shown = len(safe)
+
+    def finish(self, text: str) -> None:
+        if len(text) > self.shown:
+            self.write(text[self.shown :])
+        self.shown = len(text)
 
 
 def _cut(text: str, stops: list[str]) -> str:
@@ -153,6 +171,7 @@ class LanguageModeling(Task):
     default_model = "gpt_micro"
     selection = ("val_loss", "min")
     loss_label = "token loss"
+    quality_curve = ("Perplexity", "validation perplexity", "perplexity", "min")
     input_kind = "texts"
     num_samples, sample_tokens = 2, 200  # written to samples.txt at each evaluation
 
@@ -161,7 +180,8 @@ class LanguageModeling(Task):
         self.corpus = resolve_corpus(cfg.dataset, cfg.data_dir)
         cut = split_point(self.corpus, cfg.train_fraction)
         self.tokenizer = self._build_tokenizer(cut)
-        self.block_size = int(cfg.block_size or model_config(cfg.model).get("block_size", 256))
+        named = cfg.block_size or cfg.model_args.get("block_size")
+        self.block_size = int(named or model_config(cfg.model).get("block_size", 256))
         if train_data is None:
             tokens = self._encoded(0, cut, "train")
             train_data = TokenWindows(tokens, self.block_size, cfg.epoch_steps * cfg.batch_size, cfg.seed)
@@ -172,8 +192,18 @@ class LanguageModeling(Task):
         return train_data, val_data
 
     def _encoded(self, start: int, end: int | None, part: str):
+        """A part of the corpus as a memory-mapped token file: encoded once (rank 0 under torchrun; the others wait,
+        then read it) and reused by later runs on the same file and vocabulary."""
+        import torch.distributed as dist
+
         out = _cache_file(self.corpus, self.tokenizer, f"{part}{self.cfg.train_fraction}")
-        return encode_corpus(text_chunks(self.corpus, start, end), self.tokenizer, out)
+        shared = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        if not shared or dist.get_rank() == 0:
+            tokens = encode_corpus(text_chunks(self.corpus, start, end), self.tokenizer, out)
+        if shared:
+            dist.barrier()
+            tokens = encode_corpus(iter(()), self.tokenizer, out)  # written by rank 0: read as it is
+        return tokens
 
     def _build_tokenizer(self, cut: int) -> LMTokenizer:
         """``cfg.tokenizer``: a file or folder to load, ``"bpe"`` (byte-level BPE of ``model_args.vocab_size``,
@@ -226,11 +256,19 @@ class LanguageModeling(Task):
         loss = F.cross_entropy(logits.float().flatten(0, 1), batch["targets"].flatten(), reduction="sum")
         return {"loss": float(loss), "count": batch["targets"].numel()}, None
 
+    @property
+    def eval_batch_size(self) -> int:
+        """Validation batches as large as the training ones (the logits of a window are ``block_size x vocab``)."""
+        return self.cfg.batch_size
+
     def metrics(self, sums: dict[str, Any], kept: list[Any], model: nn.Module) -> dict[str, Any]:
-        """Validation loss (nats per token) and perplexity; samples appended to ``samples.txt`` (rank 0)."""
+        """Validation loss (nats per token) and perplexity; samples appended to ``samples.txt`` (rank 0; not under
+        FSDP, whose forward passes need every rank)."""
+        from ..engine.distributed import is_sharded
+
         loss = sums.get("loss", 0.0) / max(sums.get("count", 0), 1)
         self.evaluations += 1
-        if self.dist.is_main and getattr(self, "run_dir", None) is not None:
+        if self.dist.is_main and getattr(self, "run_dir", None) is not None and not is_sharded(model):
             self._write_samples(model, self.run_dir / "samples.txt", f"evaluation {self.evaluations}")
         return {"val_loss": loss, "val_perplexity": math.exp(min(loss, 700))}
 
@@ -246,9 +284,12 @@ class LanguageModeling(Task):
     def artifacts(self, model: nn.Module, result: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         """``eval.json`` (validation loss and perplexity) and three 300-token samples in ``samples-final.txt``."""
         out = {"val_loss": result["val_loss"], "val_perplexity": result["val_perplexity"]}
+        from ..engine.distributed import is_sharded
+
         (run_dir / "eval.json").write_text(json.dumps(out, indent=2))
         self.num_samples, self.sample_tokens = 3, 300
-        self._write_samples(model, run_dir / "samples-final.txt", "final model")
+        if not is_sharded(model):
+            self._write_samples(model, run_dir / "samples-final.txt", "final model")
         return out
 
     @classmethod

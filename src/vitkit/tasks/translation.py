@@ -66,6 +66,7 @@ class Translation(Task):
     # BLEU is decoded on rank 0 alone; the token loss is reduced over ranks, so every rank picks the same weights
     selection = ("val_loss", "min")
     loss_label = "token loss"
+    quality_curve = ("BLEU", "validation BLEU (greedy)", "bleu", "max")
     val_split_name = "val"  # model selection on Multi30k val; test_2016_flickr is scored once, at the end
 
     def build_data(self, train_data=None, val_data=None):

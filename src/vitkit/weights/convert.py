@@ -242,7 +242,9 @@ def is_hf_gpt2(state: dict[str, Any]) -> bool:
 
 def convert_hf_gpt2(state: dict[str, Tensor], tied: bool = True) -> dict[str, Tensor]:
     """GPT-2 state dict -> :class:`~vitkit.models.gpt.GPT` names. ``tied``: drop ``lm_head.weight`` (it must then
-    equal the token embedding). Unknown keys are kept as they are (the key check names them)."""
+    equal the token embedding); untied, a file without one (tied on save, or a ``GPT2Model``) starts the head
+    from the token embedding, which is what tying meant. Unknown keys are kept as they are (the key check names
+    them)."""
     state = unwrap_state_dict(state)
     out: dict[str, Tensor] = {}
     for key, value in state.items():
@@ -270,4 +272,8 @@ def convert_hf_gpt2(state: dict[str, Tensor], tied: bool = True) -> dict[str, Te
             raise ValueError(
                 "lm_head.weight differs from wte.weight: load it into a GPT with tie_embeddings=False"
             )
+    elif not tied and "head.weight" not in out and "token_embed.weight" in out:
+        out["head.weight"] = out[
+            "token_embed.weight"
+        ].clone()  # a tied file (or GPT2Model) into an untied head
     return out

@@ -37,11 +37,11 @@ def gpt2_config_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
     act = hf.get("activation_function", "gelu_new")
     if act not in _ACTIVATIONS:
         raise ValueError(f"unsupported GPT-2 activation_function {act!r} (known: {sorted(_ACTIVATIONS)})")
-    dim = hf["n_embd"]
+    dim = hf["n_embd"]  # the MLP width is int(dim * mlp_ratio): half a unit above n_inner survives rounding
     inner = hf.get("n_inner") or 4 * dim
     return {
         "vocab_size": hf["vocab_size"], "block_size": hf.get("n_positions", 1024), "embed_dim": dim,
-        "depth": hf["n_layer"], "num_heads": hf["n_head"], "mlp_ratio": inner / dim,
+        "depth": hf["n_layer"], "num_heads": hf["n_head"], "mlp_ratio": (inner + 0.5) / dim,
         "drop_rate": hf.get("resid_pdrop", 0.1), "attn_drop_rate": hf.get("attn_pdrop", 0.1),
         "tie_embeddings": hf.get("tie_word_embeddings", True), "act_layer": _ACTIVATIONS[act],
         "norm_eps": hf.get("layer_norm_epsilon", 1e-5),
