@@ -72,7 +72,9 @@ def check_parity(models, name: str, device: str) -> str:
         diff = (models["vitkit"](x) - models["HF"](x).logits).abs().max().item()
     prompt = x[:1, :16]
     ours = generate(models["vitkit"], prompt, 32, do_sample=False)
-    ref = models["HF"].generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=32, do_sample=False)
+    ref = models["HF"].generate(
+        prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=32, do_sample=False
+    )
     return f"max |logit diff| {diff:.1e}, greedy 32 tokens {'equal' if ours.tolist() == ref.tolist() else 'DIFFER'}"
 
 
@@ -156,7 +158,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--modes", nargs="+", default=["train", "generate"], choices=["train", "generate"])
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--new-tokens", type=int, default=64)
-    p.add_argument("--batch-scale", type=int, default=1, help="multiply the training batches (e.g. 16 on a GPU)")
+    p.add_argument(
+        "--batch-scale", type=int, default=1, help="multiply the training batches (e.g. 16 on a GPU)"
+    )
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--min-time", type=float, default=1.5, help="seconds per measurement (calls are repeated)")
     args = p.parse_args(argv)
@@ -167,7 +171,9 @@ def main(argv: list[str] | None = None) -> None:
     rows = [bench(name, mode, args, lambda s: print(s, file=sys.stderr, flush=True))
             for name in args.configs for mode in args.modes]  # fmt: skip
     print("\n".join(f"- {k}: {v}" for k, v in info.items() if k not in ("timm", "peak TFLOP/s for MFU")))
-    print("\n| config | mode | batch | vitkit tok/s | HF tok/s | vitkit/HF [min-max] | outside load | parity |")
+    print(
+        "\n| config | mode | batch | vitkit tok/s | HF tok/s | vitkit/HF [min-max] | outside load | parity |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         load = "n/a" if r["load"] is None else f"{r['load']:.2f}"

@@ -130,3 +130,26 @@ def test_position_means_the_same_at_any_world_size():
     one = make_dataloader(ds, batch, drop_last=True, seed=1)
     one.load_state_dict(state)
     assert [y.tolist() for _, y in one] == order[1:]
+
+
+def test_a_language_model_trains_the_same_on_two_processes(tmp_path):
+    """The lm task under torchrun: rank 0 builds the vocabulary and the token files (the other rank waits and
+    reads them), every rank draws the same windows, and the result equals one process's."""
+    text = tmp_path / "toy.txt"
+    text.write_text("".join("ab" * (1 + i % 5) + "c\n" for i in range(600)))
+    lm = ["lm", "train", "--data", str(text), "--model", "gpt_nano", "--block-size", "16", "--batch-size", "8",
+          "--epochs", "2", "--epoch-steps", "5", "--warmup-epochs", "0", "--threads", "1", "--no-progress",
+          "--out-dir", str(tmp_path)]  # fmt: skip
+    env = {**_env(), "VITKIT_CACHE": str(tmp_path / "cache")}
+    for name, launcher in (("one", ["-m", "vitkit"]),
+                           ("two", ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                                    "vitkit"])):  # fmt: skip
+        proc = subprocess.run([sys.executable, *launcher, *lm, "--name", name], capture_output=True, text=True,
+                              timeout=600, env=env)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _max_diff(tmp_path / "one", tmp_path / "two") < ATOL
+    one, two = _history(tmp_path / "one"), _history(tmp_path / "two")
+    assert two[-1]["val_loss"] == pytest.approx(one[-1]["val_loss"], abs=1e-5)
+    assert (tmp_path / "one" / "tokenizer.json").read_text() == (
+        tmp_path / "two" / "tokenizer.json"
+    ).read_text()

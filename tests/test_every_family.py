@@ -17,7 +17,19 @@ from task_scenarios import SCENARIOS
 
 from vitkit.cli import main
 
-FAMILIES = ("classification", "text_classification", "mae", "mlm", "translation", "detection", "segmentation")
+FAMILIES = ("classification", "text_classification", "mae", "mlm", "translation", "detection", "segmentation",
+            "lm")  # fmt: skip
+
+
+def _lm(tmp: Path) -> dict:
+    """A character GPT on a toy text (the lm task is newer than the pinned scenarios of task_scenarios.py)."""
+    from vitkit.train import train
+
+    tmp.mkdir(parents=True)
+    (tmp / "toy.txt").write_text("".join("ab" * (1 + i % 5) + "c\n" for i in range(400)))
+    return train(task="lm", dataset=str(tmp / "toy.txt"), model="gpt_nano", block_size=16, batch_size=8,
+                 epoch_steps=10, lr=3e-3, warmup_epochs=0.2, out_dir=str(tmp), name="run", epochs=2, threads=1,
+                 progress=False)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +38,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     out = {}
     for name in FAMILIES:
         torch.manual_seed(0)
-        SCENARIOS[name](root / name)
+        (_lm if name == "lm" else SCENARIOS[name])(root / name)
         out[name] = root / name / "run"
     digit = np.zeros((8, 8), dtype=np.uint8)
     digit[1:7, 3:5] = 255  # a "1", white on black as the digits are
@@ -65,6 +77,8 @@ def test_predict_works_for_every_family(runs, capsys, tmp_path):
     assert set(np.unique(mask).tolist()) <= set(range(4))
     assert main(["predict", str(runs["mlm"]), "no mask here"]) == 2
     assert "has no [MASK] to fill" in capsys.readouterr().err
+    story = _predict(capsys, runs["lm"], "abab")[0]
+    assert story["prompt"] == "abab" and set(story["continuation"]) <= set("abc\n") and story["continuation"]
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -88,7 +102,7 @@ def test_eval_reproduces_the_runs_own_validation(runs, name, capsys):
 
 @pytest.mark.parametrize(
     "model", ["vit_digits", "resnet_cifar", "bert_tiny", "transformer_tiny", "detr_vit_canvas",
-              "segmenter_vit_canvas", "mae_vit_digits"],
+              "segmenter_vit_canvas", "mae_vit_digits", "gpt_nano"],
 )  # fmt: skip
 def test_summary_works_for_every_family(model, capsys):
     assert main(["summary", model]) == 0
@@ -103,12 +117,21 @@ def test_summary_of_vit_b16_reports_gmacs_near_the_papers(capsys):
 
 
 @pytest.mark.parametrize(("name", "fmt"), [("detection", "onnx"), ("text_classification", "onnx"),
-                                           ("translation", "torchscript"), ("segmentation", "torchscript")])  # fmt: skip
+                                           ("translation", "torchscript"), ("segmentation", "torchscript"),
+                                           ("lm", "onnx")])  # fmt: skip
 def test_export_works_for_every_deterministic_family(runs, name, fmt, tmp_path, capsys):
     from vitkit.export import export_model
 
     report = export_model(runs[name], fmt, tmp_path / f"m.{fmt}", bench=False)
     assert max(report["max_abs_diff"].values()) <= 1e-4 and Path(report["out"]).stat().st_size > 0
+    if (
+        fmt == "onnx"
+    ):  # an onnxruntime user needs nothing else: the task and how inputs are read are in the file
+        import onnxruntime as ort
+
+        meta = ort.InferenceSession(report["out"]).get_modelmeta().custom_metadata_map
+        assert meta["vitkit_task"] == json.loads(meta["vitkit_data_config"])["task"] == name.replace("_", "-")
+        assert json.loads(meta["vitkit_model_config"])
 
 
 @pytest.mark.parametrize("name", ["mae", "mlm"])
@@ -133,6 +156,11 @@ def test_serve_works_for_every_input_kind(runs):
     assert r.status_code == 200 and isinstance(r.json()["translation"], str)  # (2 epochs: may be empty)
     r = client.post("/predict", json={"text": " "})
     assert r.status_code == 400 and "non-empty text" in r.json()["error"]
+    client = TestClient(create_app(runs["lm"]))
+    r = client.post("/predict", json={"text": "abab"})
+    assert r.status_code == 200 and set(r.json()["continuation"]) <= set("abc\n")
+    r = client.post("/predict", json={"text": "abz"})
+    assert r.status_code == 400 and "character vocabulary: 'z'" in r.json()["error"]
 
 
 def _commands() -> list[list[str]]:
@@ -142,7 +170,8 @@ def _commands() -> list[list[str]]:
                                  "predict", "explain", "compress", "export", "serve", "models", "summary")]  # fmt: skip
     cmds += [["train", "--task", t] for t in TASKS] + [["pretrain", "--method", "mlm"]]
     cmds += [["translate", "train"], ["detect", "train"], ["detect", "make-canvas"], ["detect", "make-penn-fudan"],
-             ["segment", "train"], ["finetune", "--task", "text-classification"]]  # fmt: skip
+             ["segment", "train"], ["finetune", "--task", "text-classification"], ["lm"], ["lm", "train"],
+             ["lm", "generate"], ["lm", "eval"]]  # fmt: skip
     return cmds
 
 
@@ -157,7 +186,7 @@ def test_help_of_every_command_exits_0_and_lists_only_its_flags(cmd, capsys):
     assert stop.value.code in (0, None)
     out = capsys.readouterr().out
     assert "usage:" in out
-    task = {"detect": "detection", "segment": "segmentation", "translate": "translation"}.get(
+    task = {"detect": "detection", "segment": "segmentation", "translate": "translation", "lm": "lm"}.get(
         cmd[0] if cmd else ""
     )
     if "--task" in cmd:
@@ -166,7 +195,7 @@ def test_help_of_every_command_exits_0_and_lists_only_its_flags(cmd, capsys):
         task = cmd[2] if len(cmd) > 2 else "mae"
     elif cmd[:1] in (["train"], ["finetune"]):
         task = "classification"
-    if task is None or len(cmd) < 2 and cmd[:1] in (["detect"], ["segment"], ["translate"]):
+    if task is None or len(cmd) < 2 and cmd[:1] in (["detect"], ["segment"], ["translate"], ["lm"]):
         return
     if cmd[:2] in (["detect", "make-canvas"], ["detect", "make-penn-fudan"]):
         return

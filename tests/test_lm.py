@@ -195,3 +195,22 @@ def test_lm_training_refuses_empty_and_non_utf8_text_by_name(tmp_path, capsys):
                           (tmp_path / "missing.txt", "text file not found")):  # fmt: skip
         assert main(["lm", "train", "--data", str(path), *common]) != 0
         assert message in capsys.readouterr().err
+
+
+def test_an_lm_run_resumed_after_its_first_epoch_ends_with_the_same_weights(tmp_path, monkeypatch):
+    import torch
+    from safetensors.torch import load_file
+
+    from vitkit.train import train, train_lm
+
+    monkeypatch.setenv("VITKIT_CACHE", str(tmp_path / "cache"))
+    corpus = tmp_path / "toy.txt"
+    _toy_language(corpus, 600)
+    common = dict(dataset=str(corpus), model="gpt_nano", block_size=16, batch_size=8, epoch_steps=6,
+                  lr=3e-3, warmup_epochs=1, threads=1, progress=False, out_dir=str(tmp_path))  # fmt: skip
+    train_lm(**common, epochs=2, name="whole")  # epoch 1 is warmup in both schedules
+    train_lm(**common, epochs=1, name="run")
+    (tmp_path / "run" / "model.safetensors").unlink()
+    train(resume=str(tmp_path / "run"), epochs=2, progress=False)
+    a, b = (load_file(tmp_path / n / "model.safetensors") for n in ("whole", "run"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -113,3 +113,30 @@ def test_vitkit_train_resume_keeps_the_runs_own_task(tmp_path, capsys):
 def test_accumulating_more_batches_than_an_epoch_holds_is_refused(tmp_path):
     with pytest.raises(ValueError, match="accum_steps=64 is more than the 11 batches of an epoch"):
         train(**TINY, accum_steps=64, epochs=1, out_dir=str(tmp_path), name="acc")
+
+
+def test_ctrl_c_says_what_is_kept_and_how_to_resume(tmp_path, capsys, monkeypatch):
+    from vitkit.engine.trainer import Trainer
+
+    real = Trainer.train_one_epoch
+
+    def interrupted(self, progress=None):
+        if self.epoch == 1:  # Ctrl-C during epoch 2, after epoch 1's checkpoint
+            raise KeyboardInterrupt
+        return real(self, progress)
+
+    monkeypatch.setattr(Trainer, "train_one_epoch", interrupted)
+    args = ["train", "--dataset", "digits", "--model", "vit_digits", "--model-args", '{"depth": 1, "embed_dim": 32, '
+            '"num_heads": 2}', "--batch-size", "128", "--threads", "1", "--no-progress", "--epochs", "2",
+            "--warmup-epochs", "1", "--out-dir", str(tmp_path)]  # fmt: skip
+    assert main([*args, "--name", "run"]) == 130
+    err = capsys.readouterr().err
+    run = tmp_path / "run"
+    assert (
+        f"interrupted during epoch 2. The last good checkpoint (epoch 1) is kept at {run / 'checkpoint.pt'}"
+        in err
+    )
+    assert f"resume with: vitkit train --resume {run}" in err and "Traceback" not in err
+    monkeypatch.setattr(Trainer, "train_one_epoch", real)
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    assert yaml.safe_load((run / "config.yaml").read_text())["epochs"] == 2

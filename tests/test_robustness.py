@@ -77,6 +77,11 @@ BAD_ARGS = [
     ("segmenter_vit_canvas", {"num_classes": 0}, "Segmenter: num_classes must be > 0"),
     ("segmenter_vit_canvas", {"decoder_heads": 0}, "Segmenter: decoder_heads must be > 0"),
     ("bert_tiny", {"vocab_size": 0}, "BertEncoder: vocab_size must be > 0"),
+    ("gpt_nano", {"depth": -1}, "GPT: depth must be >= 0"),
+    ("gpt_nano", {"block_size": 0}, "GPT: block_size must be > 0"),
+    ("gpt_nano", {"num_heads": 3}, r"GPT: embed_dim \(64\) must be divisible by num_heads \(3\)"),
+    ("gpt_nano", {"drop_rate": 1.0}, r"GPT: drop_rate must be in \[0, 1\)"),
+    ("gpt_nano", {"pos_embed": "alibi"}, "GPT: pos_embed must be 'learned' or 'rope'"),
     (
         "bert_tiny",
         {"vocab_size": 50, "pad_token_id": 50},

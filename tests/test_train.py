@@ -223,3 +223,86 @@ def test_none_on_the_command_line_turns_an_option_off(tmp_path):
                      "1", "--no-progress", "--out-dir", str(tmp_path), "--name", "off"]) == 0  # fmt: skip
     cfg = yaml.safe_load((tmp_path / "off" / "config.yaml").read_text())
     assert cfg["clip_grad"] is None and cfg["epochs"] == 1
+
+
+def test_a_recipes_warmup_keeps_its_fraction_of_a_shortened_run(caplog):
+    """`vitkit train --epochs 2` used to warm up for the digits recipe's 5 epochs (13.9% top-1: the lr never came up)."""
+    import logging
+
+    from vitkit.engine.config import resolve_config
+
+    with caplog.at_level(logging.INFO, logger="vitkit.engine.config"):
+        cfg = resolve_config("digits", epochs=2)
+    assert cfg.warmup_epochs == pytest.approx(5 * 2 / 150)
+    assert "warmup scaled to 0.0667 epochs: the recipe's 5 of 150 epochs" in caplog.text
+    assert resolve_config("digits").warmup_epochs == 5  # the recipe as written
+    assert resolve_config("digits", epochs=2, warmup_epochs=1).warmup_epochs == 1  # the user's own is kept
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="vitkit.engine.config"):
+        assert (
+            resolve_config(epochs=3).warmup_epochs == 5
+        )  # the default, longer than the run: said, not hidden
+    assert "warmup_epochs=5 is not shorter than the run (3 epochs)" in caplog.text
+
+
+def test_a_run_records_its_data_as_absolute_paths_and_names_its_folder_without_them(tmp_path, monkeypatch):
+    from vitkit.engine.config import resolve_config
+    from vitkit.tasks.base import dataset_label
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "book.txt").write_text("some text\n")
+    assert resolve_config(data_dir="data").data_dir == str(tmp_path / "data")
+    assert resolve_config(dataset="folder:imgs").dataset == f"folder:{tmp_path / 'imgs'}"
+    assert resolve_config(task="lm", dataset="book.txt", model="gpt_nano").dataset == str(
+        tmp_path / "book.txt"
+    )
+    assert resolve_config(dataset="digits").dataset == "digits"  # a name stays a name
+    assert dataset_label(f"folder:{tmp_path / 'imgs'}") == "folder-imgs"
+    assert (
+        dataset_label(str(tmp_path / "book.txt")) == "book"
+        and dataset_label("multi30k-de-en") == "multi30k-de-en"
+    )
+
+
+def test_off_a_terminal_a_run_prints_a_line_per_epoch_and_a_heartbeat_not_bars(caplog):
+    import io
+    import logging
+
+    from vitkit.engine.progress import RunProgress
+
+    def run(enabled: bool) -> str:
+        caplog.clear()
+        progress = RunProgress(enabled, True, 0, 2, 3, heartbeat_s=0.0, stream=io.StringIO())  # a log file
+        assert not progress.bars
+        with caplog.at_level(logging.INFO, logger="vitkit.engine.trainer"):
+            for epoch in progress:
+                progress.start_epoch(epoch)
+                for i in range(3):
+                    progress.step(i, torch.tensor(1.25), 1e-3, (i + 1) * 8, "tokens")
+                progress.end_epoch({"epoch": epoch + 1, "train_loss": 1.25, "val_loss": 1.5, "tokens_per_s": 80.0,
+                                    "lr": 1e-3, "elapsed": 3.0}, "val_loss")  # fmt: skip
+            progress.close()
+        return caplog.text
+
+    text = run(enabled=True)
+    assert "epoch 2/2  train_loss 1.2500  val_loss 1.5000  80 tokens/s  lr 1.00e-03  3 s" in text
+    assert "epoch 1: step 3/3  loss 1.2500" in text and "tokens/s" in text
+    quiet = run(enabled=False)  # --no-progress: the epoch lines, no heartbeat
+    assert "epoch 1/2" in quiet and "step" not in quiet
+
+
+def test_curves_plot_each_tasks_own_figure_or_none(tmp_path):
+    from PIL import Image
+
+    from vitkit.plots import plot_training_curves
+    from vitkit.tasks import get_task
+
+    records = [{"epoch": e, "train_loss": 2.0 / e, "val_loss": 2.1 / e, "val_perplexity": 8.0 / e, "lr": 1e-3}
+               for e in (1, 2, 3)]  # fmt: skip
+    lm = get_task("lm").quality_curve
+    assert lm == ("Perplexity", "validation perplexity", "perplexity", "min")
+    three = plot_training_curves(records, tmp_path / "lm.png", quality=lm)
+    two = plot_training_curves(records, tmp_path / "mae.png", quality=get_task("mae").quality_curve)
+    assert get_task("mae").quality_curve is None
+    assert Image.open(two).width < 0.75 * Image.open(three).width  # no empty accuracy panel

@@ -74,7 +74,9 @@ class _TensorOutputs(nn.Module):
         return outs[0] if len(outs) == 1 else outs  # a classifier's export gives its logits as they are
 
 
-def _export_onnx(model: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path, opset: int | None) -> None:
+def _export_onnx(
+    model: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path, opset: int | None, data_config: dict
+) -> None:
     try:
         import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
     except ImportError as e:
@@ -91,13 +93,35 @@ def _export_onnx(model: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path,
             dynamic_shapes=_dynamic_shapes(model, inputs, batch), opset_version=opset, optimize=True, verbose=False,
         )  # fmt: skip
     program.save(str(path))
+    _add_metadata(path, model, data_config)
+
+
+def _add_metadata(path: Path, model: nn.Module, data_config: dict) -> None:
+    """Write what a runtime user needs into the ONNX file's metadata (``custom_metadata_map`` in onnxruntime):
+    ``vitkit_task``, ``vitkit_data_config`` (class names, mean/std, input size... as JSON), ``vitkit_family`` and
+    ``vitkit_model_config`` (JSON)."""
+    import json
+
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    values = {"vitkit_task": str(data_config.get("task", "classification")),
+              "vitkit_data_config": json.dumps(data_config), "vitkit_family": str(getattr(model, "family", "")),
+              "vitkit_model_config": json.dumps(getattr(model, "config", {}), default=str)}  # fmt: skip
+    for key, value in values.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(path))
 
 
 def _dynamic_shapes(model: nn.Module, inputs: tuple[torch.Tensor, ...], batch: Any) -> tuple[dict, ...]:
     """Any batch size; token inputs also any length up to the model's ``max_len`` (source and target apart)."""
     if inputs[0].is_floating_point():
         return tuple({0: batch} for _ in inputs)
-    longest = int((getattr(model, "config", None) or {}).get("max_len", 512))
+    config = getattr(model, "config", None) or {}
+    longest = int(
+        config.get("max_len") or config.get("block_size") or 512
+    )  # a GPT's context is its block_size
     names = ("source_len", "target_len") if len(inputs) == 2 else ("length",)
     return tuple({0: batch, 1: torch.export.Dim(n, min=2, max=longest)} for n in names)
 
@@ -153,7 +177,10 @@ def _check_inputs(
     if template[0].is_floating_point():
         return tuple(torch.randn(t.shape, generator=gen) for t in template)
     vocab = int(model.config["vocab_size"])
-    return tuple(torch.randint(4, vocab, t.shape, generator=gen) for t in template)
+    low = min(
+        4, vocab // 2
+    )  # past the usual special ids, where the vocabulary has room (a character one may not)
+    return tuple(torch.randint(low, vocab, t.shape, generator=gen) for t in template)
 
 
 def _write(
@@ -163,7 +190,7 @@ def _write(
     from .weights import load, save
 
     if fmt == "onnx":
-        _export_onnx(model, inputs, out, opset)
+        _export_onnx(model, inputs, out, opset, data_config)
         return _onnx_runner(out, torch.get_num_threads())
     if fmt == "torchscript":
         with torch.no_grad(), warnings.catch_warnings():

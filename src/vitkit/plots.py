@@ -74,7 +74,7 @@ def plot_training_curves(
     out_png: str | os.PathLike,
     title: str | None = None,
     loss_label: str = "cross-entropy",
-    quality: tuple[str, str, str, str] = ("Accuracy", "top-1 accuracy", "acc", "max"),
+    quality: tuple[str, str, str, str] | None = ("Accuracy", "top-1 accuracy", "acc", "max"),
 ) -> Path:
     """Loss (train/val), a quality figure (train/val; accuracy by default) and learning rate against epoch.
 
@@ -94,20 +94,17 @@ def plot_training_curves(
         by_epoch[r.get("epoch", i + 1)] = r
     records = sorted(by_epoch.values(), key=lambda r: float(r.get("epoch", 0)))
 
-    fig = _new_figure((15, 4.4))
-    axes = fig.subplots(1, 3)
+    fig = _new_figure((15, 4.4) if quality else (10, 4.4))
+    axes = list(fig.subplots(1, 3 if quality else 2))
+    if not quality:  # a task with no figure beside its loss (MAE): loss and learning rate only
+        axes.insert(1, None)
     n = len(records)
     style = {"marker": "o", "markersize": 3.5} if n <= 40 else {}
-    panels = [
-        (axes[0], "Loss", loss_label, [("train_loss", "train", _TRAIN), ("val_loss", "val", _VAL)]),
-        (
-            axes[1],
-            quality[0],
-            quality[1],
-            [(f"train_{quality[2]}", "train", _TRAIN), (f"val_{quality[2]}", "val", _VAL)],
-        ),
-        (axes[2], "Learning rate", "lr", [("lr", "lr", _LR)]),
-    ]
+    panels = [(axes[0], "Loss", loss_label, [("train_loss", "train", _TRAIN), ("val_loss", "val", _VAL)])]
+    if quality:
+        keys = [(f"train_{quality[2]}", "train", _TRAIN), (f"val_{quality[2]}", "val", _VAL)]
+        panels.append((axes[1], quality[0], quality[1], keys))
+    panels.append((axes[2], "Learning rate", "lr", [("lr", "lr", _LR)]))
     for ax, name, ylabel, keys in panels:
         plotted = False
         for key, label, color in keys:
@@ -115,7 +112,7 @@ def plot_training_curves(
             if xs:
                 ax.plot(xs, ys, label=label, color=color, linewidth=1.8, **style)
                 plotted = True
-        if ax is axes[1]:
+        if quality and ax is axes[1]:
             xs, ys = _series(records, f"val_{quality[2]}")
             if xs:
                 best = int(np.argmax(ys) if quality[3] == "max" else np.argmin(ys))
@@ -131,7 +128,8 @@ def plot_training_curves(
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="gray")
     axes[2].ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     for ax in axes:
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        if ax is not None:
+            ax.xaxis.get_major_locator().set_params(integer=True)
     if title:
         fig.suptitle(title, fontsize=13)
     fig.tight_layout()

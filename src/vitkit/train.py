@@ -1,5 +1,5 @@
 """The Python mirror of ``vitkit train`` (and of its aliases ``pretrain``, ``translate train``, ``detect train``,
-``segment train``): resolve a config, train its task, return the summary dict.
+``segment train``, ``lm train``): resolve a config, train its task, return the summary dict.
 
 ``vitkit.train(...)`` calls :func:`train`. The machinery lives in :mod:`vitkit.engine` (the loop) and
 :mod:`vitkit.tasks` (what each task does).
@@ -13,7 +13,7 @@ from typing import Any
 from ._callable import make_module_callable
 from .tasks import fit
 
-__all__ = ["train", "pretrain", "train_translation", "train_detection", "train_segmentation"]
+__all__ = ["train", "pretrain", "train_translation", "train_detection", "train_segmentation", "train_lm"]
 
 Source = str | Path | None
 
@@ -60,8 +60,9 @@ train_detection = _task_alias(
 train_segmentation = _task_alias(
     "segmentation", "``vitkit segment train``: :func:`train` with ``task='segmentation'``."
 )
-train_translation.__name__, train_detection.__name__, train_segmentation.__name__ = (
-    "train_translation", "train_detection", "train_segmentation"
+train_lm = _task_alias("lm", "``vitkit lm train``: :func:`train` with ``task='lm'`` (a GPT on a text).")
+train_translation.__name__, train_detection.__name__, train_segmentation.__name__, train_lm.__name__ = (
+    "train_translation", "train_detection", "train_segmentation", "train_lm"
 )  # fmt: skip
 
 make_module_callable(__name__, "train")

@@ -57,8 +57,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    from ..engine.runtime import TrainingInterrupted
+
     try:
         return args.func(args)
+    except TrainingInterrupted as e:
+        print(f"vitkit {args.command}: {e}", file=sys.stderr)
+        return 130
     except (ValueError, OSError, RuntimeError, KeyError) as e:
         if args.verbose:
             raise

@@ -83,9 +83,14 @@ def init_distributed(device_type: str) -> DistEnv:
     return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, owns_group)
 
 
-def shutdown_distributed(env: DistEnv) -> None:
-    """Leave the process group :func:`init_distributed` created (groups the caller made are left alone)."""
+def shutdown_distributed(env: DistEnv, wait: bool = False) -> None:
+    """Leave the process group :func:`init_distributed` created (groups the caller made are left alone).
+
+    ``wait``: first a barrier, so that no rank leaves while another still talks to it (after a run that ended
+    well on every rank; never after an error, when a rank may be gone)."""
     if env.owns_group and dist.is_initialized():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -11,7 +11,14 @@ import torch
 
 from .distributed import DistEnv
 
-__all__ = ["seed_everything", "resolve_device", "rank_device", "check_run_dir", "on_disk"]
+__all__ = [
+    "seed_everything",
+    "resolve_device",
+    "rank_device",
+    "check_run_dir",
+    "on_disk",
+    "TrainingInterrupted",
+]
 
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:
@@ -54,3 +61,14 @@ def on_disk(checkpoint: Path, epoch: int) -> str:
     if checkpoint.is_file() and epoch > 0:
         return f"The last good checkpoint (epoch {epoch}) is kept at {checkpoint}"
     return "No checkpoint was written yet (it is written at the end of each epoch)"
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) during training, with what is on disk and how to go on."""
+
+    def __init__(self, run_dir: Path, epoch: int) -> None:
+        kept = on_disk(Path(run_dir) / "checkpoint.pt", epoch)
+        hint = (f"; resume with: vitkit train --resume {run_dir}" if epoch > 0 and (Path(run_dir) / "checkpoint.pt").is_file()
+                else "")  # fmt: skip
+        super().__init__(f"interrupted during epoch {epoch + 1}. {kept}{hint}")
+        self.run_dir, self.epoch = Path(run_dir), epoch

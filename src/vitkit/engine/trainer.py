@@ -14,6 +14,7 @@ reduced over ranks and rank 0 alone writes the run directory.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -26,7 +27,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from tqdm.auto import tqdm
 
 from ..weights.files import atomic_write
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -41,9 +41,11 @@ from .distributed import (
     is_sharded,
     load_full_state_dicts,
     reduce_sums,
+    shutdown_distributed,
     wrap_model,
 )
 from .optim import build_optimizer, inverse_sqrt_schedule, warmup_cosine_schedule
+from .progress import RunProgress
 from .runtime import check_run_dir, on_disk, rank_device, resolve_device, seed_everything
 
 __all__ = ["Trainer", "TrainingDivergedError", "seed_everything", "resolve_device"]
@@ -226,7 +228,7 @@ class Trainer:
         log.info("resumed from %s at epoch %d", path, self.epoch)
 
     # ---------------------------------------------------------------- loops
-    def train_one_epoch(self, bar=None) -> dict[str, float]:
+    def train_one_epoch(self, progress: RunProgress | None = None) -> dict[str, float]:
         cfg, task = self.cfg, self.task
         self.model.train()
         for module in task.frozen_modules:  # frozen parts: no dropout, BatchNorm statistics unchanged
@@ -238,7 +240,6 @@ class Trainer:
         seen = tokens = 0
         bad = torch.zeros((), dtype=torch.bool, device=self.device)
         check_every = 1 if self.device.type == "cpu" else 25
-        show = bar is not None and not bar.disable
         start = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         i, loss, weight = -1, None, 0
@@ -260,12 +261,9 @@ class Trainer:
             loss_sum += loss.detach() * n
             for k, v in task.train_counts(batch, out["output"]).items():
                 counts[k] = counts.get(k, torch.zeros((), device=self.device)) + v
-            if show:
-                bar.update(1)
-                if i % 10 == 0:
-                    rate = (tokens or seen) / (time.perf_counter() - start)
-                    bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
-                                    **{"tokens_s" if tokens else "samples_s": f"{rate:.0f}"})  # fmt: skip
+            if progress is not None:
+                progress.step(i, loss, self.optimizer.param_groups[0]["lr"], tokens or seen,
+                              "tokens" if tokens else "samples")  # fmt: skip
         if loss is not None and all_reduce_any(bad, self.device):
             self._diverged(loss, i + 1, check_every)
         elapsed = time.perf_counter() - start
@@ -418,16 +416,12 @@ class Trainer:
         if skipped and self.is_main:
             log.warning("skipped %d unreadable images (see the dataset's .skipped list)", skipped)
         t0 = time.perf_counter() - (self.history[-1]["elapsed"] if self.history else 0.0)
-        show = cfg.progress and self.is_main
-        epochs = tqdm(range(self.epoch, cfg.epochs), desc="epochs", initial=self.epoch, total=cfg.epochs,
-                      disable=not show, dynamic_ncols=True)  # fmt: skip
+        progress = RunProgress(cfg.progress, self.is_main, self.epoch, cfg.epochs, len(self.train_loader))
         stopped_early = False
-        for _ in epochs:
-            steps = tqdm(total=len(self.train_loader), desc=f"epoch {self.epoch + 1}", leave=False,
-                         disable=not show, dynamic_ncols=True)  # fmt: skip
+        for _ in progress:
+            progress.start_epoch(self.epoch)
             record: dict[str, Any] = {"epoch": self.epoch + 1}
-            record.update(self.train_one_epoch(steps))
-            steps.close()
+            record.update(self.train_one_epoch(progress))
             self.epoch += 1
             last = self.epoch == cfg.epochs
             if self.epoch % cfg.eval_every == 0 or last:
@@ -436,11 +430,7 @@ class Trainer:
             record["elapsed"] = time.perf_counter() - t0
             record["skipped_images"] = skipped
             self._log_epoch(record)
-            key = self.task.selection[0]
-            postfix = {"loss": f"{record['train_loss']:.3f}"}
-            if key in record:
-                postfix[key] = f"{record[key]:.4f}"
-            epochs.set_postfix(**postfix)
+            progress.end_epoch(record, self.task.selection[0])
             out_of_time = (
                 bool(cfg.time_limit_min) and record["elapsed"] > cfg.time_limit_min * 60 and not last
             )
@@ -451,8 +441,15 @@ class Trainer:
                 log.warning("time limit of %.1f min reached after epoch %d", cfg.time_limit_min, self.epoch)
                 stopped_early = True
                 break
-        epochs.close()
+        progress.close()
         return self.finish(stopped_early)
+
+    def close(self) -> None:
+        """After a run that ended on every rank: DDP's reducer is freed while the process group is alive and every
+        rank still there (freed after its gloo group, it can hang joining a thread), then the group is left."""
+        self.parallel_model = self.step_model = None
+        gc.collect()
+        shutdown_distributed(self.dist, wait=True)
 
     def _save_checkpoint(self) -> None:
         state = self.state_dict()  # a collective under FSDP: every rank gathers, rank 0 writes

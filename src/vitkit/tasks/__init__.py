@@ -31,6 +31,7 @@ from ..engine.config import (
     resume_config,
 )
 from ..engine.distributed import shutdown_distributed
+from ..engine.runtime import TrainingInterrupted
 from ..engine.trainer import Trainer
 from .base import Batch, EvalSums, Task
 from .classification import ImageClassification
@@ -140,6 +141,12 @@ def fit(
     else:
         trainer = build_trainer(resolve_task_config(recipe, config_file, **overrides))
     try:
-        return trainer.fit()
-    finally:
+        summary = trainer.fit()
+    except KeyboardInterrupt:  # Ctrl-C: say what is kept and how to go on, not a traceback
         shutdown_distributed(trainer.dist)
+        raise TrainingInterrupted(trainer.run_dir, trainer.epoch) from None
+    except BaseException:
+        shutdown_distributed(trainer.dist)
+        raise
+    trainer.close()
+    return summary

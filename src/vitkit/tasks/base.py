@@ -26,10 +26,19 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Task", "Batch", "EvalSums"]
+__all__ = ["Task", "Batch", "EvalSums", "dataset_label"]
 
 Batch = dict[str, Any]  # what a task's step reads: inputs and targets together, and "size" (samples in it)
 EvalSums = dict[str, "float | int | Tensor"]  # per-batch sums, added over batches and ranks by the engine
+
+
+def dataset_label(dataset: Any) -> str:
+    """A dataset as a run-folder name: ``digits``, ``coco:/data/canvas`` -> ``coco-canvas``, ``/a/book.txt`` ->
+    ``book`` (no path separators: a run directory is one folder)."""
+    kind, sep, rest = str(dataset).partition(":")
+    if sep and kind in ("folder", "coco", "manifest"):
+        return f"{kind}-{Path(rest).stem or kind}"
+    return Path(str(dataset)).stem or str(dataset)
 
 
 class Task:
@@ -43,8 +52,9 @@ class Task:
     # the validation figure that says which weights are better (EMA or raw) and which epoch was best
     selection: ClassVar[tuple[str, str]] = ("val_loss", "min")
     loss_label: ClassVar[str] = "loss"  # the curve's name in curves.png
-    # curves.png's middle panel: (title, y label, figure logged as train_<key> / val_<key>, "max" or "min" is best)
-    quality_curve: ClassVar[tuple[str, str, str, str]] = ("Accuracy", "top-1 accuracy", "acc", "max")
+    # curves.png's middle panel: (title, y label, figure logged as train_<key> / val_<key>, "max" or "min" is best);
+    # None: no middle panel
+    quality_curve: ClassVar[tuple[str, str, str, str] | None] = ("Accuracy", "top-1 accuracy", "acc", "max")
     val_split_name: ClassVar[str | None] = None  # a split name used instead of cfg.val_split
     input_kind: ClassVar[str] = "images"  # what predict reads: "images" (files, arrays) or "texts" (strings)
 
@@ -73,7 +83,7 @@ class Task:
         """Write what the run's model needs to read its inputs (e.g. ``tokenizer.json``), at the start of a run."""
 
     def run_name(self) -> str:
-        return f"{self.cfg.model}-{self.cfg.dataset}"
+        return f"{self.cfg.model}-{dataset_label(self.cfg.dataset)}"
 
     # ------------------------------------------------------------------ training
     def train_batch(self, batch: Any) -> Batch:

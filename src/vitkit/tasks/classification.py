@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Batch, Task
+from .base import Batch, Task, dataset_label
 from .inputs import AUGMENT_OPTIONS, ImageInput
 
 __all__ = ["ClassifierTask", "ImageClassification"]
@@ -158,7 +158,7 @@ class ImageClassification(ClassifierTask):
 
     def run_name(self) -> str:
         kind = f"finetune-{self.cfg.model}" if self.cfg.init_from else self.cfg.model
-        return f"{kind}-{self.cfg.dataset}"
+        return f"{kind}-{dataset_label(self.cfg.dataset)}"
 
     def setup(self, model: nn.Module) -> None:
         from ..data import MixupCutmix

@@ -80,6 +80,7 @@ class Detection(DenseTask):
     example_model = "detr_vit_canvas"
     default_model = "detr_vit_canvas"
     loss_label = "set loss"
+    quality_curve = ("Box AP50", "validation AP50 (COCO)", "AP50", "max")
 
     def setup(self, model: nn.Module) -> None:
         super().setup(model)

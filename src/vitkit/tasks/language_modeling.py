@@ -232,9 +232,6 @@ class LanguageModeling(Task):
     def save_inputs(self, run_dir: Path) -> None:
         self.tokenizer.save(run_dir / "tokenizer.json")
 
-    def run_name(self) -> str:
-        return f"{self.cfg.model}-{Path(str(self.cfg.dataset)).stem}"
-
     def data_config(self) -> dict[str, Any]:
         return {"task": self.name, "dataset": str(self.cfg.dataset), "tokenizer": self.tokenizer.kind,
                 "block_size": self.block_size}  # fmt: skip

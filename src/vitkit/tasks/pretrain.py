@@ -60,6 +60,7 @@ class MAEPretraining(Pretraining):
     options = frozenset({"on_bad_image", "drop_path", *AUGMENT_OPTIONS})
     default_model = "mae_vit_digits"
     loss_label = "mae loss"
+    quality_curve = None  # the reconstruction loss is the figure: no second panel
 
     def build_data(self, train_data=None, val_data=None):
         from ..data import build_dataset, is_text_dataset
@@ -169,6 +170,7 @@ class MLMPretraining(Pretraining):
     options = frozenset({"tokenizer", "max_length"})
     default_model = "bert_tiny"
     loss_label = "mlm loss"
+    quality_curve = ("Masked-token accuracy", "accuracy on the masked tokens", "mlm_acc", "max")
 
     def build_data(self, train_data=None, val_data=None):
         from ..data.text import is_text_dataset

@@ -38,6 +38,7 @@ class Segmentation(DenseTask):
     default_model = "segmenter_vit_canvas"
     selection = ("val_mIoU", "max")
     loss_label = "pixel loss"
+    quality_curve = ("mIoU", "validation mean IoU", "mIoU", "max")
 
     def _masks(self, dataset: SegmentationDataset, index: Tensor) -> Tensor:
         return dataset.masks[index.cpu()].to(self.device, non_blocking=True)
