@@ -122,6 +122,23 @@ def test_a_tiny_gpt_learns_a_toy_language_through_the_cli(tmp_path, capsys, monk
     assert all(set(ln) <= {"a", "b", "c"} and ln.endswith("c") for ln in lines[:-1])  # grammatical lines
     assert main(["lm", "eval", str(run), "--data", str(corpus)]) == 0
     assert "perplexity" in capsys.readouterr().out
+    evaluations = (run / "samples.txt").read_text().count("===== evaluation")
+    assert evaluations == sum(
+        "val_loss" in json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()
+    )
+    assert (
+        main(["lm", "generate", str(run), "--prompt", "ab", "--greedy", "--stop", "\\n"]) == 0
+    )  # as typed: \n
+    assert (
+        capsys.readouterr().out.count("\n") == 1
+    )  # stopped at the first line break (the print's own newline)
+    for flag, value in (("--top-k", "-1"), ("--max-new-tokens", "-3")):  # argparse's exit 2, with the reason
+        with pytest.raises(SystemExit):
+            main(["lm", "generate", str(run), flag, value])
+        assert f"{flag} must be >= 0" in capsys.readouterr().err
+    assert main(["lm", "generate", str(run), "--prompt", "ab" * 40]) != 0  # 80 tokens > the context of 32
+    out = capsys.readouterr()
+    assert out.out == "" and "more than the model's context of 32" in out.err
 
     assert main(["lm", "generate", str(run), "--prompt", "abz"]) != 0
     out = capsys.readouterr()

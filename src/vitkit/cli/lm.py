@@ -16,7 +16,7 @@ from .train import run_training, train_parser
 __all__ = ["add_lm_command"]
 
 _ACTIONS = [
-    "train [flags]                    train a GPT (default recipe shakespeare-char; --data FILE.txt for any text)",
+    "train [flags]                    train a GPT (recipe shakespeare-char's settings; --data FILE.txt for any text)",
     'generate RUN --prompt "ROMEO:"   sample continuations, streamed (--temperature, --top-k, --top-p, --seed)',
     "eval RUN --data FILE             loss and perplexity of the model on a text file",
 ]
@@ -39,15 +39,27 @@ def _generate(rest: list[str]) -> int:
     p.add_argument("--greedy", action="store_true", help="always the most likely token (no sampling)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-samples", type=int, default=1)
-    p.add_argument("--stop", action="append", default=None, help="a string that ends a sample (repeatable)")
+    p.add_argument("--stop", action="append", default=None,
+                   help="a string that ends a sample (repeatable; escapes such as \\n are read: --stop '\\n\\n')")  # fmt: skip
     a = p.parse_args(rest)
     if a.num_samples < 1:
         p.error(f"--num-samples must be >= 1, got {a.num_samples}")
+    if a.top_k < 0:
+        p.error(f"--top-k must be >= 0 (0: every token), got {a.top_k}")
+    if a.max_new_tokens < 0:
+        p.error(f"--max-new-tokens must be >= 0, got {a.max_new_tokens}")
+    stops = [s.encode("latin-1", "backslashreplace").decode("unicode_escape") for s in a.stop or []]
     from ..models.generation import check_sampling
 
     check_sampling(not a.greedy, a.temperature, a.top_k or None, a.top_p)
     model, tokenizer = load_lm(a.run)
-    tokenizer.encode(a.prompt)  # characters outside a character vocabulary are refused before anything prints
+    ids = tokenizer.encode(
+        a.prompt
+    )  # characters outside a character vocabulary are refused before anything prints
+    if len(ids) > model.block_size:
+        raise ValueError(
+            f"the prompt has {len(ids)} tokens, more than the model's context of {model.block_size}"
+        )
     for i in range(a.num_samples):
         if a.num_samples > 1:
             print(f"----- sample {i + 1}")
@@ -59,7 +71,7 @@ def _generate(rest: list[str]) -> int:
 
         generate_text(model, tokenizer, [a.prompt], a.max_new_tokens, do_sample=not a.greedy,
                       temperature=a.temperature, top_k=a.top_k or None, top_p=a.top_p, seed=a.seed + i,
-                      stop=a.stop, stream=stream)  # fmt: skip
+                      stop=stops, stream=stream)  # fmt: skip
         print()
     return 0
 
@@ -84,8 +96,8 @@ def _eval(rest: list[str]) -> int:
 
 def _train(rest: list[str]) -> int:
     p = train_parser("lm", "vitkit lm train", "train a GPT language model (next-token prediction)")
-    argv = rest
-    if not any(a in argv for a in ("--recipe", "--config", "--resume", "--data", "--dataset")):
+    argv = rest  # the language-model recipe's settings unless another recipe, a config or a resume is named;
+    if not any(a in argv for a in ("--recipe", "--config", "--resume")):  # --data / --model replace its own
         argv = ["--recipe", "shakespeare-char", *argv]
     return run_training(p, argv)
 

@@ -81,7 +81,7 @@ def text_chunks(path: Path, start: int = 0, end: int | None = None) -> Iterator[
     """
     size = path.stat().st_size
     if size == 0:
-        raise ValueError(f"{path} is empty: nothing to train on")
+        raise ValueError(f"{path} is empty: no text to read")
     end = size if end is None else end
     decoder = codecs.getincrementaldecoder("utf-8")("strict")
     carry = ""

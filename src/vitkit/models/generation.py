@@ -21,7 +21,7 @@ def check_sampling(do_sample: bool, temperature: float, top_k: int | None, top_p
     """Raise a ValueError naming the first sampling setting out of range."""
     if do_sample and not temperature > 0:
         raise ValueError(
-            f"temperature must be > 0 when sampling, got {temperature} (use greedy decoding instead)"
+            f"temperature must be > 0 when sampling, got {temperature} (greedy decoding: do_sample=False, --greedy)"
         )
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")

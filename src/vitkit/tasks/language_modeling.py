@@ -249,6 +249,7 @@ class LanguageModeling(Task):
         return {"loss": loss, "output": logits}
 
     def eval_step(self, model: nn.Module, batch: Batch, final: bool) -> tuple[dict, Any]:
+        self.final_pass = final  # the end-of-run pass writes samples-final.txt, not samples.txt
         logits = model(batch["idx"])
         loss = F.cross_entropy(logits.float().flatten(0, 1), batch["targets"].flatten(), reduction="sum")
         return {"loss": float(loss), "count": batch["targets"].numel()}, None
@@ -265,7 +266,13 @@ class LanguageModeling(Task):
 
         loss = sums.get("loss", 0.0) / max(sums.get("count", 0), 1)
         self.evaluations += 1
-        if self.dist.is_main and getattr(self, "run_dir", None) is not None and not is_sharded(model):
+        final = getattr(self, "final_pass", False)
+        if (
+            self.dist.is_main
+            and getattr(self, "run_dir", None) is not None
+            and not is_sharded(model)
+            and not final
+        ):
             self._write_samples(model, self.run_dir / "samples.txt", f"evaluation {self.evaluations}")
         return {"val_loss": loss, "val_perplexity": math.exp(min(loss, 700))}
 
