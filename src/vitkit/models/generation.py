@@ -63,16 +63,15 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[Tensor,
 
 def _next_logits(model: nn.Module, ids: Tensor, mask: Tensor, cache, fed: int) -> tuple[Tensor, object, int]:
     """The last position's logits; ``fed``: how many of ``ids``' columns the cache already holds."""
-    block = model.block_size
-    if cache is not None and ids.shape[1] <= block:
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        padding = (mask == 0) if not bool(mask.all()) else None
-        logits = model(ids[:, fed:], positions=positions[:, fed:], key_padding_mask=padding, cache=cache)
-        return logits[:, -1], cache, ids.shape[1]
-    ids, mask = ids[:, -block:], mask[:, -block:]  # past the context: slide the window, run it whole
+    if (
+        cache is None or ids.shape[1] > model.block_size
+    ):  # no cache, or past the context: the window slides and
+        ids, mask = ids[:, -model.block_size :], mask[:, -model.block_size :]  # is run whole, without a cache
+        cache, fed = None, 0
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     padding = (mask == 0) if not bool(mask.all()) else None
-    return model(ids, positions=positions, key_padding_mask=padding)[:, -1], None, 0
+    logits = model(ids[:, fed:], positions=positions[:, fed:], key_padding_mask=padding, cache=cache)
+    return logits[:, -1], cache, ids.shape[1] if cache is not None else 0
 
 
 @torch.no_grad()

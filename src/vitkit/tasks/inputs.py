@@ -87,23 +87,23 @@ def build_tokenizer(cfg):
     return shared_across_ranks(
         lambda: TextTokenizer.train_wordpiece(read_text_split(cfg.dataset, "train", cfg.data_dir)[0], vocab_size=8000,
                                               max_length=cfg.max_length),
-        cfg.max_length,
+        lambda tok: TextTokenizer(tok, cfg.max_length),
     )  # fmt: skip
 
 
-def shared_across_ranks(train: Any, max_length: int):
-    """``train()``'s tokenizer on rank 0, the same vocabulary on every rank under torchrun (a WordPiece trained
-    on each rank orders tied tokens differently: the ranks would read other token ids)."""
+def shared_across_ranks(train: Any, wrap: Any):
+    """``train()``'s tokenizer on rank 0, the same vocabulary on every rank under torchrun (a WordPiece or BPE
+    trained on each rank orders tied tokens differently: the ranks would read other token ids). ``train()``
+    returns a vitkit tokenizer around a ``tokenizers.Tokenizer`` (its ``.tokenizer``); ``wrap(tokenizer)`` builds
+    the same vitkit tokenizer around the one rank 0 sent."""
     import torch.distributed as dist
     from tokenizers import Tokenizer
-
-    from ..data.text import TextTokenizer
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return train()
     payload = [train().tokenizer.to_str() if dist.get_rank() == 0 else None]
     dist.broadcast_object_list(payload, src=0)
-    return TextTokenizer(Tokenizer.from_str(payload[0]), max_length)
+    return wrap(Tokenizer.from_str(payload[0]))
 
 
 def read_images(inputs: list[Any], data_config: dict[str, Any]) -> tuple[Tensor, list[Any], list[Any]]:

@@ -35,6 +35,7 @@ from ..models.generation import generate, left_pad
 from ..models.gpt import GPT
 from ..registry import create_model, model_config
 from .base import Batch, Task
+from .inputs import shared_across_ranks
 
 __all__ = ["LanguageModeling", "generate_text", "load_lm", "perplexity_of_text"]
 
@@ -220,7 +221,7 @@ class LanguageModeling(Task):
                 text_chunks(self.corpus, 0, cut), int(cfg.model_args.get("vocab_size", 4096))
             )
 
-        return _same_on_every_rank(train)
+        return shared_across_ranks(train, lambda tok: LMTokenizer(tok, spec))
 
     def build_model(self, in_chans: int) -> nn.Module:
         args = {**self.cfg.model_args, "vocab_size": self.tokenizer.vocab_size, "block_size": self.block_size}
@@ -318,16 +319,3 @@ class LanguageModeling(Task):
     @classmethod
     def report(cls, summary: dict[str, Any]) -> str:
         return f"val loss {summary['val_loss']:.4f} (perplexity {summary['val_perplexity']:.2f})"
-
-
-def _same_on_every_rank(train: Callable[[], LMTokenizer]) -> LMTokenizer:
-    """``train()``'s vocabulary on rank 0, sent to every other rank under torchrun (ties could order differently)."""
-    import torch.distributed as dist
-    from tokenizers import Tokenizer
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return train()
-    first = train() if dist.get_rank() == 0 else None
-    payload = [(first.tokenizer.to_str(), first.kind) if first is not None else None]
-    dist.broadcast_object_list(payload, src=0)
-    return first or LMTokenizer(Tokenizer.from_str(payload[0][0]), payload[0][1])

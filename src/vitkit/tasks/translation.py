@@ -94,7 +94,7 @@ class Translation(Task):
         vocab = int(cfg.model_args.get("vocab_size", 8000))
         return shared_across_ranks(
             lambda: TextTokenizer.train_bpe(sources + targets, vocab_size=vocab, max_length=cfg.max_length),
-            cfg.max_length,
+            lambda tok: TextTokenizer(tok, cfg.max_length),
         )
 
     def _dataset(self, split: str) -> TranslationDataset:
