@@ -111,7 +111,7 @@ def test_every_model_family_checks_its_arguments():
     from vitkit import registry
 
     tried = {vitkit.model_config(n)["family"] for n, _, _ in BAD_ARGS} | {"bert_mlm"}
-    assert set(registry._FAMILIES) <= tried
+    assert set(registry.list_families()) <= tried
     with pytest.raises(ValueError, match=r"MaskedLanguageModel: mask_prob must be in \(0, 1\)"):
         MaskedLanguageModel(mask_prob=0.0)
     with pytest.raises(ValueError, match=r"mask_token_id \(99\) is not in the 50-token table"):

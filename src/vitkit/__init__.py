@@ -1,26 +1,31 @@
 """vitkit: Vision Transformers and the Transformer they come from.
 
-Models and weights are imported eagerly; the jobs ``vitkit.train(...)``, ``vitkit.evaluate(...)`` and
-``vitkit.predict(...)`` (the Python mirror of the CLI) load on first use.
+Everything is imported on first use: ``import vitkit`` (and the ``vitkit`` command's start-up) imports no
+PyTorch; ``vitkit.create_model``, ``vitkit.load`` ... and the jobs ``vitkit.train(...)``,
+``vitkit.evaluate(...)`` and ``vitkit.predict(...)`` (the Python mirror of the CLI) load their modules when asked.
 """
 
 import importlib
 
-from . import models  # noqa: F401  (registers every model family and named model; the registry imports none)
-from .registry import create_model, list_models, model_config
-from .weights import CheckpointError, load, load_pretrained, save
-
 __version__ = "0.1.0"
 
-__all__ = [
-    "create_model", "list_models", "model_config", "load", "load_pretrained", "save", "CheckpointError",
-    "train", "evaluate", "predict",
-]  # fmt: skip
-
+# public name -> the module that defines it
+_EXPORTS = {
+    "create_model": "registry", "list_models": "registry", "model_config": "registry",
+    "load": "weights", "load_pretrained": "weights", "save": "weights", "CheckpointError": "weights",
+}  # fmt: skip
 _JOBS = ("train", "evaluate", "predict")
+
+__all__ = [*_EXPORTS, *_JOBS]
 
 
 def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
     if name in _JOBS:  # each is a callable module: vitkit.train(...) == vitkit.train.train(...)
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'vitkit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

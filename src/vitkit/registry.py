@@ -4,22 +4,29 @@ A *family* is a model class (``VisionTransformer``, ...). A *named model* is a f
 constructor arguments. Models remember the arguments they were built with in ``model.config`` so that
 ``vitkit.save`` / ``vitkit.load`` can rebuild them without any other input.
 
-The registry imports no model: the model modules import it and register themselves, and ``vitkit/__init__``
-imports :mod:`vitkit.models`, so by the time anything under ``vitkit`` is importable every family and named model
-is registered (there is no ``registry -> models -> registry`` import cycle to hide in a function).
+The named models come from :mod:`vitkit.models.catalog` (plain data, no PyTorch), so listing them imports no
+model. A family's module registers its class when imported (``register_family``); the registry imports it by name
+(:data:`~vitkit.models.catalog.FAMILY_MODULES`, as a plugin is loaded) the first time it builds a model of that
+family, so ``vitkit models`` and ``vitkit --help`` start without importing PyTorch.
 """
 
 from __future__ import annotations
 
 import difflib
 import fnmatch
+import importlib
 import inspect
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+from .models.catalog import FAMILY_MODULES, MODELS
 
-__all__ = ["register_family", "register_model", "create_model", "list_models", "get_family", "model_config"]
+if TYPE_CHECKING:
+    from torch import nn
+
+__all__ = [
+    "register_family", "register_model", "create_model", "list_models", "list_families", "get_family", "model_config",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -30,7 +37,10 @@ class ModelEntry:
 
 
 _FAMILIES: dict[str, type[nn.Module]] = {}
-_MODELS: dict[str, ModelEntry] = {}
+_MODELS: dict[str, ModelEntry] = {
+    name: ModelEntry(name, family, dict(cfg)) for name, (family, cfg) in MODELS.items()
+}
+_FAMILY_MODULES: dict[str, str] = dict(FAMILY_MODULES)
 
 
 def register_family(name: str, cls: type[nn.Module]) -> type[nn.Module]:
@@ -48,10 +58,18 @@ def register_model(name: str, family: str, **config: Any) -> None:
 
 
 def get_family(name: str) -> type[nn.Module]:
-    """The model class registered as family ``name``."""
+    """The model class registered as family ``name`` (its module is imported on first use)."""
+    if name not in _FAMILIES and name in _FAMILY_MODULES:
+        importlib.import_module(_FAMILY_MODULES[name])
     if name not in _FAMILIES:
-        raise ValueError(f"unknown model family {name!r}; known families: {sorted(_FAMILIES)}")
+        known = sorted(set(_FAMILIES) | set(_FAMILY_MODULES))
+        raise ValueError(f"unknown model family {name!r}; known families: {known}")
     return _FAMILIES[name]
+
+
+def list_families() -> list[str]:
+    """Every family name: the built-in ones and those registered since."""
+    return sorted(set(_FAMILIES) | set(_FAMILY_MODULES))
 
 
 def list_models(pattern: str = "*") -> list[str]:

@@ -57,11 +57,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    from ..engine.runtime import TrainingInterrupted
-
     try:
         return args.func(args)
-    except TrainingInterrupted as e:
+    except KeyboardInterrupt as e:
+        from ..engine.runtime import TrainingInterrupted  # here: `vitkit models` / `--help` import no PyTorch
+
+        if not isinstance(e, TrainingInterrupted):
+            raise
         print(f"vitkit {args.command}: {e}", file=sys.stderr)
         return 130
     except (ValueError, OSError, RuntimeError, KeyError) as e:

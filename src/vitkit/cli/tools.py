@@ -16,7 +16,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     report = compress_run(
         args.run, args.method, args.out, energy=args.energy, rank=args.rank, heads=args.heads, mlp=args.mlp,
         tome_r=args.tome_r, int8_static=args.int8_static, keep_float=tuple(args.keep_float), calib_batches=args.calib_batches, finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr,
-        data_dir=args.data_dir,
+        data_dir=args.data_dir, threads=args.threads,
     )  # fmt: skip
     print(format_report(report))
     print(f"wrote {report['out_dir']}/model.safetensors and report.json")
@@ -145,6 +145,8 @@ def add_compress_parser(sub) -> None:
     p.add_argument("--finetune-epochs", type=int, default=0)
     p.add_argument("--finetune-lr", type=float, default=None, help="default: a tenth of the run's lr")
     p.add_argument("--data-dir", default=None)
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads both models are timed with (default: the CPUs free for this process)")  # fmt: skip
     p.set_defaults(func=cmd_compress)
 
 

@@ -153,11 +153,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 def add_training_commands(sub) -> None:
     """``train``, ``finetune`` and ``pretrain``: each parses its own flags, those of the task it trains."""
-    from ..tasks import TASKS
-
     for name, func, text in (
-        ("train", cmd_train, f"train any task (--task {'|'.join(TASKS)}; default image classification on the embedded "
-                             "digits); 'vitkit train --task NAME --help' lists that task's flags"),
+        ("train", cmd_train, "train any task (--task NAME, listed by 'vitkit train --help'; default image "
+                             "classification on the embedded digits); 'vitkit train --task NAME --help' lists that "
+                             "task's flags"),
         ("finetune", cmd_finetune, "fine-tune pre-trained weights (vitkit run, MAE run, timm/HF/JAX file): full, "
                                    "linear probe, partial"),
         ("pretrain", cmd_pretrain, "self-supervised pre-training without labels: masked autoencoder (images), "

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..engine.threads import apply_threads, choose_threads
 from ..profiling import forward_flops, throughput
 from .lowrank import low_rank
 from .prune import prune_by_importance, unit_importance
@@ -80,6 +81,7 @@ def compress_run(
     data_dir: str | os.PathLike | None = None,
     bench_batch: int = 256,
     progress: bool = True,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Compress the model of run directory ``run`` with ``method`` and write ``out_dir`` (model + report).
 
@@ -89,7 +91,9 @@ def compress_run(
     and (``int8_static``) a static int8 patch embedding calibrated on ``calib_batches`` training batches,
     leaving ``keep_float`` modules in float (CPU only; no fine-tuning). The others can be followed by
     ``finetune_epochs`` of training with the run's own recipe at ``finetune_lr`` (default: a tenth of the
-    run's lr, no warmup). Returns the report dict (also written as ``report.json``).
+    run's lr, no warmup). Both models are timed with one thread count, ``threads`` or else what
+    :func:`vitkit.engine.threads.choose_threads` finds the machine allows (recorded in the report, whichever
+    method). Returns the report dict (also written as ``report.json``).
     """
     from ..predict import load_for_inference
 
@@ -117,9 +121,12 @@ def compress_run(
     )  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     model = _finetune_or_save(model, setup, out, finetune_epochs, data_config)
+    # one policy for every method (a fine-tuning trainer above may have set its own count)
+    choice = choose_threads(threads)
+    apply_threads(choice)
     rows = _measure(original, model, method, run_dir, out, data_config, data_dir, bench_batch)
     report = {"run": str(run_dir), "method": method, "out_dir": str(out), "finetune_epochs": finetune_epochs,
-              "rows": rows, "details": details, "threads": torch.get_num_threads()}  # fmt: skip
+              "rows": rows, "details": details, "threads": choice.threads, "threads_reason": choice.reason}  # fmt: skip
     (out / "report.json").write_text(json.dumps(report, indent=2))
     return report
 
@@ -244,7 +251,7 @@ def format_report(report: dict[str, Any]) -> str:
     """Markdown table of a :func:`compress_run` report."""
     lines = [
         f"{report['method']} of {report['run']} (fine-tune: {report['finetune_epochs']} epochs, "
-        f"{report['threads']} threads)",
+        f"timed on {report['threads']} thread(s): {report.get('threads_reason', 'as recorded')})",
         "",
         "| model | params | file MB | GFLOPs | img/s | speed-up | smaller | top-1 |",
         "|---|---|---|---|---|---|---|---|",

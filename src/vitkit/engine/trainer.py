@@ -47,6 +47,7 @@ from .distributed import (
 from .optim import build_optimizer, inverse_sqrt_schedule, warmup_cosine_schedule
 from .progress import RunProgress
 from .runtime import check_run_dir, on_disk, rank_device, resolve_device, seed_everything
+from .threads import threads_for_run
 
 __all__ = ["Trainer", "TrainingDivergedError", "seed_everything", "resolve_device"]
 
@@ -76,8 +77,6 @@ class Trainer:
         loss_fn=None, run_dir: str | Path | None = None,
     ) -> None:  # fmt: skip
         self.cfg = cfg
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
         seed_everything(cfg.seed, cfg.deterministic)  # the same on every rank: identical initial weights
         device = resolve_device(cfg.device)
         self.dist = init_distributed(device.type)
@@ -94,6 +93,9 @@ class Trainer:
         if model is None:
             model = self.task.build_model(int(getattr(self.train_data, "num_channels", 0)))
         self.model = self._place(self.task.prepare_model(model))
+        self.threads = threads_for_run(
+            cfg.threads, self.model, cfg.batch_size, self.device, announce=self.is_main
+        )
         self.task.setup(self.model)
         if loss_fn is not None:
             self.task.loss_fn = loss_fn

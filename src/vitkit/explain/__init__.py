@@ -1,17 +1,26 @@
-"""Explain ViT predictions: per-layer attention weights, attention rollout, gradient-weighted rollout, figures."""
+"""Explain ViT predictions: per-layer attention weights, attention rollout, gradient-weighted rollout, figures.
 
-from .attention import AttentionRecorder, attention_maps
-from .figure import explain_image, plot_explanation
-from .rollout import HEAD_FUSIONS, METHODS, attention_rollout, explain, gradient_rollout
+The names are imported on first use, so that the ``vitkit`` command's parser (which offers :data:`METHODS` and
+:data:`HEAD_FUSIONS`) imports no PyTorch.
+"""
 
-__all__ = [
-    "HEAD_FUSIONS",
-    "METHODS",
-    "AttentionRecorder",
-    "attention_maps",
-    "attention_rollout",
-    "explain",
-    "explain_image",
-    "gradient_rollout",
-    "plot_explanation",
-]
+import importlib
+
+#: how attention heads are fused per layer in rollout (Abnar & Zuidema 2020)
+HEAD_FUSIONS = ("mean", "max", "min")
+#: ``rollout`` (Abnar & Zuidema 2020) or ``grad-rollout`` (gradient-weighted, Chefer et al. 2021)
+METHODS = ("rollout", "grad-rollout")
+
+_EXPORTS = {
+    "AttentionRecorder": "attention", "attention_maps": "attention",
+    "explain_image": "figure", "plot_explanation": "figure",
+    "attention_rollout": "rollout", "explain": "rollout", "gradient_rollout": "rollout",
+}  # fmt: skip
+
+__all__ = ["HEAD_FUSIONS", "METHODS", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'vitkit.explain' has no attribute {name!r}")

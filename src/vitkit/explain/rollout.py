@@ -19,13 +19,12 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from . import HEAD_FUSIONS, METHODS
 from .attention import AttentionRecorder
 
 __all__ = ["HEAD_FUSIONS", "METHODS", "attention_rollout", "gradient_rollout", "explain"]
 
 HeadFusion = Literal["mean", "max", "min"]
-HEAD_FUSIONS = ("mean", "max", "min")
-METHODS = ("rollout", "grad-rollout")
 
 
 def _fuse_heads(weights: Tensor, head_fusion: str) -> Tensor:

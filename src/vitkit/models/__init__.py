@@ -1,22 +1,27 @@
-"""Model families. Importing this package registers every family and named config."""
+"""Model families, one module each; the named configurations are in :mod:`.catalog` (no PyTorch).
 
-from .bert import BertEncoder
-from .detr import DETR
-from .gpt import GPT
-from .mae import MaskedAutoencoder
-from .resnet import ResNet
-from .segmenter import Segmenter
-from .seq2seq import Seq2SeqTransformer
-from .vit import VisionTransformer, vit_flops
+The classes are imported on first use (``vitkit.models.VisionTransformer``), so that importing the package, or
+its catalog, costs nothing; :func:`vitkit.create_model` imports the family it builds.
+"""
 
-__all__ = [
-    "BertEncoder",
-    "DETR",
-    "GPT",
-    "MaskedAutoencoder",
-    "Seq2SeqTransformer",
-    "ResNet",
-    "Segmenter",
-    "VisionTransformer",
-    "vit_flops",
-]
+import importlib
+
+_CLASSES = {
+    "BertEncoder": "bert",
+    "DETR": "detr",
+    "GPT": "gpt",
+    "MaskedAutoencoder": "mae",
+    "ResNet": "resnet",
+    "Segmenter": "segmenter",
+    "Seq2SeqTransformer": "seq2seq",
+    "VisionTransformer": "vit",
+    "vit_flops": "vit",
+}
+
+__all__ = sorted(_CLASSES)
+
+
+def __getattr__(name: str):
+    if name in _CLASSES:
+        return getattr(importlib.import_module(f".{_CLASSES[name]}", __name__), name)
+    raise AttributeError(f"module 'vitkit.models' has no attribute {name!r}")

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..layers import EncoderBlock
-from ..registry import create_model, register_family, register_model
+from ..registry import create_model, register_family
 from ._checks import check_args
 from ._head import new_head
 
@@ -182,9 +182,6 @@ class BertEncoder(nn.Module):
 
 
 register_family("bert", BertEncoder)
-register_model("bert_base_uncased", "bert")
-register_model("minilm_l6_h384_uncased", "bert", embed_dim=384, depth=6, num_heads=12, mlp_dim=1536)
-register_model("bert_tiny", "bert", embed_dim=128, depth=2, num_heads=2, mlp_dim=512)
 
 
 # ---------------------------------------------------------------- masked-language-model pre-training

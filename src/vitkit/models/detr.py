@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ..layers import DecoderBlock, Mlp, sincos_2d, sincos_2d_points
-from ..registry import register_family, register_model
+from ..registry import register_family
 from ._checks import check_args
 from .vit import build_backbone
 
@@ -148,8 +148,3 @@ class DETR(nn.Module):
 
 
 register_family("detr", DETR)
-register_model("detr_vit_canvas", "detr", backbone="vit_mnist", backbone_args={"img_size": 64, "patch_size": 8},
-               num_queries=16, embed_dim=128, decoder_depth=3, num_heads=4)  # fmt: skip
-# the canvas detector that converges on a CPU: a conv stem under the 8x8 patch grid and one query per patch
-register_model("detr_vitc_canvas", "detr", backbone="vit_mnist", queries="patches", embed_dim=128, decoder_depth=3,
-               backbone_args={"img_size": 64, "patch_size": 8, "stem_channels": (32, 64, 128)}, num_heads=4)  # fmt: skip

@@ -23,7 +23,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..layers import EncoderBlock
 from ..layers.rope import RotaryEmbedding
-from ..registry import register_family, register_model
+from ..registry import register_family
 from ._checks import check_args
 
 __all__ = ["GPT", "KVCache"]
@@ -177,19 +177,3 @@ class GPT(nn.Module):
 
 
 register_family("gpt", GPT)
-# GPT-2 (Radford et al. 2019): the four released sizes, context 1024, BPE vocabulary of 50,257
-for _name, (_dim, _depth, _heads) in {
-    "gpt2": (768, 12, 12),  # 124M
-    "gpt2_medium": (1024, 24, 16),  # 350M
-    "gpt2_large": (1280, 36, 20),  # 774M
-    "gpt2_xl": (1600, 48, 25),  # 1.5B
-}.items():
-    register_model(
-        _name, "gpt", embed_dim=_dim, depth=_depth, num_heads=_heads, vocab_size=50257, block_size=1024
-    )
-# small models for small data (character-level Shakespeare: vocab_size is set by the tokenizer)
-register_model("gpt_nano", "gpt", embed_dim=64, depth=2, num_heads=2, block_size=64, vocab_size=256)
-register_model("gpt_micro", "gpt", embed_dim=128, depth=4, num_heads=4, block_size=64, vocab_size=256)
-register_model("gpt_mini", "gpt", embed_dim=192, depth=6, num_heads=6, block_size=128, vocab_size=256)
-register_model("gpt_small_char", "gpt", embed_dim=384, depth=6, num_heads=6, block_size=256, vocab_size=256,
-               drop_rate=0.2)  # fmt: skip

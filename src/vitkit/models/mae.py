@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..layers import EncoderBlock, sincos_2d
-from ..registry import register_family, register_model
+from ..registry import register_family
 from ._checks import check_args
 from .vit import build_backbone
 
@@ -248,13 +248,3 @@ class MaskedAutoencoder(nn.Module):
 
 
 register_family("mae", MaskedAutoencoder)
-# MNIST-sized MAE: the plain-patch ViT of vit_mnist (4x4 patches, 49 tokens) with MAE's fixed 2D sin-cos positions
-register_model("mae_vit_mnist", "mae", encoder="vit_mnist",
-               encoder_args={"pos_embed": "sincos", "no_embed_class": True}, decoder_dim=64, decoder_depth=2,
-               decoder_heads=4)  # fmt: skip
-register_model("mae_vit_digits", "mae", encoder="vit_digits",
-               encoder_args={"pos_embed": "sincos", "no_embed_class": True}, decoder_dim=32, decoder_depth=1,
-               decoder_heads=2)  # fmt: skip
-register_model("mae_vit_base_patch16_224", "mae", encoder="vit_base_patch16_224",
-               encoder_args={"pos_embed": "sincos", "no_embed_class": True}, decoder_dim=512, decoder_depth=8,
-               decoder_heads=16, decoder_mlp_ratio=4.0)  # fmt: skip

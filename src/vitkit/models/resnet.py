@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ..layers.drop import DropPath
-from ..registry import register_family, register_model
+from ..registry import register_family
 from ._checks import check_args
 from ._head import new_head
 
@@ -124,8 +124,3 @@ class ResNet(nn.Module):
 
 
 register_family("resnet", ResNet)
-# 28x28 grey: 0.17M params, 40 MFLOPs/img; 32x32 RGB: 0.70M params, 210 MFLOPs/img
-register_model("resnet_mnist", "resnet", img_size=28, in_chans=1, num_classes=10, widths=(16, 32, 64),
-               depths=(2, 2, 2), stem_channels=16)  # fmt: skip
-register_model("resnet_cifar", "resnet", img_size=32, in_chans=3, num_classes=10, widths=(32, 64, 128),
-               depths=(2, 2, 2), stem_channels=32)  # fmt: skip

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers import EncoderBlock
-from ..registry import register_family, register_model
+from ..registry import register_family
 from ._checks import check_args
 from .vit import build_backbone
 
@@ -100,10 +100,6 @@ class Segmenter(nn.Module):
 
 
 register_family("segmenter", Segmenter)
-register_model("segmenter_vit_canvas", "segmenter", backbone="vit_mnist",
-               backbone_args={"img_size": 64, "patch_size": 4}, decoder="mask")  # fmt: skip
-register_model("segmenter_linear_vit_canvas", "segmenter", backbone="vit_mnist",
-               backbone_args={"img_size": 64, "patch_size": 4}, decoder="linear")  # fmt: skip
 
 
 def segmentation_metrics(

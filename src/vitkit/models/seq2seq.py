@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ..layers import DecoderBlock, EncoderBlock, sincos_1d
-from ..registry import register_family, register_model
+from ..registry import register_family
 from ._checks import check_args
 
 __all__ = ["Seq2SeqTransformer", "greedy_decode", "beam_search"]
@@ -145,12 +145,6 @@ class Seq2SeqTransformer(nn.Module):
 
 
 register_family("seq2seq", Seq2SeqTransformer)
-register_model("transformer_base", "seq2seq", embed_dim=512, encoder_depth=6, decoder_depth=6, num_heads=8,
-               mlp_dim=2048, vocab_size=16000)  # fmt: skip
-register_model("transformer_small", "seq2seq", embed_dim=256, encoder_depth=3, decoder_depth=3, num_heads=4,
-               mlp_dim=1024)  # fmt: skip
-register_model("transformer_tiny", "seq2seq", embed_dim=64, encoder_depth=2, decoder_depth=2, num_heads=2,
-               mlp_dim=128, vocab_size=64, max_len=64)  # fmt: skip
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..layers import EncoderBlock, PatchEmbed, resample_abs_pos_embed, sincos_2d, to_2tuple
-from ..registry import register_family, register_model
+from ..registry import register_family
 from ._checks import check_args
 from ._head import new_head
 
@@ -373,56 +373,6 @@ class VisionTransformer(nn.Module):
 register_family("vit", VisionTransformer)
 
 
-# ---------------------------------------------------------------- named configs
-# (width, depth, heads) per size; the registry is the cross product of sizes x patches x image sizes.
-VIT_SIZES = {
-    "tiny": (192, 12, 3),
-    "small": (384, 12, 6),
-    "base": (768, 12, 12),
-    "large": (1024, 24, 16),
-    "huge": (1280, 32, 16),
-}
-VIT_PATCHES = (32, 16, 14, 8)
-VIT_IMAGES = (224, 384)
-
-
-def _register_vit_variants() -> None:
-    for size, (dim, depth, heads) in VIT_SIZES.items():
-        shape = dict(embed_dim=dim, depth=depth, num_heads=heads)
-        for patch in VIT_PATCHES:
-            for img in VIT_IMAGES:
-                register_model(
-                    f"vit_{size}_patch{patch}_{img}", "vit", img_size=img, patch_size=patch, **shape
-                )
-        if size in (
-            "tiny",
-            "small",
-            "base",
-        ):  # DeiT: same shapes, trained with distillation at 224 (B also 384)
-            for img in (224, 384) if size == "base" else (224,):
-                register_model(f"deit_{size}_patch16_{img}", "vit", img_size=img, patch_size=16, **shape)
-                register_model(
-                    f"deit_{size}_distilled_patch16_{img}", "vit", img_size=img, patch_size=16, distilled=True,
-                    **shape,
-                )  # fmt: skip
-    # Small-image models for the datasets vitkit trains on a laptop CPU.
-    register_model("vit_digits", "vit", img_size=8, patch_size=2, in_chans=1, num_classes=10,
-                   embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0, global_pool="avg")  # fmt: skip
-    register_model("vit_mnist", "vit", img_size=28, patch_size=4, in_chans=1, num_classes=10,
-                   embed_dim=128, depth=6, num_heads=4, mlp_ratio=2.0, global_pool="avg")  # fmt: skip
-    register_model("vit_cifar", "vit", img_size=32, patch_size=4, num_classes=10,
-                   embed_dim=192, depth=9, num_heads=3, mlp_ratio=2.0, global_pool="avg")  # fmt: skip
-    # ViT_C (Xiao et al. 2021): the same encoders behind a convolutional stem (3x3 conv-BN-ReLU stages, stride 2
-    # while the patch allows) instead of one strided patch convolution: same tokens, far faster learning.
-    register_model("vitc_mnist", "vit", img_size=28, patch_size=4, in_chans=1, num_classes=10,
-                   embed_dim=96, depth=3, num_heads=3, mlp_ratio=2.0, global_pool="avg",
-                   stem_channels=(16, 64, 128, 128), stem_strides=(1, 2, 2, 1))  # fmt: skip
-    register_model("vitc_cifar", "vit", img_size=32, patch_size=4, num_classes=10,
-                   embed_dim=128, depth=4, num_heads=4, mlp_ratio=2.0, global_pool="avg",
-                   stem_channels=(32, 64, 128), stem_strides=(1, 2, 2))  # fmt: skip
-
-
-_register_vit_variants()
 
 
 def build_backbone(name: str, args: dict[str, Any] | None, role: str, **overrides: Any):
