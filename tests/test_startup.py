@@ -49,3 +49,15 @@ def test_every_catalog_family_is_registered_by_its_module():
         assert cls.family == family
     with pytest.raises(ValueError, match="unknown model family 'nope'; known families: .*'vit'"):
         registry.get_family("nope")
+
+
+def test_deterministic_mode_without_importing_inductor():
+    """A run that compiles nothing sets deterministic algorithms without TorchInductor's import (a second or more
+    of every `vitkit train`); one that compiles sets Inductor's flag too."""
+    code = (
+        "import sys, torch; from vitkit.engine.runtime import seed_everything; seed_everything(0); "
+        "a = (torch.are_deterministic_algorithms_enabled(), 'torch._inductor.config' in sys.modules); "
+        "seed_everything(0, compiled=True); import torch._inductor.config as c; print(a, c.deterministic)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "(True, False) True", out.stdout + out.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +22,20 @@ __all__ = [
 ]
 
 
-def seed_everything(seed: int, deterministic: bool = True) -> None:
+def seed_everything(seed: int, deterministic: bool = True, compiled: bool = False) -> None:
+    """Seed Python, NumPy and PyTorch; ``deterministic``: PyTorch's deterministic algorithms (warn-only).
+
+    Without ``compiled`` the switch is set on PyTorch's core only: the public call also imports TorchInductor to
+    set its own flag, a second or more of start-up that a run which compiles nothing does not need."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
     if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        core = getattr(torch._C, "_set_deterministic_algorithms", None)
+        if compiled or core is None or "torch._inductor.config" in sys.modules:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        else:
+            core(True, warn_only=True)
         if torch.cuda.is_available():
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 

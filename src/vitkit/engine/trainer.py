@@ -77,7 +77,7 @@ class Trainer:
         loss_fn=None, run_dir: str | Path | None = None,
     ) -> None:  # fmt: skip
         self.cfg = cfg
-        seed_everything(cfg.seed, cfg.deterministic)  # the same on every rank: identical initial weights
+        seed_everything(cfg.seed, cfg.deterministic, cfg.compile)  # the same on every rank: identical weights
         device = resolve_device(cfg.device)
         self.dist = init_distributed(device.type)
         self.device = rank_device(device, self.dist)
