@@ -15,6 +15,7 @@ from .cifar import CIFAR10, CIFAR10JPEG, CIFAR100
 from .datasets import DigitsDataset
 from .folder import ImageFolder, ManifestDataset
 from .idx import MNIST, FashionMNIST
+from .pairs import pairs_dataset
 
 __all__ = [
     "DATASET_STATS",
@@ -103,7 +104,8 @@ def _local_path(spec: str, data_dir: str | Path | None) -> Path:
 
 def build_dataset(name: str, split: str = "train", data_dir: str | Path | None = None, **kw: Any) -> Dataset:
     """Build a dataset by name: ``digits``, ``mnist``, ``fashion-mnist``, ``cifar10``, ``cifar10-jpeg``,
-    ``cifar100``, ``folder:<path>`` or ``manifest:<path>``.
+    ``cifar100``, ``folder:<path>``, ``manifest:<path>`` or ``pairs:<path>`` (image-text pairs,
+    :func:`~vitkit.data.pairs.pairs_dataset`).
 
     Files are looked up under :func:`resolve_data_dir` (``data_dir`` > ``$VITKIT_DATA`` > ``./data``).
     ``folder:<path>`` uses ``<path>/<split>`` (``test`` also accepts ``val``/``valid``) or, for ``train``
@@ -112,9 +114,12 @@ def build_dataset(name: str, split: str = "train", data_dir: str | Path | None =
     column selects rows. Extra keyword arguments go to the dataset class; the generic ones
     (``on_error``, ``image_size``, ``channels``, ``download``, ``prescan``) are dropped where they do not apply.
     """
-    if ":" in name and name.split(":", 1)[0].lower() in ("folder", "manifest"):
+    if ":" in name and name.split(":", 1)[0].lower() in ("folder", "manifest", "pairs"):
         kind, spec = name.split(":", 1)
         kind = kind.lower()
+        if kind == "pairs":  # image-text pairs: the classes are the captions (vitkit.data.pairs)
+            kw = {k: v for k, v in kw.items() if k in ("image_size", "channels", "on_error", "prescan", "root")}
+            return pairs_dataset(_local_path(spec.replace("{split}", split), data_dir), **kw)
         if kind == "folder":
             base = _local_path(spec, data_dir)
             if not base.is_dir():
