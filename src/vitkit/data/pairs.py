@@ -77,7 +77,10 @@ class CaptionTemplates:
 
     def sample(self, labels: Tensor, generator: torch.Generator | None = None) -> list[str]:
         picks = torch.randint(len(self.templates), (len(labels),), generator=generator).tolist()
-        return [self.templates[t].format(label=self.classes[int(y)]) for y, t in zip(labels.tolist(), picks)]
+        return [
+            self.templates[t].format(label=self.classes[int(y)])
+            for y, t in zip(labels.tolist(), picks, strict=True)
+        ]
 
     def all(self) -> list[list[str]]:
         """``[class][template]`` captions."""
