@@ -1,6 +1,8 @@
 """Model families. Importing this package registers every family and named config."""
 
 from .bert import BertEncoder
+from .clip import CLIP
+from .contrastive import clip_loss, siglip_loss
 from .detr import DETR
 from .gpt import GPT
 from .mae import MaskedAutoencoder
@@ -11,6 +13,9 @@ from .vit import VisionTransformer, vit_flops
 
 __all__ = [
     "BertEncoder",
+    "CLIP",
+    "clip_loss",
+    "siglip_loss",
     "DETR",
     "GPT",
     "MaskedAutoencoder",
