@@ -109,7 +109,7 @@ def _tiny(**kw) -> CLIP:
     return vitkit.create_model("clip_vit_tiny_patch4_32", vision_args=vision, text_args=text, **kw).eval()
 
 
-def test_open_clip_state_dicts_load_bit_for_bit(open_clip):
+def test_open_clip_state_dicts_load_bit_for_bit(open_clip, timm):
     vision = dict(image_size=16, layers=2, width=32, head_width=8, mlp_ratio=2.0, patch_size=8)
     images, ids, _ = _inputs()
     # OpenAI-style CLIP: QuickGELU, causal text pooled at the largest id, x @ proj matrices
@@ -133,6 +133,19 @@ def test_open_clip_state_dicts_load_bit_for_bit(open_clip):
     assert model.logit_bias.item() == -10.0
     with torch.no_grad():
         _assert_same_embeddings(model, images, ids, None, ref.encode_image(images), ref.encode_text(ids))
+    # open_clip's SigLIP: a timm image tower ("visual.trunk.", timm's names) with a "map" head and no projection
+    trunk = timm.models.VisionTransformer(img_size=16, patch_size=8, embed_dim=32, depth=2, num_heads=4, num_classes=0,
+                                          class_token=False, global_pool="map").eval()  # fmt: skip
+    state = {k: v for k, v in ref.state_dict().items() if not k.startswith("visual.")}
+    state.update({f"visual.trunk.{k}": v for k, v in trunk.state_dict().items()})
+    vision = dict(
+        img_size=16, patch_size=8, embed_dim=32, depth=2, num_heads=4, class_token=False, global_pool="map"
+    )
+    siglip = vitkit.create_model("siglip_base_patch16_224", vision_args=vision, text_args=model.config["text_args"],
+                                 text_proj_bias=True, embed_dim=32).eval()  # fmt: skip
+    vitkit.load_pretrained(siglip, state)
+    with torch.no_grad():
+        _assert_same_embeddings(siglip, images, ids, None, trunk(images), ref.encode_text(ids))
 
 
 def test_map_head_matches_timm_siglip_tower(timm):
@@ -250,6 +263,32 @@ def test_lit_locks_a_tower_and_keeps_it_in_eval_mode():
     torch.testing.assert_close(model.encode_text(ids), model.text_proj(mean))
     rebuilt = CLIP(**model.config)
     assert rebuilt.lock_image and not any(p.requires_grad for p in rebuilt.visual.parameters())
+
+
+def test_lit_with_real_minilm_weights_gives_sentence_embeddings():
+    """The LiT text tower holding all-MiniLM-L6-v2: its unprojected, normalised mean pooling is the
+    sentence-transformers embedding (mean of the encoder's hidden states over the mask, then unit length; the
+    encoder itself equals HuggingFace's on these weights: tests/test_text.py)."""
+    from test_text import SENTENCES, _minilm_dir
+
+    from vitkit.data.text import TextTokenizer
+    from vitkit.weights import bert_from_huggingface
+
+    path = _minilm_dir()
+    model = vitkit.create_model(
+        "lit_vit_cifar_minilm_l6", vision_args={"depth": 1}, embed_dim=384, text_proj=False
+    )
+    minilm = bert_from_huggingface(path).eval()
+    model.text.load_state_dict(minilm.state_dict())
+    model.eval()
+    batch = TextTokenizer.from_file(path)(SENTENCES)
+    with torch.no_grad():
+        hidden = minilm.forward_features(**batch)
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        expected = F.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+        ours = model.encode_text(batch["input_ids"], batch["attention_mask"], normalize=True)
+    assert (ours - expected).abs().max() < ATOL
+    assert (ours[2] - ours[3]).abs().max() > 0.1  # "ok" and "" differ: padding did not swamp the short texts
 
 
 def test_save_and_load_round_trip(tmp_path):
