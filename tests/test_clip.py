@@ -95,6 +95,12 @@ def test_huggingface_siglip_loads_bit_for_bit(transformers, tmp_path):
     vitkit.load_pretrained(fresh, ref.state_dict())
     _assert_same_embeddings(fresh, images, ids, mask, ref_image, ref_text)
     assert fresh.logit_bias.item() == pytest.approx(ref.logit_bias.item())
+    # at twice the image size the 2x2 position table is resampled to 4x4 (the folder's config tells the old grid)
+    bigger = CLIP(**{**model.config, "vision_args": {**model.config["vision_args"], "img_size": [32, 32]}})
+    vitkit.load_pretrained(bigger, tmp_path)
+    assert bigger.visual.pos_embed.shape == (1, 16, 32) and bigger.encode_image(
+        torch.randn(1, 3, 32, 32)
+    ).shape == (1, 32)
     with pytest.raises(CheckpointError, match="use convert_hf_siglip"):
         convert_hf_clip(ref.state_dict())
     with pytest.raises(CheckpointError, match="not a HuggingFace SiglipModel"):

@@ -64,16 +64,19 @@ def clip_loss(
         gather: under torchrun, contrast against every rank's pairs (see the module docstring).
 
     Returns:
-        A scalar (float32): this rank's share of the global-batch loss.
+        A scalar (float32, computed outside autocast): this rank's share of the global-batch loss.
     """
     _check(image_embeds, text_embeds, "clip_loss")
     img, txt = image_embeds.float(), text_embeds.float()
     all_img, rank = gather_features(img) if gather else (img, 0)
     all_txt, _ = gather_features(txt) if gather else (txt, 0)
     labels = torch.arange(img.shape[0], device=img.device) + rank * img.shape[0]
-    per_image = logit_scale * img @ all_txt.T
-    per_text = logit_scale * txt @ all_img.T
-    return (F.cross_entropy(per_image, labels) + F.cross_entropy(per_text, labels)) / 2
+    with torch.autocast(
+        img.device.type, enabled=False
+    ):  # float32 logits: a scale of 100 magnifies bf16's error
+        per_image = logit_scale * img @ all_txt.T
+        per_text = logit_scale * txt @ all_img.T
+        return (F.cross_entropy(per_image, labels) + F.cross_entropy(per_text, labels)) / 2
 
 
 def siglip_loss(
@@ -99,8 +102,9 @@ def siglip_loss(
     img, txt = image_embeds.float(), text_embeds.float()
     all_txt, rank = gather_features(txt) if gather else (txt, 0)
     B = img.shape[0]
-    logits = logit_scale * img @ all_txt.T + logit_bias  # (B, world * B)
-    labels = -torch.ones_like(logits)
-    rows = torch.arange(B, device=img.device)
-    labels[rows, rows + rank * B] = 1.0
-    return -F.logsigmoid(labels * logits).sum() / B
+    with torch.autocast(img.device.type, enabled=False):  # float32 logits, as clip_loss
+        logits = logit_scale * img @ all_txt.T + logit_bias  # (B, world * B)
+        labels = -torch.ones_like(logits)
+        rows = torch.arange(B, device=img.device)
+        labels[rows, rows + rank * B] = 1.0
+        return -F.logsigmoid(labels * logits).sum() / B

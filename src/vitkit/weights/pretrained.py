@@ -175,9 +175,10 @@ def _load_clip(
     layout = clip_layout(state)
     if layout in _CLIP_CONVERTERS:
         state = _CLIP_CONVERTERS[layout](state)
-    visual = {k[len("visual.") :]: v for k, v in state.items() if k == "visual.pos_embed"}
-    _adapt_pos_embed(model.visual, visual, old_grid)
-    state.update({f"visual.{k}": v for k, v in visual.items()})
+    if "visual.pos_embed" in state:
+        visual = {"pos_embed": state["visual.pos_embed"]}
+        _adapt_pos_embed(model.visual, visual, old_grid)
+        state["visual.pos_embed"] = visual["pos_embed"]
     check_state_dict(model, state, source=f"{source} ({_CLIP_LAYOUTS[layout]} layout)")
     model.load_state_dict(state)
     return {"missing": [], "unexpected": []}
