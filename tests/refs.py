@@ -1,4 +1,4 @@
-"""Import the reference libraries (timm, transformers) for parity tests and benchmarks.
+"""Import the reference libraries (timm, transformers, open_clip) for parity tests and benchmarks.
 
 The torchvision wheel that timm needs here is a CUDA build which fails to import beside the CPU torch
 ("operator torchvision::nms does not exist"). Defining the two op schemas it registers kernels for lets
@@ -41,3 +41,10 @@ def import_timm():
 def import_transformers():
     _define_torchvision_schemas()
     return importlib.import_module("transformers")
+
+
+def import_open_clip():
+    """Return the ``open_clip`` module (a test-only reference; ``pip install open_clip_torch``), or raise
+    ImportError with the reason. It imports timm and torchvision, hence the same schema shim."""
+    _define_torchvision_schemas()
+    return importlib.import_module("open_clip")

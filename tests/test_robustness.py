@@ -95,6 +95,13 @@ BAD_ARGS = [
     ("resnet_mnist", {"widths": (16, 0, 64)}, r"ResNet: widths\[1\] must be > 0"),
     ("resnet_mnist", {"drop_path_rate": 1.0}, r"ResNet: drop_path_rate must be in \[0, 1\)"),
     ("resnet_mnist", {"num_classes": -1}, "ResNet: num_classes must be >= 0"),
+    ("clip_vit_tiny_patch4_32", {"embed_dim": 0}, "CLIP: embed_dim must be > 0"),
+    ("clip_vit_tiny_patch4_32", {"text_pool": "cls"}, "CLIP: text_pool must be one of"),
+    (
+        "clip_vit_tiny_patch4_32",
+        {"vision_proj": False},
+        r"CLIP: the vision tower's width \(192\) differs from embed_dim",
+    ),
 ]
 
 

@@ -3,8 +3,9 @@
 from .attention import Attention, CrossAttention, merge_masks, scaled_dot_product
 from .blocks import Block, DecoderBlock, EncoderBlock
 from .drop import DropPath, LayerScale, drop_path
-from .mlp import Mlp, get_act_layer
+from .mlp import Mlp, QuickGELU, get_act_layer
 from .patch_embed import PatchEmbed, to_2tuple
+from .pool import AttentionPoolLatent
 from .pos_embed import resample_abs_pos_embed, sincos_1d, sincos_2d, sincos_2d_points
 
 __all__ = [
@@ -19,6 +20,8 @@ __all__ = [
     "LayerScale",
     "drop_path",
     "Mlp",
+    "QuickGELU",
+    "AttentionPoolLatent",
     "get_act_layer",
     "PatchEmbed",
     "to_2tuple",

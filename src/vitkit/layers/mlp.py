@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
-__all__ = ["Mlp", "get_act_layer"]
+__all__ = ["Mlp", "QuickGELU", "get_act_layer"]
+
+
+class QuickGELU(nn.Module):
+    """``x * sigmoid(1.702 x)``: the sigmoid approximation of GELU that OpenAI's CLIP was trained with (HF
+    ``quick_gelu``, open_clip ``QuickGELU``); checkpoints trained with it need it, not the exact GELU."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
 
 _ACTS = {
     "gelu": lambda: nn.GELU(),
     "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
     "relu": lambda: nn.ReLU(),
     "silu": lambda: nn.SiLU(),
+    "quick_gelu": lambda: QuickGELU(),
 }
 
 

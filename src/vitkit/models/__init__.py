@@ -8,6 +8,9 @@ import importlib
 
 _CLASSES = {
     "BertEncoder": "bert",
+    "CLIP": "clip",
+    "clip_loss": "contrastive",
+    "siglip_loss": "contrastive",
     "DETR": "detr",
     "GPT": "gpt",
     "MaskedAutoencoder": "mae",

@@ -8,6 +8,7 @@ first time a model of that family is built.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 __all__ = ["MODELS", "FAMILY_MODULES"]
@@ -23,6 +24,7 @@ FAMILY_MODULES: dict[str, str] = {
     "bert_mlm": "vitkit.models.bert",
     "seq2seq": "vitkit.models.seq2seq",
     "gpt": "vitkit.models.gpt",
+    "clip": "vitkit.models.clip",
 }
 
 #: model name -> (family, constructor arguments)
@@ -133,3 +135,35 @@ _add("gpt_micro", "gpt", embed_dim=128, depth=4, num_heads=4, block_size=64, voc
 _add("gpt_mini", "gpt", embed_dim=192, depth=6, num_heads=6, block_size=128, vocab_size=256)
 _add("gpt_small_char", "gpt", embed_dim=384, depth=6, num_heads=6, block_size=256, vocab_size=256,
      drop_rate=0.2)  # fmt: skip
+
+# ---------------------------------------------------------------- CLIP, SigLIP, LiT (Radford 2021, Zhai 2023, 2022)
+# Text towers (GPT-shaped stacks; CLIP runs them causally, SigLIP bidirectionally). Vocabularies: CLIP's BPE (49,408
+# tokens, context 77), SigLIP's SentencePiece (32,000, context 64).
+_CLIP_TEXT = dict(vocab_size=49408, block_size=77, act_layer="quick_gelu", norm_eps=1e-5)
+_add("clip_text_base", "gpt", embed_dim=512, depth=12, num_heads=8, **_CLIP_TEXT)
+_add("clip_text_large", "gpt", embed_dim=768, depth=12, num_heads=12, **_CLIP_TEXT)
+_add("clip_text_tiny", "gpt", embed_dim=128, depth=4, num_heads=4, vocab_size=49408, block_size=77)
+_add("siglip_text_base", "gpt", embed_dim=768, depth=12, num_heads=12, vocab_size=32000, block_size=64,
+     act_layer="gelu_tanh", norm_eps=1e-6)  # fmt: skip
+# OpenAI CLIP image towers: class token, ln_pre (pre_norm), QuickGELU, LayerNorm eps 1e-5
+_CLIP_VISION = dict(pre_norm=True, act_layer="quick_gelu", norm_eps=1e-5)
+for _name, _vit, _text, _dim in (
+    ("clip_vit_base_patch32", "vit_base_patch32_224", "clip_text_base", 512),
+    ("clip_vit_base_patch16", "vit_base_patch16_224", "clip_text_base", 512),
+    ("clip_vit_large_patch14", "vit_large_patch14_224", "clip_text_large", 768),
+):
+    _add(_name, "clip", vision=_vit, vision_args=_CLIP_VISION, text=_text, embed_dim=_dim)
+# SigLIP B/16 (Zhai et al. 2023): "map" attention pooling, no image projection, a biased text head, sigmoid loss
+_add(
+    "siglip_base_patch16_224", "clip", vision="vit_base_patch16_224",
+    vision_args=dict(class_token=False, global_pool="map", act_layer="gelu_tanh"), text="siglip_text_base",
+    embed_dim=768, vision_proj=False, text_proj_bias=True, text_pool="last", text_causal=False,
+    logit_scale_init=math.log(10), logit_bias_init=-10.0,
+)  # fmt: skip
+# Small images (32x32, e.g. CIFAR captions) on a CPU: ViT-Tiny width, 6 blocks, 4x4 patches, a 4-block text tower
+_add("clip_vit_tiny_patch4_32", "clip", vision="vit_tiny_patch16_224",
+     vision_args=dict(img_size=32, patch_size=4, depth=6, pre_norm=True), text="clip_text_tiny",
+     embed_dim=128)  # fmt: skip
+# LiT: a locked image tower (the CIFAR ViT, pre-trained) and MiniLM-L6 (BERT shape, 384 wide) with mean pooling
+_add("lit_vit_cifar_minilm_l6", "clip", vision="vit_cifar", text="minilm_l6_h384_uncased",
+     embed_dim=256, text_pool="mean", lock_image=True)  # fmt: skip

@@ -147,6 +147,25 @@ class GPT(nn.Module):
         Raises:
             ValueError: a sequence longer than the model's context (``block_size``).
         """
+        x = self.forward_features(idx, positions=positions, key_padding_mask=key_padding_mask, cache=cache)
+        logits = F.linear(x, self.token_embed.weight) if self.head is None else self.head(x)
+        if targets is None:
+            return logits
+        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
+        return logits, loss
+
+    def forward_features(
+        self,
+        idx: Tensor,
+        *,
+        positions: Tensor | None = None,
+        key_padding_mask: Tensor | None = None,
+        cache: KVCache | None = None,
+        is_causal: bool = True,
+    ) -> Tensor:
+        """Token ids (B, L) -> hidden states after the final LayerNorm (B, L, embed_dim); arguments as
+        :meth:`forward`. ``is_causal=False`` lets every token see the whole sequence: the same stack used as a
+        bidirectional text encoder (SigLIP's text tower, :mod:`vitkit.models.clip`)."""
         B, L = idx.shape
         start = cache[0]["k"].shape[2] if cache and "k" in cache[0] else 0
         if start + L > self.block_size:
@@ -162,15 +181,10 @@ class GPT(nn.Module):
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
             if self.grad_checkpointing and self.training and cache is None:
-                x = checkpoint(block, x, None, key_padding_mask, True, None, rope, use_reentrant=False)
+                x = checkpoint(block, x, None, key_padding_mask, is_causal, None, rope, use_reentrant=False)
             else:
-                x = block(x, None, key_padding_mask, True, None if cache is None else cache[i], rope)
-        x = self.norm(x)
-        logits = F.linear(x, self.token_embed.weight) if self.head is None else self.head(x)
-        if targets is None:
-            return logits
-        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
-        return logits, loss
+                x = block(x, None, key_padding_mask, is_causal, None if cache is None else cache[i], rope)
+        return self.norm(x)
 
     def extra_repr(self) -> str:
         return f"family=gpt, params={sum(p.numel() for p in self.parameters()) / 1e6:.2f}M"

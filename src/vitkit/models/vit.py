@@ -14,14 +14,21 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ..layers import EncoderBlock, PatchEmbed, resample_abs_pos_embed, sincos_2d, to_2tuple
+from ..layers import (
+    AttentionPoolLatent,
+    EncoderBlock,
+    PatchEmbed,
+    resample_abs_pos_embed,
+    sincos_2d,
+    to_2tuple,
+)
 from ..registry import register_family
 from ._checks import check_args
 from ._head import new_head
 
 __all__ = ["VisionTransformer", "build_backbone"]
 
-PoolType = Literal["token", "avg", "none"]
+PoolType = Literal["token", "avg", "map", "none"]
 
 
 def _sizes(name: str, value: int | Sequence[int]) -> dict[str, int]:
@@ -46,8 +53,8 @@ def _check_vit_args(args: dict[str, Any]) -> None:
                   "patch_size"),
         divisible=(("embed_dim", a["embed_dim"], "num_heads", a["num_heads"]),),
     )  # fmt: skip
-    if a["global_pool"] not in ("token", "avg", "none"):
-        raise ValueError(f"global_pool must be 'token', 'avg' or 'none', got {a['global_pool']!r}")
+    if a["global_pool"] not in ("token", "avg", "map", "none"):
+        raise ValueError(f"global_pool must be 'token', 'avg', 'map' or 'none', got {a['global_pool']!r}")
     if a["global_pool"] == "token" and not a["class_token"]:
         raise ValueError("global_pool='token' needs class_token=True")
     if a["distilled"] and not a["class_token"]:
@@ -86,7 +93,9 @@ class VisionTransformer(nn.Module):
     Args:
         img_size, patch_size, in_chans: input geometry; the image must be divisible by the patch.
         num_classes: head outputs (0 = no head, ``forward`` returns pooled features).
-        global_pool: "token" (class token), "avg" (mean of patch tokens, with ``fc_norm``) or "none".
+        global_pool: "token" (class token), "avg" (mean of patch tokens, with ``fc_norm``), "map" (attention
+            pooling of the patch tokens by a learned query: SigLIP's head, :class:`~vitkit.layers.AttentionPoolLatent`,
+            as ``attn_pool``) or "none".
         embed_dim, depth, num_heads, mlp_ratio, qkv_bias, qk_norm: encoder shape.
         class_token, reg_tokens, distilled: prefix tokens (class, register tokens, DeiT distillation token).
         pos_embed: "learn" (learned table), "sincos" (fixed 2D sin-cos, as MAE) or "none".
@@ -124,7 +133,7 @@ class VisionTransformer(nn.Module):
         proj_drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
-        act_layer: str = "gelu",
+        act_layer: str = "gelu",  # "quick_gelu": OpenAI CLIP's towers
         norm_eps: float = 1e-6,
         stem_channels: Sequence[int] = (),
         stem_strides: Sequence[int] | None = None,
@@ -149,6 +158,11 @@ class VisionTransformer(nn.Module):
         # submodules and parameters are created in this order (it fixes the seeded initial weights)
         self._build_embeddings(args)
         self.blocks = _encoder_blocks(args)
+        self.attn_pool = (
+            AttentionPoolLatent(embed_dim, num_heads, mlp_ratio, qkv_bias, act_layer, norm_eps)
+            if global_pool == "map"
+            else None
+        )
         self._build_head(embed_dim, num_classes, drop_rate, norm_eps, use_fc_norm)
         self.init_weights()
 
@@ -235,6 +249,12 @@ class VisionTransformer(nn.Module):
         if global_pool is not None:
             if global_pool == "token" and self.cls_token is None:
                 raise ValueError("global_pool='token' needs a class token")
+            if global_pool == "map" and self.attn_pool is None:
+                raise ValueError(
+                    "global_pool='map' needs the attention-pooling head: build the model with it"
+                )
+            if global_pool != "map":
+                self.attn_pool = None
             self.global_pool = self.config["global_pool"] = global_pool
         self.head = new_head(self, self.embed_dim, num_classes)  # the model's device and dtype
         if self.distilled:
@@ -295,7 +315,9 @@ class VisionTransformer(nn.Module):
         return self.norm(x)
 
     def pool(self, x: Tensor) -> Tensor:
-        """Tokens (B, L, D) -> (B, D) by the class token or the mean of patch tokens."""
+        """Tokens (B, L, D) -> (B, D) by the class token, the mean of patch tokens or attention pooling."""
+        if self.attn_pool is not None:
+            return self.attn_pool(x[:, self.num_prefix_tokens :])
         if self.global_pool == "token":
             return x[:, 0]
         if self.global_pool == "avg":
@@ -401,6 +423,8 @@ def vit_flops(model: VisionTransformer, img_size: tuple[int, int] | None = None)
     hidden = model.blocks[0].mlp.fc1.out_features if len(model.blocks) else 0
     per_block = 2 * length * (3 * d * d + d * d + 2 * d * hidden) + 2 * 2 * length * length * d
     head = 2 * d * model.num_classes
+    if model.attn_pool is not None:  # the query's projections and attention, and the MLP of one token
+        head += 2 * (n * 2 * d * d + 2 * d * d + n * 2 * d + 2 * d * hidden)
     embed = 2 * n * c_in * ph * pw * d
     if model.patch_embed.stem is not None:
         embed, hh, ww = 0, h, w

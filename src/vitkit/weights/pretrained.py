@@ -21,6 +21,7 @@ from .convert import (
     jax_to_vitkit,
     unwrap_state_dict,
 )
+from .convert_clip import clip_layout, convert_hf_clip, convert_hf_siglip, convert_open_clip
 from .files import CheckpointError, read_checkpoint
 
 __all__ = ["load_pretrained", "convert_state_dict", "source_grid", "recorded_grid"]
@@ -51,14 +52,14 @@ def _grid_of(img_size: Any, patch_size: Any) -> tuple[int, int] | None:
 
 def recorded_grid(config: dict[str, Any] | None) -> tuple[int, int] | None:
     """The patch grid a checkpoint's config records: a vitkit model config (``img_size``/``patch_size``, also
-    inside an MAE's ``encoder_args`` or a DETR/Segmenter's ``backbone_args``) or a HuggingFace ``config.json``
+    inside an MAE's ``encoder_args``, a DETR/Segmenter's ``backbone_args`` or a CLIP's ``vision_args``) or a HuggingFace ``config.json``
     (``image_size``/``patch_size``)."""
     if not isinstance(config, dict):
         return None
     grid = _grid_of(config.get("img_size", config.get("image_size")), config.get("patch_size"))
     if grid is not None:
         return grid
-    for key in ("encoder_args", "backbone_args"):
+    for key in ("encoder_args", "backbone_args", "vision_args"):
         grid = recorded_grid(config.get(key))
         if grid is not None:
             return grid
@@ -156,6 +157,33 @@ def _load_gpt(model: nn.Module, raw: dict[str, Any], source: str) -> dict[str, l
     return {"missing": [], "unexpected": []}
 
 
+_CLIP_CONVERTERS = {
+    "hf_clip": convert_hf_clip,
+    "hf_siglip": convert_hf_siglip,
+    "open_clip": convert_open_clip,
+}
+_CLIP_LAYOUTS = {"vitkit": "vitkit CLIP", "hf_clip": "HuggingFace CLIPModel", "hf_siglip": "HuggingFace SiglipModel",
+                 "open_clip": "open_clip"}  # fmt: skip
+
+
+def _load_clip(
+    model: nn.Module, raw: dict[str, Any], source: str, old_grid: tuple[int, int] | None
+) -> dict[str, list[str]]:
+    """A HuggingFace CLIP / SigLIP, open_clip or vitkit state dict into a built CLIP, every key checked; the image
+    tower's position table is resampled to its image size as for a ViT."""
+    state = unwrap_state_dict(raw)
+    layout = clip_layout(state)
+    if layout in _CLIP_CONVERTERS:
+        state = _CLIP_CONVERTERS[layout](state)
+    if "visual.pos_embed" in state:
+        visual = {"pos_embed": state["visual.pos_embed"]}
+        _adapt_pos_embed(model.visual, visual, old_grid)
+        state["visual.pos_embed"] = visual["pos_embed"]
+    check_state_dict(model, state, source=f"{source} ({_CLIP_LAYOUTS[layout]} layout)")
+    model.load_state_dict(state)
+    return {"missing": [], "unexpected": []}
+
+
 def load_pretrained(
     model: nn.Module,
     path: str | os.PathLike | dict[str, Any],
@@ -174,7 +202,8 @@ def load_pretrained(
     table is taken as square and any other raises (see :func:`source_grid`). Pass it for an in-memory state dict
     of a rectangular model.
     A :class:`~vitkit.models.gpt.GPT` takes a HuggingFace ``GPT2LMHeadModel`` / ``GPT2Model`` checkpoint (see
-    :mod:`.hf_gpt2`) or vitkit's own names.
+    :mod:`.hf_gpt2`) or vitkit's own names; a :class:`~vitkit.models.clip.CLIP` a HuggingFace ``CLIPModel`` /
+    ``SiglipModel`` or open_clip state dict (:mod:`.convert_clip`) or vitkit's own.
     Returns {'missing': [...], 'unexpected': [...]} (both empty when ``strict``).
     """
     hf_config = None
@@ -184,9 +213,13 @@ def load_pretrained(
         raw, hf_config = read_checkpoint(path)
         source = str(path)
         if old_grid is None and getattr(model, "family", None) != "gpt":
+            if getattr(model, "family", None) == "clip" and hf_config:  # the image tower's part
+                hf_config = hf_config.get("vision_config", hf_config)
             old_grid = _vitkit_file_grid(path) or recorded_grid(hf_config)
     if getattr(model, "family", None) == "gpt":
         return _load_gpt(model, raw, source)
+    if getattr(model, "family", None) == "clip":
+        return _load_clip(model, raw, source, old_grid)
     state, layout = convert_state_dict(raw)
     if layout == "hf":
         _adopt_hf_norm_eps(model, hf_config)
