@@ -1,7 +1,7 @@
 """vitkit: Vision Transformers and the Transformer they come from.
 
-Models and weights are imported eagerly; the jobs ``vitkit.train(...)``, ``vitkit.evaluate(...)`` and
-``vitkit.predict(...)`` (the Python mirror of the CLI) load on first use.
+Models and weights are imported eagerly; the jobs ``vitkit.train(...)``, ``vitkit.evaluate(...)``,
+``vitkit.predict(...)`` and ``vitkit.fewshot(...)`` (the Python mirror of the CLI) load on first use.
 """
 
 import importlib
@@ -14,10 +14,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "create_model", "list_models", "model_config", "load", "load_pretrained", "save", "CheckpointError",
-    "train", "evaluate", "predict",
+    "train", "evaluate", "predict", "fewshot",
 ]  # fmt: skip
 
-_JOBS = ("train", "evaluate", "predict")
+_JOBS = ("train", "evaluate", "predict", "fewshot")
 
 
 def __getattr__(name: str):
