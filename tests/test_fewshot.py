@@ -144,6 +144,9 @@ def test_feature_extractor_gives_pre_logits_per_family():
         backbone, fn = feature_extractor(mae)
         assert backbone is mae.encoder and fn(x).shape == (3, mae.encoder.embed_dim)
         assert torch.equal(fn(x), fn(x))  # no random masking: the whole image
+        resnet = vitkit.create_model("resnet_mnist").eval()
+        backbone, fn = feature_extractor(resnet)
+        assert fn(torch.randn(2, 1, 28, 28)).shape == (2, resnet.num_features)
     for name in ("bert_tiny", "gpt_nano"):
         with pytest.raises(ValueError, match="no pooled image features"):
             feature_extractor(vitkit.create_model(name))
