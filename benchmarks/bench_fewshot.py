@@ -61,7 +61,8 @@ def _train_scratch(args: argparse.Namespace, dataset: str) -> Path:
     """(a): a ViT trained from scratch on ``dataset`` (its CPU recipe, shortened); reused when already trained."""
     from vitkit.train import train
 
-    name = f"scratch-{dataset}-{args.scratch_epochs}ep-{args.scratch_subset or 'all'}"
+    subset = f"{args.scratch_subset:g}" if args.scratch_subset else "all"
+    name = f"scratch-{dataset}-{args.scratch_epochs}ep-{subset}"
     run = args.out_dir / name
     if (run / "summary.json").exists():
         print(f"[{name}] already trained, reusing {run}", flush=True)
@@ -92,6 +93,25 @@ def _jobs(args: argparse.Namespace) -> list[tuple[str, str, str]]:
     return jobs
 
 
+def _source_note(source: str) -> str:
+    """What the source run was trained on and how well (its summary.json), for the table; empty for a bare file."""
+    path = Path(source)
+    summary = (path if path.is_dir() else path.parent) / "summary.json"
+    if not summary.is_file():
+        return ""
+    s = json.loads(summary.read_text())
+    cfg = path if path.is_dir() else path.parent
+    data = ""
+    if (cfg / "config.yaml").is_file():
+        import yaml
+
+        data = f" {(yaml.safe_load((cfg / 'config.yaml').read_text()) or {}).get('dataset', '')}"
+    note = f"{s.get('task', '?')}{data}, {s.get('epochs', '?')} ep on {s.get('train_samples', '?')} images"
+    if isinstance(s.get("val_acc"), (int, float)):
+        note += f", own test acc {100 * s['val_acc']:.2f}%"
+    return note
+
+
 def _table(entries: dict[str, dict]) -> str:
     """One markdown table per dataset: a row per backbone, mean ± std over the seeds per shot count."""
     out = []
@@ -99,15 +119,15 @@ def _table(entries: dict[str, dict]) -> str:
         rows = [e for e in entries.values() if e["dataset"] == dataset]
         shots = sorted({k for e in rows for k in e["shots"]})
         out += [f"### {NAMES.get(dataset, dataset)} (chance {100 * rows[0]['chance']:.1f}%)", "",
-                "| backbone | features | pool / test | " + " | ".join(f"{k}-shot" for k in shots)
-                + " | features s |", "|---|---|---|" + "---|" * len(shots) + "---|"]  # fmt: skip
+                "| backbone | trained | features | pool / test | " + " | ".join(f"{k}-shot" for k in shots)
+                + " | features s |", "|---|---|---|---|" + "---|" * len(shots) + "---|"]  # fmt: skip
         for e in rows:
             cells = []
             for k in shots:
                 a = e["accuracy"].get(str(k))
                 cells.append(f"{100 * a['mean']:.2f} ± {100 * a['std']:.2f}" if a else "")
             feats = f"{e['feature_dim']}-d, {e['input']['img_size'][0]}px {e['input']['in_chans']}ch"
-            out.append(f"| {e['label']} | {feats} | {e['pool_size']} / {e['test_size']} | " + " | ".join(cells)
+            out.append(f"| {e['label']} | {e.get('source_note', '')} | {feats} | {e['pool_size']} / {e['test_size']} | " + " | ".join(cells)
                        + f" | {e['feature_seconds']:.0f} |")  # fmt: skip
         out.append("")
     return "\n".join(out)
@@ -126,8 +146,9 @@ def _write(entries: dict[str, dict], args: argparse.Namespace) -> str:
         f"evaluator: pre-logits features, k images per class drawn per seed, standardised, closed-form ridge "
         f"regression to ±1 one-hot targets (l2 {entries[next(iter(entries))]['l2']:g}), test accuracy as mean ± "
         f"std (%) over {'/'.join(map(str, seeds))} seeds. Images get each model's own preprocessing (channels "
-        f"converted, resized to its input size). Produced by `benchmarks/bench_fewshot.py` "
-        f"(`{shlex.join(sys.argv[1:])}`).", "",
+        f"converted, resized to its input size). \"trained\": the backbone's own run (its summary.json).", "",
+        "Produced by `benchmarks/bench_fewshot.py` with:", "",
+        *sorted({f"    python benchmarks/bench_fewshot.py {e.get('command', '?')}" for e in entries.values()}), "",
         _table(entries),
     ]  # fmt: skip
     args.plot_dir.mkdir(parents=True, exist_ok=True)
@@ -181,12 +202,8 @@ def main(argv: list[str] | None = None) -> None:
         r = fewshot_eval(source, dataset, data_dir=args.data_dir, shots=args.shots, seeds=args.seeds, l2=args.l2,
                          out_dir=args.out_dir / "probes" / f"{Path(source).name}-{dataset}",
                          pool_limit=args.pool_limit, test_limit=args.test_limit)  # fmt: skip
-        entries[key] = {
-            "label": label,
-            "source": source,
-            **r,
-            "wall_s": round(time.perf_counter() - start, 1),
-        }
+        entries[key] = {"label": label, "source": source, "source_note": _source_note(source), **r,
+                        "wall_s": round(time.perf_counter() - start, 1), "command": shlex.join(sys.argv[1:])}  # fmt: skip
         print(f"[{key}] " + ", ".join(f"{k}-shot {100 * v['mean']:.2f}%" for k, v in r["accuracy"].items()),
               flush=True)  # fmt: skip
         _write(entries, args)  # after every probe: a stopped benchmark keeps what it measured
