@@ -417,7 +417,7 @@ def fewshot_eval(
     }  # fmt: skip
     out = Path(out_dir).expanduser() if out_dir is not None else _default_out_dir(folder, dataset)
     _write_outputs(result, out, plot)
-    log.info(
+    log.debug(
         "few-shot %s on %s: %s",
         source,
         dataset,
