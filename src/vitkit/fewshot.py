@@ -313,14 +313,10 @@ def _load_model(source: str | os.PathLike, pretrained: str | os.PathLike | None,
 def _input_config(model: nn.Module, backbone: nn.Module, source: str) -> dict[str, Any]:
     """The model's preprocessing (input size, channels, mean/std) from its data config and the backbone's config
     (:func:`vitkit.predict.resolve_data_config`); its class names play no part in a probe."""
-    import warnings
-
     from .predict import resolve_data_config
 
     recorded = {k: v for k, v in (getattr(model, "data_config", None) or {}).items() if k != "classes"}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*differs from the model's fixed input size")
-        return resolve_data_config(backbone, recorded or None, source=source)
+    return resolve_data_config(backbone, recorded or None, source=source)
 
 
 def _splits(name: str, data_dir, in_chans: int, pool_limit: int | None, test_limit: int | None,
