@@ -2,7 +2,8 @@
 
 Everything is imported on first use: ``import vitkit`` (and the ``vitkit`` command's start-up) imports no
 PyTorch; ``vitkit.create_model``, ``vitkit.load`` ... and the jobs ``vitkit.train(...)``,
-``vitkit.evaluate(...)`` and ``vitkit.predict(...)`` (the Python mirror of the CLI) load their modules when asked.
+``vitkit.evaluate(...)``, ``vitkit.predict(...)`` and ``vitkit.fewshot(...)`` (the Python mirror of the CLI) load
+their modules when asked.
 """
 
 import importlib
@@ -14,7 +15,7 @@ _EXPORTS = {
     "create_model": "registry", "list_models": "registry", "model_config": "registry",
     "load": "weights", "load_pretrained": "weights", "save": "weights", "CheckpointError": "weights",
 }  # fmt: skip
-_JOBS = ("train", "evaluate", "predict")
+_JOBS = ("train", "evaluate", "predict", "fewshot")
 
 __all__ = [*_EXPORTS, *_JOBS]
 

@@ -1,7 +1,7 @@
 """Make a module callable, so that ``vitkit.train(...)`` runs ``vitkit.train.train(...)``.
 
-The three jobs of the command line (``train``, ``evaluate``, ``predict``) are modules holding a function of the
-same name; this lets the Python API mirror the CLI without the module and the function shadowing each other.
+The jobs of the command line (``train``, ``evaluate``, ``predict``; ``fewshot``, whose function is ``fewshot_eval``)
+are modules holding a function of the same name; this lets the Python API mirror the CLI without the module and the function shadowing each other.
 """
 
 from __future__ import annotations

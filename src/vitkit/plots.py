@@ -1,4 +1,4 @@
-"""Training curves and confusion-matrix heatmaps as PNG files (matplotlib, Agg canvas, no display needed).
+"""Training curves, confusion matrices and few-shot curves as PNG files (matplotlib, Agg canvas, no display needed).
 
 Figures are built with :class:`matplotlib.figure.Figure` on an Agg canvas rather than through ``pyplot``,
 so plotting never touches the global backend, never opens a window and leaks no figures.
@@ -21,6 +21,7 @@ __all__ = [
     "plot_confusion_matrix",
     "plot_image_grid",
     "plot_metric_comparison",
+    "plot_fewshot",
 ]
 
 DPI = 120
@@ -282,6 +283,37 @@ def plot_metric_comparison(
     ax.grid(True, alpha=0.3, linestyle="--")
     ax.legend(loc="best", fontsize=9)
     ax.xaxis.get_major_locator().set_params(integer=True)
+    if title:
+        ax.set_title(title, fontsize=12)
+    fig.tight_layout()
+    return _save(fig, out_png)
+
+
+def plot_fewshot(
+    results: Mapping[str, Mapping[str, Any]], out_png: str | os.PathLike, title: str | None = None
+) -> Path:
+    """Few-shot accuracy against shots per image class (log scale), mean with error bars of one std over the
+    seeds, one line per entry of ``results`` (label -> a :func:`vitkit.fewshot.fewshot_probe` result), and the
+    chance level of the first."""
+    fig = _new_figure((6.4, 4.4))
+    ax = fig.subplots()
+    shots: set[int] = set()
+    for label, r in results.items():
+        ks = [int(k) for k in r["shots"]]
+        mean = [100 * r["accuracy"][str(k)]["mean"] for k in ks]
+        std = [100 * r["accuracy"][str(k)]["std"] for k in ks]
+        ax.errorbar(ks, mean, yerr=std, marker="o", markersize=4, linewidth=1.8, capsize=3, label=label)
+        shots.update(ks)
+    first = next(iter(results.values()), None)
+    if first is not None:
+        ax.axhline(100 * first["chance"], color="gray", linestyle=":", linewidth=1.2, label="chance")
+    ax.set_xscale("log")
+    ax.set_xticks(sorted(shots), [str(k) for k in sorted(shots)])
+    ax.minorticks_off()
+    ax.set_xlabel("shots (training images per class)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(True, alpha=0.3, linestyle="--")
+    ax.legend(loc="best", fontsize=9)
     if title:
         ax.set_title(title, fontsize=12)
     fig.tight_layout()

@@ -1,4 +1,4 @@
-"""The inference commands: ``eval``, ``predict``, ``explain`` on a run directory or model file."""
+"""The inference commands: ``eval``, ``predict``, ``explain``, ``fewshot`` on a run directory or model file."""
 
 from __future__ import annotations
 
@@ -65,6 +65,44 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
+    return values
+
+
+def cmd_fewshot(args: argparse.Namespace) -> int:
+    from ..fewshot import fewshot_eval, format_fewshot_table
+
+    r = fewshot_eval(
+        args.model, args.data, data_dir=args.data_dir, shots=args.shots, seeds=args.seeds, l2=args.l2,
+        pretrained=args.pretrained, out_dir=args.out, pool_limit=args.pool_limit, test_limit=args.test_limit,
+        batch_size=args.batch_size, device=args.device,
+    )  # fmt: skip
+    size, src = r["input"]["img_size"], r["dataset_image_size"]
+    resized = f", resized from {src[0]}x{src[1]}" if src and list(src) != list(size) else ""
+    print(f"{r['model']} on {r['dataset']}: {r['feature_dim']}-d {r['features']} of {size[0]}x{size[1]} "
+          f"{r['input']['in_chans']}-channel images{resized}; pool {r['pool_size']}, test {r['test_size']}, "
+          f"l2 {r['l2']:g}, features in {r['feature_seconds']:.1f} s, probes in {r['probe_seconds']:.2f} s")  # fmt: skip
+    print(format_fewshot_table(r))
+    print(f"wrote {r['fewshot_json']}, {r['fewshot_md']}, {r['fewshot_png']}")
+    return 0
+
+
 def add_inference_commands(sub) -> None:
     from ..explain import HEAD_FUSIONS, METHODS
 
@@ -103,3 +141,30 @@ def add_inference_commands(sub) -> None:
         "--target", type=int, default=None, help="class index to explain (default: the predicted one)"
     )
     p.set_defaults(func=cmd_explain)
+    _add_fewshot_command(sub)
+
+
+def _add_fewshot_command(sub) -> None:
+    p = sub.add_parser("fewshot", help="few-shot accuracy of a frozen backbone: closed-form ridge probes on its "
+                       "features, k images per class, several seeds (big_vision's evaluator)")  # fmt: skip
+    p.add_argument("model", help="run directory, model .safetensors, or a registry name (with --pretrained)")
+    p.add_argument("--data", required=True, help="dataset to probe on (its train split is the pool)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument(
+        "--pretrained", default=None, help="weights file for a registry name (timm / HF / JAX / vitkit)"
+    )
+    p.add_argument(
+        "--shots", type=_int_list, default=[1, 5, 10, 25], help="images per class (default 1,5,10,25)"
+    )
+    p.add_argument(
+        "--seeds", type=int, default=5, help="samples drawn per shot count: seeds 0..n-1 (default 5)"
+    )
+    p.add_argument("--l2", type=_float_list, default=[2.0**10], help="ridge l2 (default 1024, big_vision's); "
+                   "several, comma-separated: the first is reported, all are swept")  # fmt: skip
+    p.add_argument("--pool-limit", type=int, default=None, help="class-balanced subset of the train split")
+    p.add_argument("--test-limit", type=int, default=None, help="class-balanced subset of the test split")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default=None, help="folder for fewshot.json/.md/.png (default: fewshot-<data>/ "
+                   "beside the model)")  # fmt: skip
+    p.set_defaults(func=cmd_fewshot)
