@@ -7,13 +7,14 @@ Models and weights are imported eagerly; the jobs ``vitkit.train(...)``, ``vitki
 import importlib
 
 from . import models  # noqa: F401  (registers every model family and named model; the registry imports none)
-from .registry import create_model, list_models, model_config
+from .registry import create_model, get_pretrained_cfg, list_models, list_pretrained, model_config
 from .weights import CheckpointError, load, load_pretrained, save
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "create_model", "list_models", "model_config", "load", "load_pretrained", "save", "CheckpointError",
+    "create_model", "list_models", "list_pretrained", "get_pretrained_cfg", "model_config", "load",
+    "load_pretrained", "save", "CheckpointError",
     "train", "evaluate", "predict",
 ]  # fmt: skip
 

@@ -1,5 +1,6 @@
 """Model families. Importing this package registers every family and named config."""
 
+from . import pretrained_cfgs  # noqa: F401  (the default weights of registry names)
 from .bert import BertEncoder
 from .detr import DETR
 from .gpt import GPT
