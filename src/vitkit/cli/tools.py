@@ -96,10 +96,10 @@ def cmd_summary(args: argparse.Namespace) -> int:
     print(f"{args.model}: {type(model).__name__}")
     for key, value in getattr(model, "config", {}).items():
         print(f"  {key:16s} {value}")
-    for key in _PRETRAINED_KEYS:
-        value = (getattr(model, "pretrained_cfg", None) or {}).get(key)
-        if value is not None:
-            print(f"  {'pretrained.' + key:16s} {list(value) if isinstance(value, tuple) else value}")
+    pretrained_cfg = getattr(model, "pretrained_cfg", None) or {}
+    for key in (k for k in _PRETRAINED_KEYS if pretrained_cfg.get(k) is not None):
+        value = pretrained_cfg[key]
+        print(f"  {key:16s} {list(value) if isinstance(value, tuple) else value}  (pretrained weights)")
     if hasattr(model, "patch_embed") and hasattr(model, "num_prefix_tokens"):
         print(f"  {'tokens':16s} {model.patch_embed.num_patches} patches + {model.num_prefix_tokens} prefix")
     print(f"  {'params':16s} {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M")

@@ -282,7 +282,7 @@ def convert_hf_gpt2(state: dict[str, Tensor], tied: bool = True) -> dict[str, Te
 
 
 # ---------------------------------------------------------------- HuggingFace BERT
-_HF_EMBED = {
+_BERT_EMBED = {
     "embeddings.word_embeddings.": "embeddings.word.",
     "embeddings.position_embeddings.": "embeddings.position.",
     "embeddings.token_type_embeddings.": "embeddings.token_type.",
@@ -290,7 +290,7 @@ _HF_EMBED = {
     "pooler.dense.": "pooler.",
     "classifier.": "head.",
 }
-_HF_BLOCK = {
+_BERT_BLOCK = {
     "attention.output.dense.": "attn.proj.",
     "attention.output.LayerNorm.": "norm1.",
     "intermediate.dense.": "mlp.fc1.",
@@ -322,14 +322,14 @@ def convert_hf_bert(state: dict[str, Tensor]) -> dict[str, Tensor]:
                 proj, kind = parts[5], parts[6]  # query|key|value, weight|bias
                 qkv.setdefault((i, kind), {})[proj] = value
                 continue
-            for old, new in _HF_BLOCK.items():
+            for old, new in _BERT_BLOCK.items():
                 if rest.startswith(old):
                     out[f"blocks.{i}.{new}{rest[len(old) :]}"] = value
                     break
             else:
                 out[key] = value
             continue
-        for old, new in _HF_EMBED.items():
+        for old, new in _BERT_EMBED.items():
             if key.startswith(old):
                 out[new + key[len(old) :]] = value
                 break
