@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -26,9 +27,12 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 TIMM_REPO = "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k"  # vit_tiny_patch16_224's default tag
 
 
-def publish(cache: Path, repo_id: str, folder: Path, commit: str = COMMIT) -> Path:
+def publish(
+    cache: Path, repo_id: str, folder: Path, commit: str = COMMIT, absent: tuple[str, ...] = ()
+) -> Path:
     """Put every file of ``folder`` into ``cache`` as huggingface_hub caches repo ``repo_id`` at ``commit``: blobs
-    named by their sha256 (LFS weights) or git sha1 (small files), snapshot symlinks to them, ``refs/main``."""
+    named by their sha256 (LFS weights) or git sha1 (small files), snapshot symlinks to them, ``refs/main``, and
+    the ``.no_exist`` markers it leaves for the ``absent`` files it was asked for (a 404 online)."""
     repo = cache / f"models--{repo_id.replace('/', '--')}"
     for file in sorted(folder.iterdir()):
         data = file.read_bytes()
@@ -44,6 +48,9 @@ def publish(cache: Path, repo_id: str, folder: Path, commit: str = COMMIT) -> Pa
         link = repo / "snapshots" / commit / file.name
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(os.path.relpath(blob, link.parent))
+    for name in absent:
+        (repo / ".no_exist" / commit).mkdir(parents=True, exist_ok=True)
+        (repo / ".no_exist" / commit / name).touch()
     (repo / "refs").mkdir(exist_ok=True)
     (repo / "refs" / "main").write_text(commit)
     return repo
@@ -132,6 +139,37 @@ def test_a_repo_not_in_the_cache_offline_says_what_to_do(cache):
     assert "local weights file" in msg
     with pytest.raises(ValueError, match=r"'vit_digits' has no default pretrained weights.*hf-hub:org/name"):
         vitkit.create_model("vit_digits", pretrained=True)
+
+
+def test_an_unreachable_hub_falls_back_to_the_cache_at_once(cache, monkeypatch, downloads, timm_repo):
+    """Online but with the Hub unreachable (a refused local port): the cached weights load after one failed
+    request, and the files the cache knows the repo lacks are not asked for (huggingface_hub would retry ~23 s)."""
+    import huggingface_hub.constants
+
+    folder, x, expected = timm_repo
+    for name in (
+        "HF_HUB_OFFLINE",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(huggingface_hub.constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                        "http://127.0.0.1:9/{repo_id}/resolve/{revision}/{filename}")  # fmt: skip
+    publish(cache, TIMM_REPO, folder, absent=("preprocessor_config.json",))
+    start = time.monotonic()
+    model = vitkit.create_model("vit_tiny_patch16_224", pretrained=True, depth=2).eval()
+    assert time.monotonic() - start < 5
+    assert downloads == [
+        f"{TIMM_REPO}/model.safetensors"
+    ]  # config.json: from the snapshot, at the same commit
+    with torch.no_grad():
+        assert (model(x) - expected).abs().max() < 1e-5
 
 
 def test_the_users_hf_cache_is_honoured(tmp_path, monkeypatch, timm_repo):
@@ -280,3 +318,22 @@ def test_summary_cli_loads_an_hf_hub_id(cache, tmp_path, capsys):
         "  hf_hub_id        me/vit-digits  (pretrained weights)" in out
         and "  mean             [0.3]  (" in out
     )
+
+
+def test_predict_preprocessing_matches_timms_eval_transform(timm):
+    """The pretrained data config's resize + center crop gives timm's evaluation input within 8-bit rounding."""
+    import numpy as np
+    from PIL import Image
+
+    from vitkit.predict import preprocess
+
+    small = np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    image = Image.fromarray(small).resize((400, 300), Image.BILINEAR)  # smooth, 4:3
+    ref = timm.create_model("vit_tiny_patch16_224", depth=1)
+    expected = timm.data.create_transform(**timm.data.resolve_data_config(model=ref))(image)
+    cfg = vitkit.get_pretrained_cfg("vit_tiny_patch16_224")
+    data = {"mean": cfg["mean"], "std": cfg["std"], "img_size": [224, 224], "in_chans": 3,
+            "crop_pct": cfg["crop_pct"], "interpolation": cfg["interpolation"]}  # fmt: skip
+    assert (
+        preprocess(image, data)[0] - expected
+    ).abs().max() < 0.02  # measured 0.0083: one 8-bit level is 2 / 255 = 0.0078 here (std 0.5)

@@ -96,7 +96,7 @@ def hub_cache_dir() -> Path:
 
 
 def _hub_api():
-    """``huggingface_hub`` (its download function and errors), or an ImportError saying how to install it."""
+    """``huggingface_hub`` and its errors, or an ImportError saying how to install it."""
     try:
         import huggingface_hub
         import huggingface_hub.errors
@@ -105,16 +105,16 @@ def _hub_api():
             "loading 'hf-hub:' weights needs huggingface_hub, which is not installed: "
             "pip install 'vitkit[hub]' (or pip install huggingface_hub); or pass a local weights file"
         ) from e
-    return huggingface_hub.hf_hub_download, huggingface_hub.errors
+    return huggingface_hub, huggingface_hub.errors
 
 
 def _fetch(repo_id: str, filename: str, revision: str | None, cache: Path, local_only: bool) -> Path | str:
     """One file's local path, or the kind of failure: ``"absent"`` (the repo has no such file) or
     ``"not cached"`` (offline / Hub unreachable and not in the cache)."""
-    hf_hub_download, errors = _hub_api()
+    hub, errors = _hub_api()
     try:
-        return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache,
-                                    local_files_only=local_only))  # fmt: skip
+        return Path(hub.hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache,
+                                        local_files_only=local_only))  # fmt: skip
     except errors.LocalEntryNotFoundError:  # (a subclass of EntryNotFoundError)
         return "not cached"
     except errors.EntryNotFoundError:
@@ -141,19 +141,42 @@ def _not_found(
             f"{name} holds neither {' nor '.join(WEIGHT_FILES)} (sharded checkpoints are not read); "
             "download its weights yourself and pass the local file"
         )
-    why = ("HF_HUB_OFFLINE is set: nothing is downloaded" if offline()
-           else "the Hub could not be reached")  # fmt: skip
+    if offline():
+        why, todo = (
+            "HF_HUB_OFFLINE is set: nothing is downloaded",
+            "Download it once online (unset HF_HUB_OFFLINE)",
+        )
+    else:
+        why, todo = (
+            "the Hub could not be reached",
+            "Download it once online (check the connection, HF_ENDPOINT)",
+        )
     return HubWeightsNotFoundError(
-        f"{name} is not in the Hugging Face cache at {cache} ({why}). Download it once online (unset "
-        "HF_HUB_OFFLINE), point HF_HUB_CACHE at a cache that holds it, or pass a local weights file or folder "
-        "(pretrained='path/to/model.safetensors', vitkit ... --from PATH)"
+        f"{name} is not in the Hugging Face cache at {cache} ({why}). {todo}, point HF_HUB_CACHE at a cache that "
+        "holds it, or pass a local weights file or folder (pretrained='path/to/model.safetensors', "
+        "vitkit ... --from PATH)"
     )
+
+
+def _cached_or_fetch(repo_id: str, filename: str, commit: str, cache: Path, local_only: bool) -> Path | None:
+    """An optional file at the weights' ``commit``: from the snapshot folder, None when huggingface_hub recorded
+    that the repo has no such file (``.no_exist``), else fetched (None when absent or unreachable)."""
+    hub, _ = _hub_api()
+    cached = hub.try_to_load_from_cache(repo_id, filename, cache_dir=cache, revision=commit)
+    if isinstance(cached, str):
+        return Path(cached)
+    if cached is not None:  # known to be absent at this commit
+        return None
+    found = _fetch(repo_id, filename, commit, cache, local_only)
+    return found if isinstance(found, Path) else None
 
 
 def download_weights(source: str, extra_files: tuple[str, ...] = ()) -> HubWeights:
     """Fetch (or find in the cache) the weights of ``source`` (``hf-hub:org/name[@revision]``), its
     ``config.json`` / ``preprocessor_config.json`` if it has them, and any ``extra_files`` it has (e.g. a
-    tokenizer). Raises :class:`HubWeightsNotFoundError` naming the repo and the cache folder."""
+    tokenizer), all at the weights' commit. Raises :class:`HubWeightsNotFoundError` naming the repo and the cache
+    folder. Once the Hub proved unreachable only the cache is read (huggingface_hub retries each uncached file
+    for ~23 s)."""
     repo_id, revision = parse_hub_id(source)
     cache, local_only = hub_cache_dir(), offline()
     failures: list[str] = []
@@ -164,12 +187,13 @@ def download_weights(source: str, extra_files: tuple[str, ...] = ()) -> HubWeigh
             weights = found
             break
         failures.append(found)
+        local_only = local_only or found == "not cached"
     if weights is None:
         raise _not_found(repo_id, revision, cache, failures)
     files = {weights.name: weights}
     for filename in (*CONFIG_FILES, *extra_files):
-        found = _fetch(repo_id, filename, revision, cache, local_only)
-        if isinstance(found, Path):
+        found = _cached_or_fetch(repo_id, filename, weights.parent.name, cache, local_only)
+        if found is not None:
             files[filename] = found
     log.info("%s%s: %s", HUB_PREFIX, repo_id, weights)
     return HubWeights(repo_id, revision, weights.parent, weights, files)
