@@ -228,7 +228,7 @@ def test_gpt2_default_repo(cache, tmp_path, transformers):
     model = vitkit.create_model("gpt2", pretrained=True, depth=2, embed_dim=64, num_heads=2).eval()
     ids = torch.randint(0, 50257, (2, 12))
     with torch.no_grad():
-        assert (model(ids) - ref(ids).logits).abs().max() < 1e-4
+        assert (model(ids) - ref(ids).logits).abs().max() < 1e-5
     assert model.pretrained_cfg["hf_hub_id"] == "openai-community/gpt2" and not hasattr(model, "data_config")
 
 
@@ -337,3 +337,31 @@ def test_predict_preprocessing_matches_timms_eval_transform(timm):
     assert (
         preprocess(image, data)[0] - expected
     ).abs().max() < 0.02  # measured 0.0083: one 8-bit level is 2 / 255 = 0.0078 here (std 0.5)
+
+
+def test_text_classification_starts_from_a_bert_repo_and_its_tokenizer(cache, tmp_path, transformers):
+    """``--task text-classification --from hf-hub:...``: the encoder and the repo's tokenizer.json come from the Hub."""
+    from types import SimpleNamespace
+
+    from vitkit.data.text import TextTokenizer
+    from vitkit.tasks.inputs import build_tokenizer
+    from vitkit.tasks.text_classification import build_text_model
+
+    tok = TextTokenizer.train_wordpiece(
+        ["the cat sat", "a dog ran", "the dog sat"] * 5, vocab_size=40, min_frequency=1
+    )
+    config = transformers.BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1,
+                                     num_attention_heads=2, intermediate_size=64)  # fmt: skip
+    ref = transformers.BertModel(config).eval()
+    ref.save_pretrained(tmp_path / "bert")
+    tok.save(tmp_path / "bert" / "tokenizer.json")
+    publish(cache, "someone/bert-tiny", tmp_path / "bert")
+    cfg = SimpleNamespace(init_from="hf-hub:someone/bert-tiny", tokenizer=None, max_length=16, model="bert_tiny",
+                          model_args={})  # fmt: skip
+    tokenizer = build_tokenizer(cfg)
+    assert tokenizer.vocab_size == tok.vocab_size
+    model = build_text_model(cfg, 3, tokenizer).eval()
+    ids = torch.randint(1, tok.vocab_size, (2, 7))
+    with torch.no_grad():
+        assert (model.forward_features(ids) - ref(ids).last_hidden_state).abs().max() < 1e-5
+    assert model.head.out_features == 3
