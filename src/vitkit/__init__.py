@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 # public name -> the module that defines it
 _EXPORTS = {
     "create_model": "registry", "list_models": "registry", "model_config": "registry",
+    "list_pretrained": "registry", "get_pretrained_cfg": "registry",
     "load": "weights", "load_pretrained": "weights", "save": "weights", "CheckpointError": "weights",
 }  # fmt: skip
 _JOBS = ("train", "evaluate", "predict", "fewshot")

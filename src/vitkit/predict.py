@@ -338,12 +338,21 @@ def _as_items(images: ImageInput | Iterable[ImageInput]) -> list[ImageInput]:
 
 
 def _finish(tensors: Sequence[Tensor], data_config: dict[str, Any]) -> Tensor:
-    """Resize each (C, H, W) to img_size, stack, normalise."""
+    """Resize each (C, H, W) to img_size (with a ``crop_pct`` < 1: resize larger, then center-crop, as timm
+    evaluates pretrained weights; ``interpolation`` bicubic or bilinear, the default), stack, normalise."""
     size = tuple(int(s) for s in data_config["img_size"])
+    crop_pct = float(data_config.get("crop_pct") or 1.0)
+    mode = "bicubic" if data_config.get("interpolation") == "bicubic" else "bilinear"
+    from .data.transforms import resize_center_crop
+
     out = []
     for x in tensors:
-        if tuple(x.shape[-2:]) != size:
-            x = F.interpolate(x[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+        if crop_pct < 1.0:
+            x = resize_center_crop(x, size, crop_pct, mode)
+        elif tuple(x.shape[-2:]) != size:
+            x = F.interpolate(x[None], size=size, mode=mode, antialias=True, align_corners=False)[0]
+        if mode == "bicubic":
+            x = x.clamp(0.0, 1.0)  # bicubic overshoots; timm resizes 8-bit images, which clip
         out.append(x)
     batch = torch.stack(out)
     mean = torch.tensor(data_config["mean"], dtype=batch.dtype).view(-1, 1, 1)

@@ -16,16 +16,19 @@ import difflib
 import fnmatch
 import importlib
 import inspect
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .models.catalog import FAMILY_MODULES, MODELS
+from .models.pretrained_cfgs import PRETRAINED_CFGS
 
 if TYPE_CHECKING:
     from torch import nn
 
 __all__ = [
-    "register_family", "register_model", "create_model", "list_models", "list_families", "get_family", "model_config",
+    "register_family", "register_model", "register_pretrained_cfg", "create_model", "list_models", "list_families",
+    "list_pretrained", "get_family", "get_pretrained_cfg", "model_config",
 ]  # fmt: skip
 
 
@@ -41,6 +44,10 @@ _MODELS: dict[str, ModelEntry] = {
     name: ModelEntry(name, family, dict(cfg)) for name, (family, cfg) in MODELS.items()
 }
 _FAMILY_MODULES: dict[str, str] = dict(FAMILY_MODULES)
+# registry name -> its default published weights (timm's ``pretrained_cfg``)
+_PRETRAINED: dict[str, dict[str, Any]] = {
+    name: {"architecture": name, **cfg} for name, cfg in PRETRAINED_CFGS.items()
+}
 
 
 def register_family(name: str, cls: type[nn.Module]) -> type[nn.Module]:
@@ -55,6 +62,29 @@ def register_model(name: str, family: str, **config: Any) -> None:
     if name in _MODELS:
         raise ValueError(f"model {name!r} is already registered")
     _MODELS[name] = ModelEntry(name, family, dict(config))
+
+
+def register_pretrained_cfg(name: str, **cfg: Any) -> None:
+    """Record the default published weights of the registered model ``name``: what ``create_model(name,
+    pretrained=True)`` loads, as timm's ``pretrained_cfg``. ``cfg`` holds ``hf_hub_id`` (a Hugging Face Hub repo,
+    required) and, as published, ``tag``, ``source``, ``license``, ``num_classes`` and for images ``mean``,
+    ``std``, ``input_size`` (C, H, W), ``crop_pct``, ``crop_mode``, ``interpolation``."""
+    _lookup(name)
+    if not cfg.get("hf_hub_id"):
+        raise ValueError(f"the pretrained cfg of {name!r} needs an hf_hub_id")
+    _PRETRAINED[name] = {"architecture": name, **cfg}
+
+
+def get_pretrained_cfg(name: str) -> dict[str, Any] | None:
+    """The default pretrained cfg of registry model ``name`` (a copy), or None when it has none."""
+    _lookup(name)
+    cfg = _PRETRAINED.get(name)
+    return dict(cfg) if cfg is not None else None
+
+
+def list_pretrained(pattern: str = "*") -> list[str]:
+    """Registered model names matching ``pattern`` that have default published weights (``pretrained=True``)."""
+    return sorted(n for n in _PRETRAINED if fnmatch.fnmatch(n, pattern))
 
 
 def get_family(name: str) -> type[nn.Module]:
@@ -105,20 +135,67 @@ def check_kwargs(cls: type, kwargs: dict[str, Any]) -> None:
 
 
 def create_model(
-    name: str, pretrained: str | None = None, pretrained_grid: tuple[int, int] | None = None, **overrides: Any
+    name: str,
+    pretrained: bool | str | os.PathLike | None = None,
+    pretrained_grid: tuple[int, int] | None = None,
+    **overrides: Any,
 ) -> nn.Module:
-    """Build a registered model, optionally overriding its config and loading weights from a local file.
+    """Build a registered model, optionally overriding its config and loading pretrained weights.
 
+    ``pretrained``: ``True`` loads the name's default published weights (:func:`get_pretrained_cfg`, timm's
+    default tag) from the Hugging Face Hub; ``"hf-hub:org/name[@revision]"`` loads that Hub repo (timm or
+    HuggingFace layout, see :mod:`vitkit.weights.hub`); a path loads a local file or folder (timm, HuggingFace, JAX
+    or vitkit layout, see :func:`vitkit.load_pretrained`). Weights from the Hub set ``model.pretrained_cfg`` (the
+    repo, mean/std, input size, crop) and, for images, ``model.data_config``; their ``num_classes`` is the
+    default, and a model built with another ``num_classes`` keeps a fresh head (as timm does).
     ``pretrained_grid=(rows, cols)``: the patch grid of ``pretrained``'s position table when the file does not
-    record it (see :func:`vitkit.load_pretrained`'s ``old_grid``)."""
+    record it (see :func:`vitkit.load_pretrained`'s ``old_grid``).
+    Raises ValueError for ``pretrained=True`` on a name without default weights, FileNotFoundError for weights
+    not found (:class:`vitkit.weights.hub.HubWeightsNotFoundError` for the Hub, naming the repo and cache)."""
     entry = _lookup(name)
     cls = get_family(entry.family)
+    source, local, pcfg = _pretrained_source(name, pretrained), None, None
+    if source is not None:
+        from .weights.hub import resolve_pretrained  # imports no registry: no cycle
+
+        local, pcfg = resolve_pretrained(source, _PRETRAINED.get(name))
+        if (
+            pcfg
+            and pcfg.get("num_classes") is not None
+            and "num_classes" in inspect.signature(cls).parameters
+        ):
+            overrides.setdefault("num_classes", int(pcfg["num_classes"]))
     config = {**entry.config, **overrides}
     check_kwargs(cls, config)
     model = cls(**config)
     model.model_name = name
-    if pretrained is not None:
+    if source is not None:
+        from .weights.hub import set_pretrained_cfg
         from .weights.pretrained import load_pretrained  # the module, not the package (which imports .load)
 
-        load_pretrained(model, pretrained, old_grid=pretrained_grid)
+        head = pcfg is not None and pcfg.get("num_classes") not in (None, getattr(model, "num_classes", None))
+        load_pretrained(model, local, ignore_head=head, old_grid=pretrained_grid)
+        if pcfg:
+            set_pretrained_cfg(model, pcfg)
     return model
+
+
+def _pretrained_source(name: str, pretrained: bool | str | os.PathLike | None) -> str | os.PathLike | None:
+    """What ``create_model``'s ``pretrained`` names: None, a path, or an ``hf-hub:`` id (``True``: the default)."""
+    if pretrained is None or pretrained is False:
+        return None
+    if pretrained is True:
+        cfg = _PRETRAINED.get(name)
+        if cfg is None:
+            raise ValueError(
+                f"{name!r} has no default pretrained weights (vitkit.list_pretrained() lists the "
+                f"{len(_PRETRAINED)} names that do); pass the weights instead: "
+                "pretrained='path/to/weights.safetensors' (or .pth/.bin/.npz, a HuggingFace folder) or "
+                "pretrained='hf-hub:org/name'"
+            )
+        return "hf-hub:" + cfg["hf_hub_id"]
+    if not isinstance(pretrained, (str, os.PathLike)):
+        raise TypeError(
+            f"pretrained must be True, a path or an 'hf-hub:' id, got {type(pretrained).__name__}"
+        )
+    return pretrained

@@ -72,6 +72,10 @@ def _shapes(out) -> str:
     return str(tuple(out.shape))
 
 
+# what `vitkit summary --pretrained` prints of the weights' pretrained cfg
+_PRETRAINED_KEYS = ("hf_hub_id", "hf_hub_revision", "license", "mean", "std", "input_size", "crop_pct", "interpolation")  # fmt: skip
+
+
 def cmd_summary(args: argparse.Namespace) -> int:
     """Any registered model or saved model (run directory, .safetensors): its config, size, multiply-adds and
     output shapes for an example input."""
@@ -88,10 +92,14 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
         model = load_task_model(args.model)[0]
     else:
-        model = create_model(args.model).eval()
+        model = create_model(args.model, pretrained=args.pretrained).eval()
     print(f"{args.model}: {type(model).__name__}")
     for key, value in getattr(model, "config", {}).items():
         print(f"  {key:16s} {value}")
+    pretrained_cfg = getattr(model, "pretrained_cfg", None) or {}
+    for key in (k for k in _PRETRAINED_KEYS if pretrained_cfg.get(k) is not None):
+        value = pretrained_cfg[key]
+        print(f"  {key:16s} {list(value) if isinstance(value, tuple) else value}  (pretrained weights)")
     if hasattr(model, "patch_embed") and hasattr(model, "num_prefix_tokens"):
         print(f"  {'tokens':16s} {model.patch_embed.num_patches} patches + {model.num_prefix_tokens} prefix")
     print(f"  {'params':16s} {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M")
@@ -222,4 +230,7 @@ def add_summary_parser(sub) -> None:
     """``vitkit summary MODEL``: config, size, FLOPs and output shapes of a model."""
     p = sub.add_parser("summary", help="a registry model or a saved one: config, size, GMACs, output shapes")
     p.add_argument("model")
+    p.add_argument("--pretrained", nargs="?", const=True, default=None, metavar="WEIGHTS",
+                   help="load weights: the name's default ones (no value), a local file or an hf-hub:org/name id; "
+                        "prints their pretrained cfg (repo, mean/std, input size, crop)")  # fmt: skip
     p.set_defaults(func=cmd_summary)

@@ -18,6 +18,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from .._cache import default_cache_dir
 from .base import DatasetNotFoundError, TensorImageDataset, check_split
 from .download import download_file
 from .images import BadImageError, load_image
@@ -28,11 +29,6 @@ __all__ = ["CIFAR10_CLASSES", "CIFAR10", "CIFAR100", "CIFAR10JPEG", "default_cac
 log = logging.getLogger(__name__)
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-
-
-def default_cache_dir() -> Path:
-    """``$VITKIT_CACHE`` if set, else ``~/.cache/vitkit``."""
-    return Path(os.environ.get("VITKIT_CACHE") or Path.home() / ".cache" / "vitkit").expanduser()
 
 
 # ----------------------------------------------------------------------------------------- python batches

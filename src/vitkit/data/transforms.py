@@ -20,6 +20,7 @@ from torch import Tensor, nn
 __all__ = [
     "Normalize",
     "resize_batch",
+    "resize_center_crop",
     "Resize",
     "TrainAugment",
     "build_train_augment",
@@ -93,6 +94,24 @@ def resize_batch(x: Tensor, size: Size, mode: str = "bilinear", antialias: bool 
     return F.interpolate(
         x, size=size, mode=mode, antialias=antialias and smooth, align_corners=False if smooth else None
     )
+
+
+def resize_center_crop(x: Tensor, size: Size, crop_pct: float, mode: str = "bilinear") -> Tensor:
+    """timm's evaluation transform on (..., H, W): resize so that the center ``crop_pct`` of the image is ``size``
+    (a square size: the shorter side to ``int(size / crop_pct)``, the aspect ratio kept, as torchvision's
+    ``Resize(int)``), then cut the center crop (torchvision's ``CenterCrop`` rounding). Antialiased."""
+    size = _pair(size)
+    h, w = x.shape[-2:]
+    scale = [int(s / crop_pct) for s in size]
+    if scale[0] == scale[1]:
+        new = (scale[0], int(scale[0] * w / h)) if h <= w else (int(scale[0] * h / w), scale[0])
+    else:
+        new = (scale[0], scale[1])
+    batch = x if x.dim() == 4 else x[None]
+    batch = F.interpolate(batch, size=new, mode=mode, antialias=True, align_corners=False)
+    top, left = int(round((new[0] - size[0]) / 2)), int(round((new[1] - size[1]) / 2))
+    batch = batch[..., top : top + size[0], left : left + size[1]]
+    return batch if x.dim() == 4 else batch[0]
 
 
 class TrainAugment(nn.Module):

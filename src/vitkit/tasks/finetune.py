@@ -1,8 +1,8 @@
 """Fine-tuning: start a model from pre-trained weights, choose what trains, and scale learning rates by depth.
 
 - :func:`build_from_pretrained`: a vitkit run / model file / MAE pre-training run (the architecture comes from the
-  file, ``model_args`` may change e.g. ``img_size``) or a timm / HuggingFace / JAX checkpoint (the architecture is
-  ``model`` + ``model_args``), with a freshly initialised head for the new classes and the position table resampled
+  file, ``model_args`` may change e.g. ``img_size``) or a timm / HuggingFace / JAX checkpoint, local or an
+  ``hf-hub:`` id (the architecture is ``model`` + ``model_args``), with a freshly initialised head for the new classes and the position table resampled
   to the new image size.
 - :func:`apply_mode`: ``full`` (everything trains), ``linear`` (linear probe: frozen backbone, MAE's probe of a
   parameter-free BatchNorm then a linear layer, folded into one linear layer when training ends) or ``partial``
@@ -19,9 +19,10 @@ import torch
 from torch import nn
 
 from ..models import MaskedAutoencoder, VisionTransformer
-from ..registry import create_model, get_family
+from ..registry import create_model, get_family, get_pretrained_cfg
 from ..weights import load_pretrained
 from ..weights.files import CheckpointError, read_metadata
+from ..weights.hub import is_hub_id, resolve_pretrained, set_pretrained_cfg
 from ..weights.rebuild import load
 
 __all__ = [
@@ -81,14 +82,23 @@ def build_from_pretrained(
 ) -> nn.Module:
     """A ViT for ``num_classes`` classes with every backbone weight from ``path`` and a new head.
 
+    ``path``: a run directory, a weights file or an ``hf-hub:org/name[@revision]`` id (:mod:`vitkit.weights.hub`;
+    the model then carries the repo's ``pretrained_cfg``, whose mean/std the fine-tuning normalises with).
+
     Raises a CheckpointError naming the keys when the backbone does not match, and a ValueError when the
     channels differ.
     """
-    path = resolve_source(path)
+    hub_cfg, name = None, str(path)
+    if is_hub_id(path):  # its snapshot folder (config.json: grid, HF's norm eps) and published pretrained cfg
+        folder, hub_cfg = resolve_pretrained(str(path), get_pretrained_cfg(model) if model else None)
+        path = Path(folder)
+        found = _vitkit_source(path / "model.safetensors") if (path / "model.safetensors").exists() else None
+    else:
+        path = resolve_source(path)
+        found = _vitkit_source(path)
     model_args = dict(model_args or {})
     if drop_path_rate is not None:
         model_args["drop_path_rate"] = drop_path_rate
-    found = _vitkit_source(path)
     if found is not None:
         source, config = found
         config.update(model_args, num_classes=num_classes)
@@ -105,8 +115,10 @@ def build_from_pretrained(
     if not isinstance(target, VisionTransformer):
         raise ValueError(f"fine-tuning builds a ViT; {model!r} is a {type(target).__name__}")
     load_pretrained(target, state, ignore_head=True, old_grid=old_grid)
+    if hub_cfg:
+        set_pretrained_cfg(target, hub_cfg)  # its mean/std normalise the fine-tuning data
     loaded = sum(1 for k in target.state_dict() if not k.startswith(HEAD_PREFIXES))
-    log.info("fine-tuning from %s: %d backbone tensors loaded, new %d-class head", path, loaded, num_classes)
+    log.info("fine-tuning from %s: %d backbone tensors loaded, new %d-class head", name, loaded, num_classes)
     return target
 
 

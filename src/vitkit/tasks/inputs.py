@@ -8,6 +8,7 @@ in [0, 1] -> resized to the model's input -> (training only) batch augmentation 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ImageInput", "AUGMENT_OPTIONS", "input_size", "build_tokenizer", "cut_to_longest"]
+__all__ = [
+    "ImageInput",
+    "AUGMENT_OPTIONS",
+    "input_size",
+    "pretrained_stats",
+    "build_tokenizer",
+    "cut_to_longest",
+]
+
+log = logging.getLogger(__name__)
 
 # batch augmentation flags (kornia) that move pixels but not labels: for tasks whose targets do not move
 AUGMENT_OPTIONS = frozenset(
@@ -31,8 +41,19 @@ def input_size(model: nn.Module) -> tuple[int, int] | None:
     return shape[1:] if shape is not None else None
 
 
+def pretrained_stats(model: nn.Module, channels: int) -> tuple[list[float], list[float]] | None:
+    """The mean/std that the model's pretrained weights expect (``model.pretrained_cfg``, set by weights from the
+    Hugging Face Hub), when they have one per data channel; None otherwise. Fine-tuning normalises with them, as
+    timm does, not with the new dataset's statistics."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if cfg.get("mean") is None or cfg.get("std") is None or len(cfg["mean"]) != channels:
+        return None
+    log.info("normalising with the pretrained weights' mean %s / std %s", list(cfg["mean"]), list(cfg["std"]))
+    return list(cfg["mean"]), list(cfg["std"])
+
+
 class ImageInput:
-    """Normalisation (the dataset's mean/std) and, when ``augment`` is on, the config's batch augmentation."""
+    """Normalisation (the pretrained weights' mean/std, else the dataset's) and, when ``augment`` is on, the config's batch augmentation."""
 
     def __init__(self, cfg, dataset, model: nn.Module, device: torch.device, augment: bool = True,
                  memory_format=torch.contiguous_format) -> None:  # fmt: skip
@@ -40,9 +61,9 @@ class ImageInput:
 
         self.device, self.memory_format = device, memory_format
         self.size = input_size(model)
-        mean, std = dataset_stats(cfg.dataset, dataset)
-        self.mean, self.std = list(map(float, mean)), list(map(float, std))
         self.in_chans = int(dataset.num_channels)
+        mean, std = pretrained_stats(model, self.in_chans) or dataset_stats(cfg.dataset, dataset)
+        self.mean, self.std = list(map(float, mean)), list(map(float, std))
         self.normalize = Normalize(self.mean, self.std).to(device)
         self.augment = None
         if augment:
@@ -72,15 +93,22 @@ def cut_to_longest(ids: Tensor, pad_id: int) -> Tensor:
     return ids[:, : int((ids != pad_id).sum(1).max())]
 
 
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+)  # what a text model's folder or Hub repo holds, preferred first
+
+
 def build_tokenizer(cfg):
-    """``cfg.tokenizer``, else the one beside ``init_from``, else WordPiece trained on the training texts."""
+    """``cfg.tokenizer``, else the one beside ``init_from`` (a folder, file or ``hf-hub:`` repo), else WordPiece trained on the training texts."""
     from ..data.text import TextTokenizer, read_text_split
+    from ..weights.hub import local_folder
 
     if cfg.tokenizer:
         return TextTokenizer.from_file(cfg.tokenizer, cfg.max_length)
     if getattr(cfg, "init_from", None):
-        src = Path(cfg.init_from)
-        for name in ("tokenizer.json", "vocab.txt"):
+        src = Path(local_folder(cfg.init_from, TOKENIZER_FILES))  # an hf-hub: id: its snapshot folder
+        for name in TOKENIZER_FILES:
             found = (src if src.is_dir() else src.parent) / name
             if found.exists():
                 return TextTokenizer.from_file(found, cfg.max_length)

@@ -14,7 +14,7 @@ from torch import nn
 
 from .base import Batch
 from .classification import ClassifierTask
-from .inputs import build_tokenizer, cut_to_longest, text_datasets
+from .inputs import TOKENIZER_FILES, build_tokenizer, cut_to_longest, text_datasets
 
 __all__ = ["TextClassification", "build_text_model", "run_tokenizer"]
 
@@ -23,11 +23,12 @@ def build_text_model(cfg, num_classes: int, tokenizer) -> nn.Module:
     """A text classifier: a HuggingFace BERT folder or vitkit text run (``init_from``) with a new head, or a fresh
     ``cfg.model`` sized to the tokenizer's vocabulary."""
     from ..registry import create_model
+    from ..weights.hub import local_folder
     from ..weights.rebuild import load
     from .finetune import resolve_source
 
     if cfg.init_from:
-        src = Path(cfg.init_from)
+        src = Path(local_folder(cfg.init_from, TOKENIZER_FILES))  # an hf-hub: id: its snapshot folder
         if (src / "config.json").exists():
             from ..weights.hf_bert import bert_from_huggingface
 

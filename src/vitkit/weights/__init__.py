@@ -1,9 +1,10 @@
 """Weights: safe checkpoint reading, timm/HF/JAX conversion, and vitkit's self-describing save/load.
 
 Layers, lowest first: :mod:`.qstate` and :mod:`.files` (read/write checkpoint files) -> :mod:`.convert` (key
-layouts) -> :mod:`.pretrained` (weights into a built model) -> the model registry -> :mod:`.rebuild` (``load``: a
-saved model back) and :mod:`.hf_bert` / :mod:`.hf_gpt2` / :mod:`.hf_clip` (HuggingFace
-BERT, GPT-2 and CLIP / SigLIP folders; :mod:`.convert_clip` maps CLIP / SigLIP / open_clip keys).
+layouts) -> :mod:`.pretrained` (weights into a built model) and :mod:`.hub` (``hf-hub:`` ids: Hugging Face Hub
+downloads and pretrained cfgs) -> the model registry -> :mod:`.rebuild` (``load``: a saved model back) and
+:mod:`.hf_bert` / :mod:`.hf_gpt2` / :mod:`.hf_clip` (HuggingFace BERT, GPT-2 and CLIP / SigLIP folders;
+:mod:`.convert_clip` maps CLIP / SigLIP / open_clip keys).
 """
 
 from .convert import check_state_dict, convert_hf_gpt2, detect_layout, hf_to_vitkit, jax_to_vitkit

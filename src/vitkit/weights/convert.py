@@ -1,4 +1,5 @@
-"""Key remapping from timm, HuggingFace and JAX (.npz) ViT layouts to vitkit's (= timm's) names."""
+"""Key remapping from timm, HuggingFace and JAX (.npz) ViT layouts to vitkit's (= timm's) names, and from
+HuggingFace GPT-2 and BERT to vitkit's GPT and BERT encoder."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ __all__ = [
     "check_state_dict",
     "convert_hf_gpt2",
     "is_hf_gpt2",
+    "convert_hf_bert",
 ]  # fmt: skip
 
 _CONTAINER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "module")
@@ -277,3 +279,71 @@ def convert_hf_gpt2(state: dict[str, Tensor], tied: bool = True) -> dict[str, Te
             "token_embed.weight"
         ].clone()  # a tied file (or GPT2Model) into an untied head
     return out
+
+
+# ---------------------------------------------------------------- HuggingFace BERT
+_BERT_EMBED = {
+    "embeddings.word_embeddings.": "embeddings.word.",
+    "embeddings.position_embeddings.": "embeddings.position.",
+    "embeddings.token_type_embeddings.": "embeddings.token_type.",
+    "embeddings.LayerNorm.": "embeddings.norm.",
+    "pooler.dense.": "pooler.",
+    "classifier.": "head.",
+}
+_BERT_BLOCK = {
+    "attention.output.dense.": "attn.proj.",
+    "attention.output.LayerNorm.": "norm1.",
+    "intermediate.dense.": "mlp.fc1.",
+    "output.dense.": "mlp.fc2.",
+    "output.LayerNorm.": "norm2.",
+}
+
+
+def convert_hf_bert(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """HuggingFace ``BertModel`` / ``BertForSequenceClassification`` state dict -> :class:`~vitkit.models.bert.BertEncoder` names.
+
+    The separate query/key/value projections are concatenated into the fused ``qkv`` layer; ``bert.`` prefixes and
+    the ``position_ids`` buffer are dropped; old checkpoints' ``LayerNorm.gamma`` / ``beta`` are read as
+    ``weight`` / ``bias`` (as transformers does). Keys it does not know are kept as they are (the key check names
+    them).
+    """
+
+    state = unwrap_state_dict(state)  # training checkpoints, DDP / FSDP / torch.compile prefixes
+    state = {_new_norm_name(k[5:] if k.startswith("bert.") else k): v for k, v in state.items()}
+    out: dict[str, Tensor] = {}
+    qkv: dict[tuple[int, str], dict[str, Tensor]] = {}
+    for key, value in state.items():
+        if key.endswith("position_ids"):
+            continue
+        if key.startswith("encoder.layer."):
+            parts = key.split(".")
+            i, rest = int(parts[2]), ".".join(parts[3:])
+            if rest.startswith("attention.self."):
+                proj, kind = parts[5], parts[6]  # query|key|value, weight|bias
+                qkv.setdefault((i, kind), {})[proj] = value
+                continue
+            for old, new in _BERT_BLOCK.items():
+                if rest.startswith(old):
+                    out[f"blocks.{i}.{new}{rest[len(old) :]}"] = value
+                    break
+            else:
+                out[key] = value
+            continue
+        for old, new in _BERT_EMBED.items():
+            if key.startswith(old):
+                out[new + key[len(old) :]] = value
+                break
+        else:
+            out[key] = value
+    for (i, kind), parts in qkv.items():
+        if set(parts) != {"query", "key", "value"}:
+            out.update({f"encoder.layer.{i}.attention.self.{p}.{kind}": v for p, v in parts.items()})
+            continue
+        out[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat([parts["query"], parts["key"], parts["value"]], dim=0)
+    return out
+
+
+def _new_norm_name(key: str) -> str:
+    if "LayerNorm." in key and key.endswith((".gamma", ".beta")):
+        return key.rsplit(".", 1)[0] + (".weight" if key.endswith(".gamma") else ".bias")
+    return key

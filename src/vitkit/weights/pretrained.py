@@ -1,4 +1,4 @@
-"""``load_pretrained``: timm, HuggingFace or JAX ViT weights into a vitkit model."""
+"""``load_pretrained``: timm, HuggingFace or JAX ViT weights (and HuggingFace GPT-2 / BERT) into a vitkit model."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from ..layers import resample_abs_pos_embed
 from .convert import (
     check_state_dict,
+    convert_hf_bert,
     convert_hf_gpt2,
     detect_layout,
     hf_to_vitkit,
@@ -184,6 +185,19 @@ def _load_clip(
     return {"missing": [], "unexpected": []}
 
 
+def _load_bert(model: nn.Module, raw: dict[str, Any], source: str, ignore_head: bool) -> dict[str, list[str]]:
+    """A HuggingFace BERT (``BertModel``, ``BertForPreTraining`` / ``...MaskedLM``, ``...SequenceClassification``)
+    or vitkit BERT state dict into a built :class:`~vitkit.models.bert.BertEncoder`: the pre-training heads
+    (``cls.*``) are dropped, a classifier only kept for a model with one of its size; every other key checked."""
+    state = {k: v for k, v in convert_hf_bert(raw).items() if not k.startswith("cls.")}
+    own = {k: v for k, v in model.state_dict().items() if k.startswith("head.")}
+    if ignore_head or not own:
+        state = {**{k: v for k, v in state.items() if not k.startswith("head.")}, **own}
+    check_state_dict(model, state, source=f"{source} (BERT layout)")
+    model.load_state_dict(state)
+    return {"missing": [], "unexpected": []}
+
+
 def load_pretrained(
     model: nn.Module,
     path: str | os.PathLike | dict[str, Any],
@@ -203,7 +217,9 @@ def load_pretrained(
     of a rectangular model.
     A :class:`~vitkit.models.gpt.GPT` takes a HuggingFace ``GPT2LMHeadModel`` / ``GPT2Model`` checkpoint (see
     :mod:`.hf_gpt2`) or vitkit's own names; a :class:`~vitkit.models.clip.CLIP` a HuggingFace ``CLIPModel`` /
-    ``SiglipModel`` or open_clip state dict (:mod:`.convert_clip`) or vitkit's own.
+    ``SiglipModel`` or open_clip state dict (:mod:`.convert_clip`) or vitkit's own; a
+    :class:`~vitkit.models.bert.BertEncoder` a HuggingFace BERT one (``bert.`` / ``cls.`` heads of pre-training
+    checkpoints dropped, see :func:`.convert.convert_hf_bert`).
     Returns {'missing': [...], 'unexpected': [...]} (both empty when ``strict``).
     """
     hf_config = None
@@ -212,7 +228,7 @@ def load_pretrained(
     else:
         raw, hf_config = read_checkpoint(path)
         source = str(path)
-        if old_grid is None and getattr(model, "family", None) != "gpt":
+        if old_grid is None and getattr(model, "family", None) not in ("gpt", "bert"):
             if getattr(model, "family", None) == "clip" and hf_config:  # the image tower's part
                 hf_config = hf_config.get("vision_config", hf_config)
             old_grid = _vitkit_file_grid(path) or recorded_grid(hf_config)
@@ -220,6 +236,8 @@ def load_pretrained(
         return _load_gpt(model, raw, source)
     if getattr(model, "family", None) == "clip":
         return _load_clip(model, raw, source, old_grid)
+    if getattr(model, "family", None) == "bert":
+        return _load_bert(model, raw, source, ignore_head)
     state, layout = convert_state_dict(raw)
     if layout == "hf":
         _adopt_hf_norm_eps(model, hf_config)
