@@ -285,3 +285,66 @@ def test_evaluate_fake_run_dir(tmp_path):
                 data_config={**data_config, "classes": ["a", "b", "c"]})  # fmt: skip
     with pytest.raises(ValueError, match="3 classes|predicts 3"):
         evaluate(three, out_json=tmp_path / "three.json")
+
+
+def test_evaluate_another_dataset_of_another_size(tmp_path, capsys):
+    """An 8x8 digits model on 28x28 MNIST: refused with both sizes and the flag; with --resize it runs and
+    writes eval-mnist.json beside the run's own eval.json."""
+    from test_data import write_fake_idx
+
+    from vitkit.cli import main
+    from vitkit.data import ImageSizeError
+
+    write_fake_idx(tmp_path / "data" / "mnist", n_train=2, n_test=20)
+    run = tmp_path / "run"
+    run.mkdir()
+    data_config = {"dataset": "digits", "classes": [str(i) for i in range(10)], "mean": [0.3054],
+                   "std": [0.3761], "img_size": [8, 8], "in_chans": 1}  # fmt: skip
+    vitkit.save(
+        vitkit.create_model("vit_digits", depth=1), run / "model.safetensors", data_config=data_config
+    )
+    (run / "config.yaml").write_text(yaml.safe_dump({"model": "vit_digits", "dataset": "digits"}))
+    data = ["--data", "mnist", "--data-dir", str(tmp_path / "data")]
+    with pytest.raises(ImageSizeError, match=r"28x28 images but the model takes 8x8; pass --resize"):
+        evaluate(run, dataset="mnist", data_dir=tmp_path / "data")
+    assert main(["eval", str(run), *data]) == 2
+    err = capsys.readouterr().err
+    assert "'mnist' has 28x28 images" in err and "--resize" in err and not (run / "eval-mnist.json").exists()
+
+    assert main(["eval", str(run), *data, "--resize"]) == 0
+    saved = json.loads((run / "eval-mnist.json").read_text())
+    assert (
+        saved["dataset"] == "mnist"
+        and saved["num_samples"] == 20
+        and (run / "confusion_matrix-mnist.png").is_file()
+    )
+    assert not (run / "eval.json").exists()  # the run's own results are not overwritten
+    assert evaluate(run, plot=False)["dataset"] == "digits"  # its own dataset: no flag needed
+
+
+def test_task_evaluate_another_dataset_of_another_size(tmp_path):
+    """The same refusal for the other tasks' evaluation (an MAE of 8x8 digits on 28x28 MNIST)."""
+    from test_data import write_fake_idx
+
+    from vitkit.data import ImageSizeError
+    from vitkit.tasks.inference import evaluate as evaluate_task
+
+    write_fake_idx(tmp_path / "data" / "mnist", n_train=8, n_test=4)
+    run = tmp_path / "mae"
+    run.mkdir()
+    data_config = {
+        "task": "mae",
+        "dataset": "digits",
+        "mean": [0.3],
+        "std": [0.4],
+        "img_size": [8, 8],
+        "in_chans": 1,
+    }
+    vitkit.save(vitkit.create_model("mae_vit_digits"), run / "model.safetensors", data_config=data_config)
+    (run / "config.yaml").write_text(
+        yaml.safe_dump({"model": "mae_vit_digits", "dataset": "digits", "batch_size": 4})
+    )
+    with pytest.raises(ImageSizeError, match="'mnist' has 28x28 images but the model takes 8x8"):
+        evaluate_task(run, dataset="mnist", data_dir=tmp_path / "data")
+    result = evaluate_task(run, dataset="mnist", data_dir=tmp_path / "data", resize=True)
+    assert result["dataset"] == "mnist" and math.isfinite(result["val_loss"])

@@ -61,9 +61,14 @@ def test_predict_health_page_and_explain(model_file, batching):
         got, want = r.json()["top"], _expected(model_file, data)
         assert [t["label"] for t in got] == [t["label"] for t in want]
         np.testing.assert_allclose([t["prob"] for t in got], [t["prob"] for t in want], atol=1e-5)
-        png = client.post("/explain", files={"file": ("x.png", data, "image/png")})
+        png = client.post("/explain", files={"file": ("holiday photo.png", data, "image/png")})
         assert png.status_code == 200 and png.headers["content-type"] == "image/png"
-        assert Image.open(io.BytesIO(png.content)).size[0] > 100
+        figure = Image.open(io.BytesIO(png.content))
+        assert figure.size[0] > 100
+        # the figure is titled with the uploaded file's name (its PNG Title text holds the title drawn)
+        assert (
+            figure.info["Title"] == f"holiday photo.png: class {want[0]['label']!r} (p={want[0]['prob']:.3f})"
+        )
 
 
 def test_bad_uploads_get_4xx_json_and_the_server_keeps_serving(model_file):
@@ -120,8 +125,29 @@ def _browser_ready() -> str | None:
     return None
 
 
+def _slowed_app(model_file, delays: list[float], answered: list[int]):
+    """The classifier's app whose /explain answers late: the next of ``delays`` seconds for each request while
+    there are any (a slow heatmap); ``answered`` counts the heatmaps sent."""
+    import asyncio
+
+    app = create_app(model_file, topk=3)
+
+    @app.middleware("http")
+    async def slow_explain(request, call_next):
+        if request.url.path != "/explain":
+            return await call_next(request)
+        await asyncio.sleep(delays.pop(0) if delays else 0.0)
+        response = await call_next(request)
+        answered.append(1)
+        return response
+
+    return app
+
+
 @pytest.mark.skipif(_browser_ready() is not None, reason=str(_browser_ready()))
 def test_page_in_a_real_headless_browser(model_file, tmp_path):
+    """The page shows an upload's bars, file name and heatmap; choosing another image clears them at once, a
+    slow heatmap never shows under the next image's bars, and an error leaves no heatmap behind."""
     import shutil
     import socket
     import threading
@@ -131,13 +157,15 @@ def test_page_in_a_real_headless_browser(model_file, tmp_path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(model_file, topk=3), port=port, log_level="warning"))
+    delays, answered = [], []
+    server = uvicorn.Server(
+        uvicorn.Config(_slowed_app(model_file, delays, answered), port=port, log_level="warning")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     options = webdriver.ChromeOptions()
@@ -145,24 +173,58 @@ def test_page_in_a_real_headless_browser(model_file, tmp_path):
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    images = {}
+    for i, name in enumerate(("first.png", "second.png", "third.png")):
+        images[name] = tmp_path / name
+        images[name].write_bytes(_png(7 + i, size=40, mode="RGB"))
+    (tmp_path / "notes.png").write_text("not an image\n")
     try:
         deadline = time.time() + 30
         while not server.started and time.time() < deadline:
             time.sleep(0.1)
         driver.get(f"http://127.0.0.1:{port}/")
-        image = tmp_path / "upload.png"
-        image.write_bytes(_png(7, size=40, mode="RGB"))
-        driver.find_element(By.ID, "file").send_keys(str(image))
-        driver.find_element(By.ID, "submit").click()
         wait = WebDriverWait(driver, 60)
-        wait.until(ec.presence_of_all_elements_located((By.CSS_SELECTOR, ".prediction")))
-        labels = [e.text for e in driver.find_elements(By.CSS_SELECTOR, ".prediction .label")]
-        assert labels == [t["label"] for t in _expected(model_file, image.read_bytes())]
-        wait.until(
-            lambda d: (d.find_element(By.ID, "overlay").get_attribute("src") or "").startswith("blob:")
+        overlay, caption = driver.find_element(By.ID, "overlay"), driver.find_element(By.ID, "caption")
+
+        def bars() -> list[str]:
+            return [e.text for e in driver.find_elements(By.CSS_SELECTOR, ".prediction .label")]
+
+        def send(name: str) -> None:
+            driver.find_element(By.ID, "file").send_keys(str(tmp_path / name))
+            driver.find_element(By.ID, "submit").click()
+
+        def heatmap_of(name: str) -> bool:
+            return overlay.is_displayed() and overlay.get_attribute("alt").endswith(name)
+
+        send("first.png")
+        wait.until(lambda d: heatmap_of("first.png"))
+        assert bars() == [t["label"] for t in _expected(model_file, images["first.png"].read_bytes())]
+        assert caption.text.startswith("first.png: ") and (overlay.get_attribute("src") or "").startswith(
+            "blob:"
         )
         assert driver.execute_script("return document.getElementById('overlay').naturalWidth") > 100
         assert driver.find_element(By.ID, "error").text == ""
+
+        delays += [1.0, 3.0]  # the second image's heatmap comes 1 s after its bars, the third's 3 s after
+        driver.find_element(By.ID, "file").send_keys(str(images["second.png"]))  # chosen, not yet sent
+        assert not overlay.is_displayed() and not overlay.get_attribute("src") and bars() == []
+        assert not caption.is_displayed()
+        driver.find_element(By.ID, "submit").click()
+        wait.until(lambda d: bars() and caption.text.startswith("second.png: "))
+        assert bars() == [t["label"] for t in _expected(model_file, images["second.png"].read_bytes())]
+        assert not overlay.is_displayed()  # the first image's heatmap is not under the second's bars
+        send("third.png")  # before the second's heatmap arrives: it is dropped when it does
+        wait.until(lambda d: caption.text.startswith("third.png: "))
+        wait.until(lambda d: len(answered) == 2)  # the second's heatmap has been sent, the third's not yet
+        time.sleep(0.5)
+        assert not overlay.is_displayed() and not overlay.get_attribute("src")
+        wait.until(lambda d: heatmap_of("third.png"))
+        assert len(answered) == 3
+
+        send("notes.png")
+        wait.until(lambda d: "notes.png" in d.find_element(By.ID, "error").text)
+        assert not overlay.is_displayed() and not overlay.get_attribute("src") and bars() == []
+        assert not caption.is_displayed()
     finally:
         driver.quit()
         server.should_exit = True

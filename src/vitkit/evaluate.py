@@ -51,16 +51,21 @@ def _run_dir_of(path: Path) -> Path | None:
     return path.parent if (path.parent / "config.yaml").is_file() else None
 
 
-def default_output_paths(run_or_checkpoint: str | os.PathLike, split: str = "test") -> tuple[Path, Path]:
+def default_output_paths(
+    run_or_checkpoint: str | os.PathLike, split: str = "test", other: str | None = None
+) -> tuple[Path, Path]:
     """Where :func:`evaluate` writes by default: (metrics JSON, confusion-matrix PNG).
 
     A run directory, or a model file inside one (beside its ``config.yaml``) or named
     ``model.safetensors``: ``<dir>/eval.json`` and ``<dir>/confusion_matrix.png``. Any other model file
     ``x.safetensors``: ``x.eval.json`` and ``x.confusion_matrix.png`` beside it. A split other than ``test``
-    adds ``_<split>`` (``eval_train.json``) so it does not overwrite the test results.
+    adds ``_<split>`` (``eval_train.json``) so it does not overwrite the test results; ``other``, a dataset
+    other than the model's own, adds ``-<dataset>`` (``eval-mnist.json``, as for the other tasks).
     """
     p = Path(run_or_checkpoint).expanduser()
-    tag = "" if split == "test" else f"_{split}"
+    tag = ("" if other is None else "-" + Path(str(other)).name.replace(":", "-")) + (
+        "" if split == "test" else f"_{split}"
+    )
     run_dir = _run_dir_of(p)
     if run_dir is not None or p.name == "model.safetensors":
         folder = run_dir or p.parent
@@ -114,6 +119,7 @@ def evaluate(
     device: str | torch.device = "cpu",
     num_workers: int = 0,
     plot: bool = True,
+    resize: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a run directory or model file on ``dataset``/``split``; write and return the metrics.
 
@@ -122,7 +128,8 @@ def evaluate(
     ``data_dir`` (then ``$VITKIT_DATA`` / ``./data``, see :func:`vitkit.data.resolve_data_dir`). Images are
     prepared as in training: converted to the model's channels, resized to its input size (bilinear,
     antialiased) and normalised with the data config's mean/std. Inference runs in batches under
-    ``torch.inference_mode``.
+    ``torch.inference_mode``. A dataset other than the model's own whose images all have another size (28x28
+    MNIST for an 8x8 digits model) raises :class:`~vitkit.data.ImageSizeError` unless ``resize``.
 
     The result is :func:`~vitkit.metrics.classification_metrics` (class names from the model's data
     config) plus ``checkpoint``, ``dataset``, ``split``, ``eval_seconds``, ``images_per_s``, ``eval_json``
@@ -135,14 +142,14 @@ def evaluate(
     device = torch.device(device)
     model, data_config = load_for_inference(path, device=device)
     run_cfg = _read_run_config(_run_dir_of(path) if path.exists() else None)
-    name, ds = _eval_dataset(path, dataset, data_dir, split, run_cfg, data_config)
+    name, ds, other = _eval_dataset(path, dataset, data_dir, split, run_cfg, data_config, resize)
     start = time.perf_counter()
     logits, targets = _logits_and_targets(model, ds, data_config, batch_size, num_workers, device)
     seconds = time.perf_counter() - start
 
     classes = list(data_config["classes"])
     metrics = classification_metrics(logits, targets, classes)
-    default_json, default_png = default_output_paths(path, split)
+    default_json, default_png = default_output_paths(path, split, name if other else None)
     out = Path(out_json).expanduser() if out_json is not None else default_json
     png = default_png if out_json is None else _png_beside(out)
     result: dict[str, Any] = {
@@ -169,13 +176,15 @@ def evaluate(
 
 
 def _eval_dataset(
-    path: Path, dataset, data_dir, split: str, run_cfg: dict, data_config: dict
-) -> tuple[str, Any]:
-    """(dataset name, dataset) to evaluate on: the one named, else the run's, else the model's; its classes
-    must be as many as the model's."""
-    from .data import build_dataset
+    path: Path, dataset, data_dir, split: str, run_cfg: dict, data_config: dict, resize: bool = False
+) -> tuple[str, Any, bool]:
+    """(dataset name, dataset, whether it is another than the model's own) to evaluate on: the one named, else
+    the run's, else the model's; its classes must be as many as the model's, and another dataset's images of
+    the model's size unless ``resize``."""
+    from .data import build_dataset, canonical_name, check_image_size
 
-    name = dataset or run_cfg.get("dataset") or data_config.get("dataset")
+    own = run_cfg.get("dataset") or data_config.get("dataset")
+    name = dataset or own
     if not name:
         raise ValueError(
             f"no dataset given and none recorded for {path} (no config.yaml, no data_config['dataset']); "
@@ -189,6 +198,9 @@ def _eval_dataset(
     ds = build_dataset(name, split, data_dir=data_dir, **kw)
     if len(ds) == 0:
         raise ValueError(f"dataset {name!r} split {split!r} is empty")
+    other = not own or canonical_name(str(name)) != canonical_name(str(own))
+    if other:  # its own dataset is resized as in training
+        check_image_size(ds, data_config.get("img_size"), name, resize)
     classes = list(data_config["classes"])
     ds_classes = [str(c) for c in getattr(ds, "classes", classes)]
     if len(ds_classes) != len(classes):
@@ -202,7 +214,7 @@ def _eval_dataset(
             f"(dataset: {ds_classes[:5]}..., model: {classes[:5]}...)",
             stacklevel=3,
         )
-    return name, ds
+    return name, ds, other
 
 
 @torch.inference_mode()

@@ -74,6 +74,18 @@ class _TensorOutputs(nn.Module):
         return outs[0] if len(outs) == 1 else outs  # a classifier's export gives its logits as they are
 
 
+class _NoTorchvisionNotice(logging.Filter):
+    """Drops torch.onnx's "torchvision is not installed. Skipping torchvision::nms" (one warning per torchvision
+    operator its registry knows, at every export; torch/onnx/_internal/exporter/_registration.py): vitkit's
+    models use no torchvision operator and vitkit does not depend on torchvision."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("torchvision is not installed")
+
+
+_REGISTRATION_LOGGER = "torch.onnx._internal.exporter._registration"
+
+
 def _export_onnx(
     model: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path, opset: int | None, data_config: dict
 ) -> None:
@@ -86,12 +98,18 @@ def _export_onnx(
         logging.getLogger(name).setLevel(logging.WARNING)
     with torch.no_grad():
         outputs = _output_names(model(*inputs))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            _TensorOutputs(model), inputs, dynamo=True, input_names=_input_names(model, len(inputs)), output_names=outputs,
-            dynamic_shapes=_dynamic_shapes(model, inputs, batch), opset_version=opset, optimize=True, verbose=False,
-        )  # fmt: skip
+    notice = _NoTorchvisionNotice()
+    logging.getLogger(_REGISTRATION_LOGGER).addFilter(notice)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                _TensorOutputs(model), inputs, dynamo=True, input_names=_input_names(model, len(inputs)),
+                output_names=outputs, dynamic_shapes=_dynamic_shapes(model, inputs, batch), opset_version=opset,
+                optimize=True, verbose=False,
+            )  # fmt: skip
+    finally:
+        logging.getLogger(_REGISTRATION_LOGGER).removeFilter(notice)
     program.save(str(path))
     _add_metadata(path, model, data_config)
 

@@ -37,11 +37,15 @@ def _new_figure(figsize: tuple[float, float]):
     return fig
 
 
-def _save(fig, out_png: str | os.PathLike) -> Path:
+def _save(fig, out_png: str | os.PathLike, title: str | None = None) -> Path:
+    """Write ``fig`` as a PNG (atomically); ``title`` goes into the file's ``Title`` text chunk."""
     from .weights.files import atomic_write
 
     out = Path(out_png)
-    return atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI, facecolor="white"))
+    meta = {"Title": title} if title else None
+    return atomic_write(
+        out, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI, facecolor="white", metadata=meta)
+    )
 
 
 def read_metrics_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:

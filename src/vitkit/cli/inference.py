@@ -23,14 +23,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from ..tasks.inference import evaluate as evaluate_task
 
         result = evaluate_task(args.checkpoint, dataset=args.data, data_dir=args.data_dir, out_json=args.out,
-                               device=args.device, batch_size=args.batch_size, split=args.split)  # fmt: skip
+                               device=args.device, batch_size=args.batch_size, split=args.split,
+                               resize=args.resize)  # fmt: skip
         for key, value in result.items():
             print(f"{key:16s} {value}")
         return 0
 
     metrics = evaluate(
         args.checkpoint, dataset=args.data, data_dir=args.data_dir, split=args.split,
-        batch_size=args.batch_size, out_json=args.out, device=args.device,
+        batch_size=args.batch_size, out_json=args.out, device=args.device, resize=args.resize,
     )  # fmt: skip
     print(format_metrics_table(metrics))
     return 0
@@ -114,6 +115,8 @@ def add_inference_commands(sub) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=None, help="where to write the metrics JSON")
+    p.add_argument("--resize", action="store_true", help="resize another dataset's images to the model's input "
+                   "size (refused by default: a 28x28 dataset for an 8x8 model)")  # fmt: skip
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="predict with a model of any task: classes, boxes, masks, translations, "

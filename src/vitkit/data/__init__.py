@@ -11,7 +11,7 @@ Typical use::
         x = normalize(augment(x))
 """
 
-from .base import DatasetNotFoundError, TensorImageDataset
+from .base import DatasetNotFoundError, ImageSizeError, TensorImageDataset, check_image_size
 from .cifar import CIFAR10, CIFAR10_CLASSES, CIFAR10JPEG, CIFAR100, default_cache_dir
 from .datasets import DigitsDataset
 from .factory import (
@@ -80,6 +80,8 @@ __all__ = [
     "ManifestDataset",
     "read_manifest",
     "DatasetNotFoundError",
+    "ImageSizeError",
+    "check_image_size",
     "default_cache_dir",
     # factory / stats
     "build_dataset",

@@ -10,7 +10,14 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-__all__ = ["TensorImageDataset", "DatasetNotFoundError", "SPLITS", "check_split"]
+__all__ = [
+    "TensorImageDataset",
+    "DatasetNotFoundError",
+    "ImageSizeError",
+    "SPLITS",
+    "check_split",
+    "check_image_size",
+]
 
 SPLITS = ("train", "test")
 
@@ -34,6 +41,31 @@ class DatasetNotFoundError(FileNotFoundError):
             f"Point at the folder holding the data with --data-dir DIR or the VITKIT_DATA environment variable"
             f" (VITKIT_DATA is {'set to ' + repr(env) if env else 'not set'})."
         )
+
+
+class ImageSizeError(ValueError):
+    """A dataset's images are not the size the model takes, and resizing them was not asked for."""
+
+
+def check_image_size(dataset: Dataset, size: Sequence[int] | None, name: str, resize: bool = False) -> None:
+    """Refuse ``dataset`` when its images all have one size (``dataset.image_size``: the built-in datasets, a
+    folder read at a fixed size) other than the model's ``size`` (H, W), unless ``resize``.
+
+    Resizing 28x28 MNIST digits to an 8x8 model's input runs, and scores a model on pictures it never saw the
+    like of: the error names both sizes and how to allow it. Datasets of mixed sizes (``image_size`` None: an
+    image folder, resized as in training) and models of any size (``size`` None) pass.
+
+    Raises:
+        ImageSizeError: the sizes differ and ``resize`` is False.
+    """
+    own = getattr(dataset, "image_size", None)
+    if resize or size is None or own is None or tuple(own) == tuple(size):
+        return
+    (h, w), (mh, mw) = tuple(own), tuple(size)
+    raise ImageSizeError(
+        f"dataset {name!r} has {h}x{w} images but the model takes {mh}x{mw}; pass --resize (resize=True) to "
+        f"resize them to {mh}x{mw} (bilinear, antialiased), or evaluate on a dataset of {mh}x{mw} images"
+    )
 
 
 class TensorImageDataset(Dataset):

@@ -265,6 +265,7 @@ class CocoDetection(Dataset):
         channels = coco_channels(root, {**coco, "images": kept}, channels)
         images, self.annotations, self.image_ids, self.sizes = [], [], [], []
         self.orientations: list[int] = []
+        self.file_names: list[str] = []  # as the JSON names them (drawings title their panels with them)
         for img in kept:
             image, orientation, stored = decode_u8(root / img["file_name"], channels, image_size)
             H, W = stored if orientation < 5 else stored[::-1]  # 5..8 swap the axes
@@ -279,6 +280,7 @@ class CocoDetection(Dataset):
             labels = torch.tensor([index[a["category_id"]] for a in anns], dtype=torch.long)
             self.annotations.append({"boxes": cxcywh, "labels": labels})
             self.image_ids.append(img["id"])
+            self.file_names.append(str(img["file_name"]))
         if not images:
             raise ValueError(f"{path}: no readable image records ({len(bad.skipped)} skipped)")
         self.raw = stack_same_size(images, path)

@@ -48,6 +48,7 @@ class SegmentationDataset(Dataset):
             raise ValueError(f"{path}: no readable image records ({len(bad.skipped)} skipped)")
         channels = coco_channels(root, {**coco, "images": kept}, channels)
         images, masks = [], []
+        self.file_names = [str(img["file_name"]) for img in kept]  # as the JSON names them
         for img in kept:
             mask_path = root / "masks" / (Path(img["file_name"]).stem + ".png")
             if not mask_path.exists():

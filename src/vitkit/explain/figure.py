@@ -69,7 +69,7 @@ def plot_explanation(
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    return _save(fig, out_png)
+    return _save(fig, out_png, title=title or None)
 
 
 def explain_image(
@@ -81,12 +81,14 @@ def explain_image(
     discard_ratio: float = 0.0,
     target: int | None = None,
     save_npy: bool = True,
+    name: str | None = None,
 ) -> dict[str, Any]:
     """Explain one image (a path, PIL image, array or tensor) and write ``out_png`` (+ ``.npy`` beside it).
 
     The image goes through the same preprocessing as :func:`vitkit.predict` (the model's stored size,
     channels and normalisation). The ``.npy`` holds the (H, W) relevance at the input resolution, values in
-    [0, 1]. Returns ``{"png", "npy", "label", "index", "prob", "relevance" (gh, gw) array}``.
+    [0, 1]. The figure's title (also the PNG's ``Title`` text) names the image: ``name``, else the file's name,
+    else "image". Returns ``{"png", "npy", "label", "index", "prob", "title", "relevance" (gh, gw) array}``.
     """
     from ..predict import load_for_inference, preprocess, resolve_data_config
 
@@ -106,8 +108,9 @@ def explain_image(
     size = tuple(x.shape[-2:])
     relevance = _upsample(out["relevance"][0].cpu(), size)
     out_png = Path(out_png)
-    name = image if isinstance(image, (str, os.PathLike)) else "image"
-    title = f"{Path(name).name}: class {label!r} (p={float(probs[index]):.3f})"
+    if name is None:
+        name = Path(image).name if isinstance(image, (str, os.PathLike)) else "image"
+    title = f"{name}: class {label!r} (p={float(probs[index]):.3f})"
     plot_explanation(
         _display_image(x[0], data_config), relevance, out["layers"][0].cpu().numpy(), out_png, title, method
     )
@@ -121,5 +124,6 @@ def explain_image(
         "label": label,
         "index": index,
         "prob": float(probs[index]),
+        "title": title,
         "relevance": out["relevance"][0].cpu().numpy(),
     }

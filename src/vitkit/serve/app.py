@@ -105,7 +105,8 @@ def _classifier_app(checkpoint, topk: int, batching: bool, max_batch: int, batch
     @app.post("/explain")
     async def explain(file: UploadFile) -> Response:
         async with _image(file) as img:
-            return Response(await workers.run(_explain_png, model, img, lock), media_type="image/png")
+            png = await workers.run(_explain_png, model, img, lock, file.filename)
+            return Response(png, media_type="image/png")
 
     _add_page(app)
     return app
@@ -120,13 +121,13 @@ def _prepare(img: Any, data_config: dict[str, Any]) -> torch.Tensor:
         raise UploadError(415, f"cannot prepare this image for the model: {e}") from None
 
 
-def _explain_png(model: Any, img: Any, lock: threading.Lock) -> bytes:
+def _explain_png(model: Any, img: Any, lock: threading.Lock, filename: str | None = None) -> bytes:
     from ..explain.figure import explain_image
 
     with tempfile.TemporaryDirectory() as tmp, lock:
         out = Path(tmp) / "explain.png"
-        try:
-            explain_image(model, img, out, save_npy=False)
+        try:  # the figure is titled with the uploaded file's name
+            explain_image(model, img, out, save_npy=False, name=Path(filename).name if filename else None)
         except (ValueError, OSError) as e:
             raise UploadError(415, f"cannot prepare this image for the model: {e}") from None
         return out.read_bytes()

@@ -47,7 +47,10 @@ def create_task_app(checkpoint: str | os.PathLike, *, max_bytes: int = 10 * 2**2
     def run(item: Any) -> dict[str, Any]:
         with lock, tempfile.TemporaryDirectory() as tmp:
             try:
-                result = task.predict(model, [item], source=source, out_dir=Path(tmp), **options)[0]
+                # draw=False: a detector's drawing (a matplotlib figure, ~0.2 s) would be thrown away
+                result = task.predict(model, [item], source=source, out_dir=Path(tmp), draw=False, **options)[
+                    0
+                ]
             except (ValueError, FileNotFoundError, OSError) as e:
                 raise UploadError(400, str(e)) from None
         return {k: v for k, v in result.items() if k not in _FILE_KEYS and k != "path"}

@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -23,7 +24,7 @@ from ..models.detr import DETR
 from .base import Batch
 from .dense import DenseTask
 
-__all__ = ["Detection", "coco_map", "detections", "draw_detections"]
+__all__ = ["Detection", "coco_map", "detections", "detection_sheet", "draw_detections", "draw_boxes"]
 
 log = logging.getLogger(__name__)
 
@@ -120,9 +121,10 @@ class Detection(DenseTask):
 
     @classmethod
     def predict(cls, model: nn.Module, inputs: list[Any], source, out_dir: Path, threshold: float = 0.5,
-                **options: Any) -> list:  # fmt: skip
+                draw: bool = True, **options: Any) -> list:  # fmt: skip
         """Boxes (xyxy pixels of the image as given), classes and scores of each image's detections above
-        ``threshold``; the image with its boxes drawn in ``out_dir``."""
+        ``threshold``; with ``draw`` (not when serving) the image with its boxes drawn in ``out_dir``
+        (:func:`draw_boxes`: ``<image>-boxes.png``, its name under ``"drawing"``)."""
         from .inputs import output_stem, read_images
 
         if not 0 <= threshold <= 1:
@@ -137,15 +139,22 @@ class Detection(DenseTask):
             keep = r["scores"] >= threshold
             boxes = [{"label": classes[int(c)], "score": float(s), "box": [round(float(v), 2) for v in b]}
                      for b, s, c in zip(r["boxes"][keep], r["scores"][keep], r["labels"][keep], strict=True)]  # fmt: skip
-            png = draw_boxes(image, boxes, out_dir / f"{output_stem(name, i)}-boxes.png")
-            results.append({"path": name, "boxes": boxes, "drawing": str(png)})
+            results.append({"path": name, "boxes": boxes})
+            if draw:
+                best = float(r["scores"].max()) if len(r["scores"]) else None
+                title = name if name.startswith("<") else Path(name).name
+                png = draw_boxes(
+                    image, boxes, out_dir / f"{output_stem(name, i)}-boxes.png", title, threshold, best
+                )
+                results[-1]["drawing"] = str(png)
         return results
 
     @classmethod
     def format_predictions(cls, results: list[dict[str, Any]]) -> str:
         lines = []
         for r in results:
-            lines.append(f"{r['path']}: {len(r['boxes'])} objects (drawn in {r['drawing']})")
+            drawn = f" (drawn in {r['drawing']})" if r.get("drawing") else ""
+            lines.append(f"{r['path']}: {len(r['boxes'])} objects{drawn}")
             lines += [f"  {b['label']} {b['score']:.2f} at {b['box']}" for b in r["boxes"]]
         return "\n".join(lines)
 
@@ -155,62 +164,49 @@ class Detection(DenseTask):
         return f"val AP50: {summary.get('val_AP50', nan):.3f}  AP: {summary.get('val_AP', nan):.3f}"
 
 
-def draw_boxes(image, boxes: list[dict[str, Any]], out_png: Path, scale: int = 4) -> Path:
-    """An (H, W, C) uint8 image with ``boxes`` (``{"label", "score", "box": xyxy}``) drawn in red, enlarged."""
-    import numpy as np
-    from PIL import Image, ImageDraw
+def draw_boxes(image, boxes: list[dict[str, Any]], out_png: Path, title: str = "", threshold: float = 0.5,
+               best: float | None = None) -> Path:  # fmt: skip
+    """An (H, W, C) uint8 image with its ``boxes`` (``{"label", "score", "box": xyxy}``, all scored ``threshold``
+    or more) drawn in red, titled ``title`` and the count; without boxes it says none passed (``best``: the best
+    score seen)."""
+    from .drawings import detection_figure, save
 
-    from ..weights.files import atomic_write
+    fig = detection_figure([np.asarray(image)], [boxes], [title], threshold, best=[best], cols=1)
+    return save(fig, out_png)
 
-    arr = np.asarray(image)
-    im = Image.fromarray(arr[..., 0] if arr.ndim == 3 and arr.shape[-1] == 1 else arr).convert("RGB")
-    im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
-    draw = ImageDraw.Draw(im)
-    for b in boxes:
-        draw.rectangle([v * scale for v in b["box"]], outline=(230, 0, 0), width=2)
-        draw.text(
-            (b["box"][0] * scale + 2, b["box"][1] * scale + 1),
-            f"{b['label']}: {b['score']:.2f}",
-            fill=(230, 0, 0),
+
+def detection_sheet(dataset: CocoDetection, results: list[dict], n: int = 8, min_score: float = 0.5) -> Any:
+    """The Figure of :func:`draw_detections`: the first ``n`` validation images, each titled with its file name
+    and the count of predictions scored ``min_score`` or more, drawn in red with their class and score over the
+    ground truth (green, dashed); a panel without such boxes says so."""
+    from .drawings import detection_figure
+
+    images, boxes, truth, titles, best, extents = [], [], [], [], [], []
+    names = getattr(dataset, "file_names", None)
+    for i in range(min(n, len(dataset))):
+        h, w = dataset.sizes[i]
+        images.append(dataset.raw[i].permute(1, 2, 0).numpy())
+        extents.append((h, w))
+        titles.append(Path(names[i]).name if names else f"image #{i}")
+        ann = dataset.annotations[i]
+        gt = box_cxcywh_to_xyxy(ann["boxes"]) * torch.tensor([w, h, w, h])
+        truth.append(
+            [
+                {"label": dataset.classes[int(c)], "box": b}
+                for b, c in zip(gt.tolist(), ann["labels"], strict=True)
+            ]
         )
-    return atomic_write(out_png, lambda tmp: im.save(tmp, format="PNG"))
+        r = results[i]
+        keep = r["scores"] >= min_score
+        boxes.append([{"label": dataset.classes[int(c)], "score": float(s), "box": b.tolist()}
+                      for b, s, c in zip(r["boxes"][keep], r["scores"][keep], r["labels"][keep], strict=True)])  # fmt: skip
+        best.append(float(r["scores"].max()) if len(r["scores"]) else None)
+    return detection_figure(images, boxes, titles, min_score, truth=truth, best=best, extents=extents)
 
 
 def draw_detections(dataset: CocoDetection, results: list[dict], out_png: str | Path, n: int = 8,
                     min_score: float = 0.5) -> Path:  # fmt: skip
-    """Validation images with ground truth (green) and predictions above ``min_score`` (red, class: score)."""
-    from PIL import Image, ImageDraw
+    """Write :func:`detection_sheet` (``predictions.png`` of a detection run) to ``out_png``."""
+    from .drawings import save
 
-    from ..weights.files import atomic_write
-
-    tiles = []
-    for i in range(min(n, len(dataset))):
-        img = dataset.raw[i]
-        im = Image.fromarray(img[0].numpy() if img.shape[0] == 1 else img.permute(1, 2, 0).numpy()).convert(
-            "RGB"
-        )
-        h, w = dataset.sizes[i]
-        im = im.resize((w, h)).resize((w * 4, h * 4), Image.NEAREST)
-        draw = ImageDraw.Draw(im)
-        gt = box_cxcywh_to_xyxy(dataset.annotations[i]["boxes"]) * torch.tensor([w, h, w, h]) * 4
-        for box in gt.tolist():
-            draw.rectangle(box, outline=(0, 200, 0), width=2)
-        r = results[i]
-        for box, score, label in zip(
-            r["boxes"].tolist(), r["scores"].tolist(), r["labels"].tolist(), strict=True
-        ):
-            if score >= min_score:
-                draw.rectangle([v * 4 for v in box], outline=(230, 0, 0), width=2)
-                draw.text(
-                    (box[0] * 4 + 2, box[1] * 4 + 1),
-                    f"{dataset.classes[label]}: {score:.2f}",
-                    fill=(230, 0, 0),
-                )
-        tiles.append(im)
-    width, height = sum(t.width for t in tiles), max(t.height for t in tiles)
-    sheet = Image.new("RGB", (width, height), "white")
-    x = 0
-    for t in tiles:
-        sheet.paste(t, (x, 0))
-        x += t.width
-    return atomic_write(out_png, lambda tmp: sheet.save(tmp, format="PNG"))
+    return save(detection_sheet(dataset, results, n, min_score), out_png)

@@ -106,32 +106,40 @@ def predict(
 def evaluate(
     path: str | os.PathLike, dataset: str | None = None, data_dir: str | os.PathLike | None = None,
     out_json: str | os.PathLike | None = None, device: str = "cpu", batch_size: int | None = None,
-    split: str | None = None,
+    split: str | None = None, resize: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     """The task's validation figures for the model of a run directory or file (written to ``out_json``, default
-    ``eval-<dataset>.json`` beside the model); the run's ``config.yaml`` says how its data was read."""
+    ``eval-<dataset>.json`` beside the model); the run's ``config.yaml`` says how its data was read.
+
+    A ``dataset`` other than the run's whose images all have another size than the model's input raises
+    :class:`~vitkit.data.ImageSizeError` unless ``resize`` (the images are then resized as in training)."""
     import yaml
 
+    from ..data import canonical_name, check_image_size
     from ..engine.config import TrainConfig
     from ..engine.trainer import loggable
+    from .inputs import input_size
 
     file = model_file(path)
     model, task = load_task_model(file, device=device)
     config_path = file.parent / "config.yaml"
     values = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
     values = {k: v for k, v in (values or {}).items() if k in TrainConfig.__dataclass_fields__}
+    own = values.get("dataset") or (model.data_config or {}).get("dataset")
     values.update(task=task.name, device=device, progress=False, threads=None, compile=False, ema_decay=None)
     values.update(
         {k: v for k, v in dict(dataset=dataset, data_dir=data_dir, batch_size=batch_size).items() if v}
     )
     if not values.get("dataset"):
-        values["dataset"] = (model.data_config or {}).get("dataset")
+        values["dataset"] = own
     for name in ("tokenizer.json",):  # the run's vocabulary, not a new one
         if (file.parent / name).is_file():
             values["tokenizer"] = str(file.parent / name)
     cfg = TrainConfig(**{**values, "betas": tuple(values.get("betas", (0.9, 0.999)))})
     cfg.init_from = None  # the weights are the model's own
     trainer = build_trainer(cfg, model=model, run_dir=file.parent)
+    if dataset and canonical_name(str(dataset)) != canonical_name(str(own)):
+        check_image_size(trainer.val_data, input_size(model), str(dataset), resize)
     result = {k: v for k, v in trainer.evaluate().items() if loggable(v)}
     result.update(checkpoint=str(file), task=task.name, dataset=cfg.dataset)
     out = (

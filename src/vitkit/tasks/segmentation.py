@@ -20,12 +20,9 @@ from ..data.segmentation import SegmentationDataset
 from ..models.segmenter import Segmenter, confusion_metrics, segmentation_metrics
 from .base import Batch
 from .dense import DenseTask
+from .drawings import PALETTE, overlay
 
-__all__ = ["Segmentation", "draw_segmentation", "PALETTE"]
-
-# background black, then distinct colours (tab10)
-PALETTE = [(0, 0, 0), (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-           (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]  # fmt: skip
+__all__ = ["Segmentation", "segmentation_sheet", "draw_segmentation", "PALETTE"]
 
 
 class Segmentation(DenseTask):
@@ -104,7 +101,7 @@ class Segmentation(DenseTask):
                 f"{stem}-mask.png", lambda t, m=mask: Image.fromarray(m.numpy()).save(t, format="PNG")
             )
             pixels = torch.from_numpy(image.reshape(*image.shape[:2], -1)).permute(2, 0, 1)
-            over = _overlay(pixels, mask).numpy()
+            over = overlay(pixels, mask).numpy()
             overlay_png = atomic_write(
                 f"{stem}-overlay.png", lambda t, o=over: Image.fromarray(o).save(t, format="PNG")
             )
@@ -126,30 +123,22 @@ class Segmentation(DenseTask):
         return f"val mIoU: {summary['val_mIoU']:.3f}  pixel acc: {summary['val_pixel_acc']:.4f}"
 
 
-def _overlay(image: Tensor, mask: Tensor, alpha: float = 0.55) -> Tensor:
-    """(C, H, W) uint8 image and (H, W) class map -> (H, W, 3) uint8, classes > 0 tinted with their colour."""
-    rgb = (image.expand(3, -1, -1) if image.shape[0] == 1 else image).permute(1, 2, 0).float()
-    colours = torch.tensor(
-        [PALETTE[i % len(PALETTE)] for i in range(int(mask.max()) + 1)], dtype=torch.float32
-    )
-    tinted = (1 - alpha) * rgb + alpha * colours[mask.long()]
-    return torch.where((mask > 0)[..., None], tinted, rgb).round().to(torch.uint8)
+def segmentation_sheet(dataset: SegmentationDataset, predictions: Tensor, n: int = 6) -> Any:
+    """The Figure of :func:`draw_segmentation`: rows of the first ``n`` validation images (titled with their file
+    names), their ground truth and predicted masks as coloured overlays, a legend of the class colours."""
+    from .drawings import segmentation_figure
+
+    names = getattr(dataset, "file_names", None)
+    k = min(n, len(dataset))
+    titles = [Path(names[i]).name if names else f"image #{i}" for i in range(k)]
+    return segmentation_figure([dataset.raw[i] for i in range(k)], [predictions[i] for i in range(k)],
+                               dataset.classes, titles, truth=[dataset.masks[i] for i in range(k)])  # fmt: skip
 
 
 def draw_segmentation(
-    dataset: SegmentationDataset, predictions: Tensor, out_png: str | Path, n: int = 6, scale: int = 3
+    dataset: SegmentationDataset, predictions: Tensor, out_png: str | Path, n: int = 6
 ) -> Path:
-    """Rows of validation images: the image, the ground-truth mask and the predicted mask as coloured overlays."""
-    from PIL import Image
+    """Write :func:`segmentation_sheet` (``overlays.png`` of a segmentation run) to ``out_png``."""
+    from .drawings import save
 
-    from ..weights.files import atomic_write
-
-    rows = []
-    for i in range(min(n, len(dataset))):
-        img = dataset.raw[i]
-        panels = [_overlay(img, torch.zeros_like(dataset.masks[i])), _overlay(img, dataset.masks[i]),
-                  _overlay(img, predictions[i])]  # fmt: skip
-        rows.append(torch.cat(panels, dim=1))
-    sheet = Image.fromarray(torch.cat(rows, dim=0).numpy())
-    sheet = sheet.resize((sheet.width * scale, sheet.height * scale), Image.NEAREST)
-    return atomic_write(out_png, lambda tmp: sheet.save(tmp, format="PNG"))
+    return save(segmentation_sheet(dataset, predictions, n), out_png)
