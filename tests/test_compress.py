@@ -176,10 +176,13 @@ def test_compress_command_prunes_fine_tunes_and_reports(tmp_path, capsys):
     run = vitkit.train(**tiny, epochs=4, out_dir=str(tmp_path), name="run")["run_dir"]
     out = tmp_path / "pruned"
     argv = ["compress", run, "--method", "prune", "--heads", "0.25", "--mlp", "0.25", "--finetune-epochs", "1",
-            "-o", str(out)]  # fmt: skip
+            "-o", str(out), "--threads", "2"]  # fmt: skip
     assert cli_main(argv) == 0
-    assert "| compressed |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| compressed |" in printed and "timed on 2 thread(s): as asked" in printed
     report = json.loads((out / "report.json").read_text())
+    # the fine-tuning trainer ran on the run's 1 thread; both models were timed on the asked 2 (one policy)
+    assert report["threads"] == 2 and report["threads_reason"] == "as asked"
     original, compressed = report["rows"]
     assert compressed["params"] < original["params"] and compressed["gflops"] < original["gflops"]
     assert compressed["file_mb"] < original["file_mb"] and 0 <= compressed["top1"] <= 1
@@ -191,7 +194,11 @@ def test_compress_command_prunes_fine_tunes_and_reports(tmp_path, capsys):
 
     out8 = tmp_path / "int8"
     assert cli_main(["compress", run, "--method", "int8", "--calib-batches", "2", "-o", str(out8)]) == 0
-    original, int8 = json.loads((out8 / "report.json").read_text())["rows"]
+    report8 = json.loads((out8 / "report.json").read_text())
+    original, int8 = report8["rows"]
+    assert (
+        report8["threads"] >= 1 and report8["threads_reason"]
+    )  # the machine's allowance (or OMP_NUM_THREADS), said
     assert int8["file_mb"] < original["file_mb"] / 2 and int8["gflops"] == original["gflops"]
     assert abs(int8["params"] - original["params"]) < 0.02 * original["params"]  # int8 weights are counted
     assert abs(int8["top1"] - original["top1"]) < 0.1

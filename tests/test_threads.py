@@ -18,7 +18,8 @@ def test_a_request_wins_and_a_bad_one_is_refused():
         raise AssertionError("threads=0 was taken")
 
 
-def test_cores_busy_with_other_processes_are_left_to_them():
+def test_cores_busy_with_other_processes_are_left_to_them(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert th.choose_threads(cpus=(2, "CPUs"), busy=0.1).threads == 2
     one_busy = th.choose_threads(cpus=(2, "CPUs"), busy=1.0)
     assert one_busy.threads == 1 and "1.0 cores busy with other processes" in one_busy.reason
@@ -27,6 +28,7 @@ def test_cores_busy_with_other_processes_are_left_to_them():
 
 
 def test_small_work_takes_one_thread_and_torchrun_shares_the_cpus(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     small = th.choose_threads(cpus=(8, "CPUs"), busy=0.0, work_macs=th.SMALL_WORK_MACS / 10)
     assert small.threads == 1 and "small model" in small.reason
     assert th.choose_threads(cpus=(8, "CPUs"), busy=0.0, work_macs=th.SMALL_WORK_MACS * 10).threads == 8
@@ -66,8 +68,8 @@ def test_a_run_announces_its_choice_and_omp_num_threads_is_a_request(monkeypatch
         monkeypatch.setenv("OMP_NUM_THREADS", "1")
         with caplog.at_level("INFO", logger="vitkit"):
             choice = th.threads_for_run(None, nn.Linear(4, 4), 8, "cpu")
-        assert choice.threads == 1 and choice.reason == "as asked" and torch.get_num_threads() == 1
-        assert "Linear on cpu, 1 thread (as asked)" in caplog.text
+        assert choice.threads == 1 and choice.reason == "OMP_NUM_THREADS=1" and torch.get_num_threads() == 1
+        assert "Linear on cpu, 1 thread (OMP_NUM_THREADS=1)" in caplog.text
     finally:
         torch.set_num_threads(before)
 

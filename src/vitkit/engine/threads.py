@@ -5,7 +5,7 @@ worst choice: OpenMP threads wait for each other at every parallel region, so on
 stalls every operation (issue 24 measured a 2-core machine beside other jobs: 48.8 s with the default, 6.5 s with
 one thread). :func:`choose_threads` takes, in order:
 
-1. an explicit request (``--threads N``, ``cfg.threads``) as it is;
+1. an explicit request (``--threads N``, ``cfg.threads``, else ``OMP_NUM_THREADS``) as it is;
 2. the CPUs this process may use: its affinity mask, capped by a cgroup CPU quota (v2 ``cpu.max``, v1
    ``cpu.cfs_quota_us``), shared among the processes of one machine under torchrun (``LOCAL_WORLD_SIZE``);
 3. minus the cores other processes keep busy now (the CPU time the machine used over 0.2 s while this process
@@ -127,6 +127,9 @@ def choose_threads(
         if requested < 1:
             raise ValueError(f"threads must be >= 1, got {requested}")
         return ThreadChoice(requested, "as asked")
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    if omp.isdigit() and int(omp) >= 1:
+        return ThreadChoice(int(omp), f"OMP_NUM_THREADS={omp}")
     count, source = cpus or available_cpus()
     local = local_processes or int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
     share = max(1, count // max(1, local))
@@ -181,10 +184,7 @@ def threads_for_run(
     requested: int | None, model, batch_size: int, device, announce: bool = True
 ) -> ThreadChoice:
     """:func:`choose_threads` for a training run of ``model`` on ``device`` (the work is counted only on a CPU),
-    applied, and said in one log line when ``announce``. ``OMP_NUM_THREADS`` in the environment counts as a
-    request."""
-    if requested is None and os.environ.get("OMP_NUM_THREADS", "").isdigit():
-        requested = int(os.environ["OMP_NUM_THREADS"])
+    applied, and said in one log line when ``announce``."""
     macs = forward_macs(model, batch_size) if requested is None and str(device).startswith("cpu") else None
     choice = choose_threads(requested, work_macs=macs)
     apply_threads(choice)
