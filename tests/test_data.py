@@ -703,3 +703,11 @@ def test_length_bucketed_batches_are_a_permutation_with_similar_lengths():
     loader = TensorBatchLoader(ids, torch.zeros(1000), 10, seed=1, lengths=lengths, drop_last=True)
     seen = torch.cat([x[:, 0] for x, _ in loader])
     assert len(seen) == 1000 and len(set(seen.tolist())) == 1000
+
+
+def test_a_bare_folder_name_is_refused_with_the_folder_form(tmp_path):
+    (tmp_path / "my-folder" / "cat").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"'my-folder' is a folder: name it folder:my-folder"):
+        D.build_dataset("my-folder", data_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"unknown dataset 'my-foldr'; known"):  # not a folder: no hint
+        D.build_dataset("my-foldr", data_dir=tmp_path)

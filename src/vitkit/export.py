@@ -92,7 +92,9 @@ def _export_onnx(
     try:
         import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
     except ImportError as e:
-        raise ExportError("ONNX export needs the onnx extras: pip install 'vitkit[export]'") from e
+        raise ExportError(
+            "ONNX export needs the export extras; from the vitkit checkout: pip install -c constraints.txt -e '.[export]'"
+        ) from e
     batch = torch.export.Dim("batch", min=1, max=4096)
     for name in ("onnxscript", "onnx_ir", "torch.onnx", "torch.export"):  # their INFO lines drown the report
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -148,7 +150,10 @@ def _onnx_runner(path: Path, threads: int) -> Any:
     try:
         import onnxruntime as ort
     except ImportError as e:
-        raise ExportError("checking an ONNX export needs onnxruntime: pip install 'vitkit[export]'") from e
+        raise ExportError(
+            "checking an ONNX export needs onnxruntime, one of the export extras; from the vitkit checkout: "
+            "pip install -c constraints.txt -e '.[export]'"
+        ) from e
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1

@@ -38,7 +38,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
     except ImportError as e:
-        raise RuntimeError("vitkit serve needs the serve extras: pip install 'vitkit[serve]'") from e
+        raise RuntimeError(
+            "vitkit serve needs the serve extras; from the vitkit checkout: pip install -c constraints.txt -e '.[serve]'"
+        ) from e
     from ..serve import create_app
     from ..serve.protocol import header_deadline_protocol
 

@@ -141,7 +141,9 @@ def build_dataset(name: str, split: str = "train", data_dir: str | Path | None =
 
     key = canonical_name(name)
     if key not in _BUILDERS:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(list_datasets())}")
+        folder = Path(name).expanduser().is_dir() or (resolve_data_dir(data_dir) / name).is_dir()
+        hint = f" ({name!r} is a folder: name it folder:{name})" if folder else ""
+        raise ValueError(f"unknown dataset {name!r}{hint}; known: {', '.join(list_datasets())}")
     cls = _BUILDERS[key]
     if cls is DigitsDataset:
         return _call(cls, split, **kw)
