@@ -13,8 +13,9 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "create_model": "registry", "list_models": "registry", "model_config": "registry",
     "load": "weights", "load_pretrained": "weights", "save": "weights", "CheckpointError": "weights",
+    "zeroshot_classifier": "zeroshot", "retrieval_recall": "zeroshot",
 }  # fmt: skip
-_JOBS = ("train", "evaluate", "predict")
+_JOBS = ("train", "evaluate", "predict", "zeroshot")
 
 __all__ = [*_EXPORTS, *_JOBS]
 

@@ -56,7 +56,9 @@ def select_classes(dataset: Any, names: Any) -> Any:
 
     wanted, known = parse_names(names), [str(c) for c in dataset.classes]
     if not wanted:
-        raise ValueError("train_classes is an empty class list: name at least one class, or leave it out for all")
+        raise ValueError(
+            "train_classes is an empty class list: name at least one class, or leave it out for all"
+        )
     unknown = [n for n in wanted if n not in known]
     if unknown:
         raise ValueError(f"train_classes {unknown} are not classes of the dataset ({', '.join(known)})")
@@ -86,7 +88,12 @@ class Contrastive(Task):
         self.pairs = str(cfg.dataset).lower().startswith("pairs:")
         if self.pairs:
             self.selection = ("val_mean_recall@1", "max")
-            self.quality_curve = ("Retrieval", "mean recall@1 (image->text, text->image)", "mean_recall@1", "max")
+            self.quality_curve = (
+                "Retrieval",
+                "mean recall@1 (image->text, text->image)",
+                "mean_recall@1",
+                "max",
+            )
         from ..data.pairs import DEFAULT_TEMPLATES, check_templates
 
         self.templates = check_templates(cfg.templates if cfg.templates is not None else DEFAULT_TEMPLATES)
@@ -98,7 +105,10 @@ class Contrastive(Task):
         from ..data import build_dataset, stratified_subset
 
         cfg = self.cfg
-        read = lambda split: build_dataset(cfg.dataset, split, data_dir=cfg.data_dir, on_error=cfg.on_bad_image)  # noqa: E731
+
+        def read(split: str):
+            return build_dataset(cfg.dataset, split, data_dir=cfg.data_dir, on_error=cfg.on_bad_image)
+
         train_data = train_data if train_data is not None else read("train")
         if cfg.train_classes is not None:
             train_data = select_classes(train_data, cfg.train_classes)
@@ -130,7 +140,9 @@ class Contrastive(Task):
             src = Path(cfg.init_text)
             for name in ("tokenizer.json", "vocab.txt"):
                 if ((src if src.is_dir() else src.parent) / name).is_file():
-                    return TextTokenizer.from_file((src if src.is_dir() else src.parent) / name, cfg.max_length)
+                    return TextTokenizer.from_file(
+                        (src if src.is_dir() else src.parent) / name, cfg.max_length
+                    )
         return shared_across_ranks(
             lambda: TextTokenizer.train_wordpiece(self.captions + self.val_captions, vocab_size=8000,
                                                   min_frequency=1, max_length=cfg.max_length),
@@ -161,7 +173,9 @@ class Contrastive(Task):
         if self.cfg.lock == "text" and not model.lock_text:
             model.lock_text_tower()
         if self.cfg.contrastive_loss == "siglip" and model.logit_bias is None:
-            raise ValueError("contrastive_loss='siglip' needs a model with a logit bias (logit_bias_init, e.g. -10)")
+            raise ValueError(
+                "contrastive_loss='siglip' needs a model with a logit bias (logit_bias_init, e.g. -10)"
+            )
         return model
 
     def setup(self, model: nn.Module) -> None:
@@ -174,7 +188,9 @@ class Contrastive(Task):
 
     def _tokenize(self, captions: list[str]) -> dict[str, Tensor]:
         """All captions as one (N, L) id table and mask on the device (chunks padded to the longest of all)."""
-        chunks = [self.tokenizer(captions[i : i + 4096], self.max_length) for i in range(0, len(captions), 4096)]
+        chunks = [
+            self.tokenizer(captions[i : i + 4096], self.max_length) for i in range(0, len(captions), 4096)
+        ]
         length = max(c["input_ids"].shape[1] for c in chunks)
         pad = lambda t, v: torch.nn.functional.pad(t, (0, length - t.shape[1]), value=v)  # noqa: E731
         return {"input_ids": torch.cat([pad(c["input_ids"], self.tokenizer.pad_id) for c in chunks]).to(self.device),
@@ -195,7 +211,12 @@ class Contrastive(Task):
         else:  # one template per image, from the global RNG (saved in checkpoints: a resume draws the same)
             picks = torch.randint(len(self.templates), tuple(y.shape), generator=generator)
             index = y * len(self.templates) + picks.to(self.device)
-        return {"images": self.images(x, train=train), "labels": y, "caption_index": index, "size": y.shape[0]}
+        return {
+            "images": self.images(x, train=train),
+            "labels": y,
+            "caption_index": index,
+            "size": y.shape[0],
+        }
 
     def train_batch(self, batch) -> Batch:
         return self._batch(batch, train=True)
@@ -242,13 +263,17 @@ class Contrastive(Task):
 
     # ------------------------------------------------------------------ evaluation
     def begin_evaluation(self) -> None:
-        self._eval_generator = torch.Generator().manual_seed(self.cfg.seed)  # the same captions every evaluation
+        self._eval_generator = torch.Generator().manual_seed(
+            self.cfg.seed
+        )  # the same captions every evaluation
         self._eval_text = None
 
     def _val_text(self, model: nn.Module) -> Tensor:
         """Every validation caption's unit-length embedding (computed once per evaluation)."""
         if self._eval_text is None:
-            self._eval_text = encode_texts(model, self.val_captions, lambda t: self.tokenizer(t, self.max_length))
+            self._eval_text = encode_texts(
+                model, self.val_captions, lambda t: self.tokenizer(t, self.max_length)
+            )
         return self._eval_text
 
     def eval_step(self, model: nn.Module, batch: Batch, final: bool) -> tuple[dict, Any]:
@@ -312,7 +337,9 @@ class Contrastive(Task):
         return {"zeroshot_top1": metrics["top1"], "zeroshot_top5": metrics["top5"]}
 
     @classmethod
-    def predict(cls, model: nn.Module, inputs: list[Any], source, out_dir, topk: int = 5, **options: Any) -> list:
+    def predict(
+        cls, model: nn.Module, inputs: list[Any], source, out_dir, topk: int = 5, **options: Any
+    ) -> list:
         """Zero-shot top-``topk`` of each image over the classes and templates the model was trained with
         (softmax of ``exp(logit_scale) * cosine``)."""
         from .zeroshot import predict_zeroshot

@@ -23,8 +23,15 @@ from torch import Tensor, nn
 
 from ..data.pairs import DEFAULT_TEMPLATES, CaptionTemplates
 
-__all__ = ["encode_texts", "ensemble", "zeroshot_classifier", "zeroshot_eval", "topk_hits", "retrieval_recall",
-           "predict_zeroshot"]
+__all__ = [
+    "encode_texts",
+    "ensemble",
+    "zeroshot_classifier",
+    "zeroshot_eval",
+    "topk_hits",
+    "retrieval_recall",
+    "predict_zeroshot",
+]
 
 Tokenizer = Callable[[list[str]], dict[str, Tensor]]
 
@@ -34,7 +41,9 @@ def _device(model: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def encode_texts(model: nn.Module, texts: Sequence[str], tokenizer: Tokenizer, batch_size: int = 256) -> Tensor:
+def encode_texts(
+    model: nn.Module, texts: Sequence[str], tokenizer: Tokenizer, batch_size: int = 256
+) -> Tensor:
     """Unit-length text embeddings (N, D), float32, of ``texts`` encoded ``batch_size`` at a time (each chunk
     padded to its own longest text; the padding is masked, so the chunking does not change a text's embedding
     beyond float rounding)."""
@@ -69,7 +78,9 @@ def zeroshot_classifier(
         ValueError: an empty class list, a blank class name, no template, a template without ``{label}``, no
             tokenizer.
     """
-    prompts = CaptionTemplates(classnames, templates).all()  # checks the names and templates, naming the bad one
+    prompts = CaptionTemplates(
+        classnames, templates
+    ).all()  # checks the names and templates, naming the bad one
     if tokenizer is None:
         raise ValueError("zeroshot_classifier needs the tokenizer the text tower was trained with")
     flat = [p for per_class in prompts for p in per_class]
@@ -139,7 +150,9 @@ def retrieval_recall(
             f"{tuple(text_embeds.shape)}"
         )
     if ids.shape != (n,) or (n and (int(ids.min()) < 0 or int(ids.max()) >= m)):
-        raise ValueError(f"retrieval_recall: caption_ids must be {n} indices in [0, {m}), got {ids.tolist()[:10]}")
+        raise ValueError(
+            f"retrieval_recall: caption_ids must be {n} indices in [0, {m}), got {ids.tolist()[:10]}"
+        )
     sims = image_embeds.float() @ text_embeds.float().T  # (N, M)
     out: dict[str, float] = {}
     i2t = sims.topk(min(max(ks), m), dim=1).indices  # (N, k)
@@ -163,12 +176,16 @@ def predict_zeroshot(model: nn.Module, inputs: list[Any], source: Any, topk: int
 
     data = getattr(model, "data_config", None) or {}
     if not data.get("classes"):
-        raise ValueError("this model recorded no classes to predict (trained on pairs): use vitkit zeroshot --classes")
+        raise ValueError(
+            "this model recorded no classes to predict (trained on pairs): use vitkit zeroshot --classes"
+        )
     found = Path(source) / "tokenizer.json" if source is not None else None
     if found is None or not found.is_file():
         raise FileNotFoundError(f"no tokenizer.json beside the model (in {source}): give the run directory")
     tokenizer = TextTokenizer.from_file(found, int(data.get("max_length", 64)))
-    weights = zeroshot_classifier(model, data["classes"], data.get("templates") or DEFAULT_TEMPLATES, tokenizer)
+    weights = zeroshot_classifier(
+        model, data["classes"], data.get("templates") or DEFAULT_TEMPLATES, tokenizer
+    )
     images, _, names = read_images(inputs, data)
     embeds = model.encode_image(images.to(_device(model)), normalize=True).float()
     probs = (model.logit_scale.exp().float() * embeds @ weights).softmax(dim=-1)
