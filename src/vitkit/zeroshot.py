@@ -29,7 +29,15 @@ import torch
 from ._callable import make_module_callable
 from .tasks.zeroshot import encode_texts, retrieval_recall, zeroshot_classifier, zeroshot_eval
 
-__all__ = ["zeroshot", "zeroshot_classifier", "zeroshot_eval", "retrieval_recall", "zeroshot_classes"]
+__all__ = [
+    "zeroshot",
+    "zeroshot_classifier",
+    "zeroshot_eval",
+    "retrieval_recall",
+    "zeroshot_classes",
+    "load_dual_encoder",
+    "embed_images",
+]
 
 
 def zeroshot_classes(
@@ -61,25 +69,38 @@ def zeroshot_classes(
                      f"per class ({len(known)}), got {len(names)}")  # fmt: skip
 
 
-def _load(path: Path, device: str) -> tuple[Any, dict[str, Any]]:
-    """The dual encoder in eval mode and its data config (normalisation, input size, channels)."""
+def load_dual_encoder(path: str | os.PathLike, device: str = "cpu") -> tuple[Any, dict[str, Any]]:
+    """A dual encoder (a run directory or model file) in eval mode and its data config (normalisation, input size,
+    channels, and what the run recorded: classes, templates, ``max_length``).
+
+    Raises:
+        FileNotFoundError: no model there. ValueError: a model without ``encode_image`` / ``encode_text``.
+    """
     from .predict import resolve_data_config
+    from .tasks.inference import model_file
     from .weights import load
 
-    model = load(path, device=device).eval()
+    file = model_file(path)
+    model = load(file, device=device).eval()
     if not hasattr(model, "encode_image") or not hasattr(model, "encode_text"):
-        raise ValueError(f"{path} holds a {type(model).__name__}, not a dual encoder (CLIP / SigLIP / LiT)")
+        raise ValueError(f"{file} holds a {type(model).__name__}, not a dual encoder (CLIP / SigLIP / LiT)")
     recorded = dict(getattr(model, "data_config", None) or {})
     image = {k: v for k, v in recorded.items() if k in ("dataset", "mean", "std", "img_size", "in_chans")}
-    return model, {**recorded, **resolve_data_config(model.visual, image or None, source=str(path))}
+    return model, {**recorded, **resolve_data_config(model.visual, image or None, source=str(file))}
 
 
-def _images(model, ds, data_config: dict, batch_size: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unit-length image embeddings (N, D) and labels (N,) of ``ds``, prepared as ``vitkit eval`` prepares them."""
+def embed_images(
+    model: Any, dataset: Any, data_config: dict[str, Any], batch_size: int = 256, device: str = "cpu",
+    features: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Unit-length image embeddings (N, D) of ``dataset`` and its labels (N,), the images prepared as ``vitkit eval``
+    prepares them (channels, size, mean/std of ``data_config``); ``features=True``: the image tower's pooled
+    features (N, F) before the projection instead (what a linear probe reads). CPU float32 tensors."""
     from .evaluate import _logits_and_targets
 
-    return _logits_and_targets(lambda x: model.encode_image(x, normalize=True), ds, data_config, batch_size, 0,
-                               torch.device(device))  # fmt: skip
+    encode = model.visual if features else (lambda x: model.encode_image(x, normalize=True))
+    out, labels = _logits_and_targets(encode, dataset, data_config, batch_size, 0, torch.device(device))
+    return out.float(), labels
 
 
 def zeroshot(
@@ -113,7 +134,7 @@ def zeroshot(
     from .tasks.inference import model_file
 
     file = model_file(run_or_model)
-    model, data_config = _load(file, device)
+    model, data_config = load_dual_encoder(file, device)
     run_cfg = _read_run_config(file.parent)
     name = dataset or run_cfg.get("dataset") or data_config.get("dataset")
     if not name:
@@ -149,7 +170,7 @@ def _classify(model, ds, tok, data_config, classes, templates, batch_size, devic
         from .tasks.contrastive import select_classes
 
         ds = select_classes(ds, names)
-    embeds, labels = _images(model, ds, data_config, batch_size, device)
+    embeds, labels = embed_images(model, ds, data_config, batch_size, device)
     relabel = torch.full((len(ds.classes),), -1, dtype=torch.long)
     relabel[torch.tensor(index)] = torch.arange(len(index))
     logits = model.logit_scale.exp().float().cpu() * embeds @ weights.cpu()
@@ -159,7 +180,7 @@ def _classify(model, ds, tok, data_config, classes, templates, batch_size, devic
 
 @torch.inference_mode()
 def _retrieval(model, ds, tok, data_config, batch_size, device) -> dict[str, Any]:
-    embeds, labels = _images(model, ds, data_config, batch_size, device)
+    embeds, labels = embed_images(model, ds, data_config, batch_size, device)
     texts = encode_texts(model, list(ds.classes), tok).cpu()
     return {**retrieval_recall(embeds, texts, labels), "num_images": len(labels), "num_captions": len(texts)}
 
