@@ -151,7 +151,11 @@ def zeroshot(
         result = _retrieval(model, ds, tok, data_config, batch_size, device)
     else:
         result = _classify(model, ds, tok, data_config, classes, templates, batch_size, device)
-    out = Path(out_json) if out_json else file.parent / f"zeroshot-{dataset_label(name)}.json"
+    out = (
+        Path(out_json)
+        if out_json
+        else file.parent / f"zeroshot-{dataset_label(str(name).replace('{split}', split))}.json"
+    )
     result.update(checkpoint=str(file), dataset=str(name), split=split, zeroshot_json=str(out))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

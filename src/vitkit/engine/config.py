@@ -267,12 +267,15 @@ def resolve_config(
 
 def _absolute_data_paths(cfg: TrainConfig) -> None:
     """The data a run reads, recorded as absolute paths (a run evaluated or resumed from another folder finds it):
-    ``data_dir``, the folder of ``folder:`` / ``coco:`` / ``manifest:`` datasets, a language model's text file."""
+    ``data_dir``, the folder of ``folder:`` / ``coco:`` / ``manifest:`` / ``pairs:`` datasets (a ``{split}`` manifest
+    pattern too), a language model's text file."""
     if cfg.data_dir:
         cfg.data_dir = str(Path(cfg.data_dir).expanduser().absolute())
     kind, sep, rest = str(cfg.dataset).partition(":")
-    if sep and kind in ("folder", "coco", "manifest") and rest and Path(rest).expanduser().exists():
-        cfg.dataset = f"{kind}:{Path(rest).expanduser().absolute()}"
+    where = Path(rest).expanduser()
+    if sep and kind in ("folder", "coco", "manifest", "pairs") and rest and (where.exists() or "{split}" in rest
+                                                                            and where.parent.is_dir()):  # fmt: skip
+        cfg.dataset = f"{kind}:{where.absolute()}"
     elif not sep and cfg.task == "lm" and Path(cfg.dataset).expanduser().is_file():
         cfg.dataset = str(Path(cfg.dataset).expanduser().absolute())
 
