@@ -183,7 +183,8 @@ def _commands() -> list[list[str]]:
     from vitkit.tasks import TASKS
 
     cmds = [[]] + [[c] for c in ("train", "finetune", "pretrain", "translate", "detect", "segment", "eval",
-                                 "predict", "explain", "compress", "export", "serve", "models", "summary")]  # fmt: skip
+                                 "predict", "explain", "compress", "export", "serve", "models", "summary",
+                                 "zeroshot")]  # fmt: skip
     cmds += [["train", "--task", t] for t in TASKS] + [["pretrain", "--method", "mlm"]]
     cmds += [["translate", "train"], ["detect", "train"], ["detect", "make-canvas"], ["detect", "make-penn-fudan"],
              ["segment", "train"], ["finetune", "--task", "text-classification"], ["lm"], ["lm", "train"],

@@ -172,6 +172,8 @@ class Contrastive(Task):
             model.lock_image_tower()
         if self.cfg.lock == "text" and not model.lock_text:
             model.lock_text_tower()
+        if self.cfg.contrastive_loss == "clip" and model.logit_bias is not None:
+            model.logit_bias.requires_grad_(False)  # a softmax ignores it: DDP needs every trainable one used
         if self.cfg.contrastive_loss == "siglip" and model.logit_bias is None:
             raise ValueError(
                 "contrastive_loss='siglip' needs a model with a logit bias (logit_bias_init, e.g. -10)"
