@@ -230,7 +230,7 @@ def test_pairs_train_with_siglip_and_report_retrieval_recall(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     ("options", "message"),
-    [({"templates": ["a photo"]}, "template 'a photo' must contain '{label}'"),
+    [({"caption_templates": ["a photo"]}, "template 'a photo' must contain '{label}'"),
      ({"train_classes": ["3", "eleven"]}, r"train_classes \['eleven'\] are not classes of the dataset"),
      ({"lock": "both"}, "lock must be 'none', 'image' or 'text', got 'both'"),
      ({"contrastive_loss": "triplet"}, "contrastive_loss must be 'clip' or 'siglip'"),

@@ -58,7 +58,7 @@ class TrainConfig:
     # (None: vitkit.data.pairs.DEFAULT_TEMPLATES), the classes to train on (None: all), weights for each tower
     lock: str | None = None
     contrastive_loss: str = "clip"
-    templates: list[str] | None = None
+    caption_templates: list[str] | None = None
     train_classes: list[str] | None = None
     init_image: str | None = None  # a vitkit run / model file, or a timm / HF / JAX ViT checkpoint
     init_text: str | None = None  # a HuggingFace BERT / MiniLM folder, or a vitkit run / model file

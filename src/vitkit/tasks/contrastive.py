@@ -3,7 +3,7 @@
 ``vitkit train --task contrastive`` trains a :class:`~vitkit.models.clip.CLIP` dual encoder on
 
 - a labelled image dataset (``digits``, ``fashion-mnist``, ``cifar10-jpeg``, ``folder:``, ``manifest:``) whose
-  labels become captions through ``templates`` ("a photo of a {label}.", one drawn per image and step), or
+  labels become captions through ``caption_templates`` ("a photo of a {label}.", one drawn per image and step), or
 - ``pairs:<manifest>``: a CSV/JSONL of ``path,caption`` rows (:mod:`vitkit.data.pairs`).
 
 Every caption a run can see is known up front (classes x templates, or the manifest's distinct captions), so they
@@ -73,7 +73,7 @@ class Contrastive(Task):
     """A dual encoder trained to match images with their captions (see the module docstring)."""
 
     name = "contrastive"
-    options = frozenset({"lock", "contrastive_loss", "templates", "train_classes", "init_image", "init_text",
+    options = frozenset({"lock", "contrastive_loss", "caption_templates", "train_classes", "init_image", "init_text",
                          "tokenizer", "max_length", "on_bad_image", "train_subset", "drop_path",
                          *AUGMENT_OPTIONS})  # fmt: skip
     default_model = "clip_vit_tiny_patch4_32"
@@ -96,7 +96,9 @@ class Contrastive(Task):
             )
         from ..data.pairs import DEFAULT_TEMPLATES, check_templates
 
-        self.templates = check_templates(cfg.templates if cfg.templates is not None else DEFAULT_TEMPLATES)
+        self.templates = check_templates(
+            cfg.caption_templates if cfg.caption_templates is not None else DEFAULT_TEMPLATES
+        )
         self._text_cache: Tensor | None = None
         self._eval_text: Tensor | None = None
 
