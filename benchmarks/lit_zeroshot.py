@@ -15,8 +15,8 @@ Held-out classes by default, one per coarse group so the 3-way question is answe
 with a seen class near it in meaning: CIFAR-10 cat (dog seen), ship (airplane seen), truck (automobile seen);
 Fashion-MNIST Pullover (T-shirt/top, Shirt, Coat seen), Sneaker (Sandal, Ankle boot seen), Bag (nothing alike seen).
 
-    .venv/bin/python benchmarks/lit_zeroshot.py --dataset cifar10-jpeg --data-dir ../shared/data
-    .venv/bin/python benchmarks/lit_zeroshot.py --dataset fashion-mnist --data-dir ../shared/data
+    .venv/bin/python benchmarks/lit_zeroshot.py --dataset cifar10-jpeg --data-dir ../shared/data   # ~30 min, 2 cores
+    .venv/bin/python benchmarks/lit_zeroshot.py --dataset fashion-mnist --data-dir ../shared/data  # ~20 min, 2 cores
     .venv/bin/python benchmarks/lit_zeroshot.py --dataset fashion-mnist --epochs 1 --train-limit 700 --test-limit 500
 """
 
@@ -123,7 +123,9 @@ def measure(args, run: Path) -> dict:
         seen = [c for c in classes if c not in args.held_out]
         result = {name: zeroshot_top1(model, tokenizer, embeds, labels, classes, names)
                   for name, names in (("held_out", args.held_out), ("all", classes), ("seen", seen))}  # fmt: skip
-    result["probe"], result["probe_lambda"] = ridge_probe(train_f, train_y, test_f, labels, len(classes), args.seed)
+    result["probe"], result["probe_lambda"] = ridge_probe(
+        train_f, train_y, test_f, labels, len(classes), args.seed
+    )
     result.update(test_images=len(labels), probe_train_images=len(train_y))
     return result
 
@@ -156,14 +158,20 @@ def report(args, result: dict, seconds: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", choices=sorted(SETUPS), default="cifar10-jpeg")
-    p.add_argument("--data-dir", default=os.environ.get("VITKIT_DATA") or str(ROOT.parent / "shared" / "data"))
-    p.add_argument("--held-out", nargs=3, default=None, metavar="CLASS", help="the 3 classes never trained on")
+    p.add_argument(
+        "--data-dir", default=os.environ.get("VITKIT_DATA") or str(ROOT.parent / "shared" / "data")
+    )
+    p.add_argument(
+        "--held-out", nargs=3, default=None, metavar="CLASS", help="the 3 classes never trained on"
+    )
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--model", default="lit_vit_cifar_minilm_l6", help="the dual encoder (its image tower is replaced "
                    "by the dataset's conv-stem ViT; the text tower must be MiniLM-shaped)")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--train-limit", type=int, default=None, help="a class-balanced subset of the training images")
+    p.add_argument(
+        "--train-limit", type=int, default=None, help="a class-balanced subset of the training images"
+    )
     p.add_argument("--test-limit", type=int, default=None, help="a class-balanced subset of the test images")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
