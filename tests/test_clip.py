@@ -215,19 +215,23 @@ def _losses_and_grads(rows: slice) -> dict[str, tuple[torch.Tensor, list[torch.T
     """Both losses of two seeded linear "towers" on ``rows`` of a fixed batch of 8, with their gradients."""
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(8, 6, generator=g), torch.randn(8, 5, generator=g)
+    ids = torch.tensor([0, 1, 2, 0, 3, 1, 4, 5])[rows]  # captions repeated within and across the two halves
     out = {}
-    for name in ("clip", "siglip"):
+    for name in ("clip", "siglip", "clip_ids", "siglip_ids"):
         torch.manual_seed(1)
         image_tower, text_tower = torch.nn.Linear(6, 4), torch.nn.Linear(5, 4)
         scale, bias = torch.nn.Parameter(torch.tensor(2.3)), torch.nn.Parameter(torch.tensor(-1.5))
         img = F.normalize(image_tower(x[rows]), dim=-1)
         txt = F.normalize(text_tower(y[rows]), dim=-1)
+        kw = {"caption_ids": ids} if name.endswith("_ids") else {}
         loss = (
-            clip_loss(img, txt, scale.exp()) if name == "clip" else siglip_loss(img, txt, scale.exp(), bias)
+            clip_loss(img, txt, scale.exp(), **kw)
+            if name.startswith("clip")
+            else siglip_loss(img, txt, scale.exp(), bias, **kw)
         )
         loss.backward()
         params = [*image_tower.parameters(), *text_tower.parameters(), scale] + (
-            [bias] if name == "siglip" else []
+            [bias] if name.startswith("siglip") else []
         )
         out[name] = (loss.detach(), [p.grad for p in params])
     return out
@@ -239,9 +243,9 @@ def test_gathered_losses_on_two_processes_match_one_process(tmp_path):
     mp.spawn(_dist_worker, args=(2, str(tmp_path / "store"), str(tmp_path / "out.pt")), nprocs=2)
     two = torch.load(tmp_path / "out.pt")
     one = _losses_and_grads(slice(0, 8))
-    for name in ("clip", "siglip"):
+    for name in ("clip", "siglip", "clip_ids", "siglip_ids"):
         (loss1, grads1), (loss2, grads2) = one[name], two[name]
-        assert abs(loss1 - loss2) < 1e-6, name
+        assert float(loss1) == pytest.approx(float(loss2), rel=1e-6, abs=1e-6), name
         for a, b in zip(grads1, grads2, strict=True):
             torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
     assert "local batches of [3, 4]" in two["unequal"]

@@ -58,6 +58,7 @@ SHORT = {
     "detection": ["--epochs", "1"],
     "segmentation": ["--epochs", "1"],
     "lm": ["--epochs", "1", "--epoch-steps", "5"],
+    "contrastive": ["--epochs", "1", "--train-subset", "256"],
 }
 # Other commands whose full settings take minutes: the words that start them, and what they get appended.
 SHORT_TOOLS = {

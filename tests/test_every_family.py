@@ -18,7 +18,7 @@ from task_scenarios import SCENARIOS
 from vitkit.cli import main
 
 FAMILIES = ("classification", "text_classification", "mae", "mlm", "translation", "detection", "segmentation",
-            "lm")  # fmt: skip
+            "lm", "contrastive")  # fmt: skip
 
 
 def _lm(tmp: Path) -> dict:
@@ -32,13 +32,22 @@ def _lm(tmp: Path) -> dict:
                  progress=False)  # fmt: skip
 
 
+def _contrastive(tmp: Path) -> dict:
+    """test_contrastive.py's tiny CLIP on the digits with caption templates (newer than the pinned scenarios)."""
+    from test_contrastive import RUN
+
+    from vitkit.train import train
+
+    return train(**RUN, epochs=2, out_dir=str(tmp), name="run")
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("families")
     out = {}
     for name in FAMILIES:
         torch.manual_seed(0)
-        (_lm if name == "lm" else SCENARIOS[name])(root / name)
+        {"lm": _lm, "contrastive": _contrastive}.get(name, SCENARIOS.get(name))(root / name)
         out[name] = root / name / "run"
     digit = np.zeros((8, 8), dtype=np.uint8)
     digit[1:7, 3:5] = 255  # a "1", white on black as the digits are
@@ -79,6 +88,9 @@ def test_predict_works_for_every_family(runs, capsys, tmp_path):
     assert "has no [MASK] to fill" in capsys.readouterr().err
     story = _predict(capsys, runs["lm"], "abab")[0]
     assert story["prompt"] == "abab" and set(story["continuation"]) <= set("abc\n") and story["continuation"]
+    top = _predict(capsys, runs["contrastive"], runs["digit"], "--topk", "3")[0]["top"]  # zero-shot, over 0-9
+    assert len(top) == 3 and {t["label"] for t in top} <= set("0123456789")
+    assert 0 < sum(t["prob"] for t in top) <= 1 + 1e-6
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -156,6 +168,10 @@ def test_serve_works_for_every_input_kind(runs):
     assert r.status_code == 200 and isinstance(r.json()["translation"], str)  # (2 epochs: may be empty)
     r = client.post("/predict", json={"text": " "})
     assert r.status_code == 400 and "non-empty text" in r.json()["error"]
+    client = TestClient(create_app(runs["contrastive"]))
+    with open(runs["digit"], "rb") as f:
+        r = client.post("/predict", files={"file": ("d.png", f, "image/png")})
+    assert r.status_code == 200 and len(r.json()["top"]) == 5 and r.json()["top"][0]["label"] in "0123456789"
     client = TestClient(create_app(runs["lm"]))
     r = client.post("/predict", json={"text": "abab"})
     assert r.status_code == 200 and set(r.json()["continuation"]) <= set("abc\n")
@@ -167,7 +183,8 @@ def _commands() -> list[list[str]]:
     from vitkit.tasks import TASKS
 
     cmds = [[]] + [[c] for c in ("train", "finetune", "pretrain", "translate", "detect", "segment", "eval",
-                                 "predict", "explain", "fewshot", "compress", "export", "serve", "models", "summary")]  # fmt: skip
+                                 "predict", "explain", "fewshot", "compress", "export", "serve", "models", "summary",
+                                 "zeroshot")]  # fmt: skip
     cmds += [["train", "--task", t] for t in TASKS] + [["pretrain", "--method", "mlm"]]
     cmds += [["translate", "train"], ["detect", "train"], ["detect", "make-canvas"], ["detect", "make-penn-fudan"],
              ["segment", "train"], ["finetune", "--task", "text-classification"], ["lm"], ["lm", "train"],

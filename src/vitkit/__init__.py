@@ -15,8 +15,9 @@ _EXPORTS = {
     "create_model": "registry", "list_models": "registry", "model_config": "registry",
     "list_pretrained": "registry", "get_pretrained_cfg": "registry",
     "load": "weights", "load_pretrained": "weights", "save": "weights", "CheckpointError": "weights",
+    "zeroshot_classifier": "zeroshot", "retrieval_recall": "zeroshot",
 }  # fmt: skip
-_JOBS = ("train", "evaluate", "predict", "fewshot")
+_JOBS = ("train", "evaluate", "predict", "fewshot", "zeroshot")
 
 __all__ = [*_EXPORTS, *_JOBS]
 

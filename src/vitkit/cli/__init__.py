@@ -2,7 +2,7 @@
 
 - :mod:`.train`: ``train`` (any task: ``--task NAME``), ``finetune``, ``pretrain``
 - :mod:`.tasks`: ``translate``, ``detect``, ``segment`` (their ``train`` is ``vitkit train --task ...``)
-- :mod:`.inference`: ``eval``, ``predict``, ``explain``, ``fewshot``
+- :mod:`.inference`: ``eval``, ``predict``, ``explain``, ``fewshot``, ``zeroshot``
 - :mod:`.tools`: ``compress``, ``export``, ``serve``, ``models``, ``summary``
 """
 

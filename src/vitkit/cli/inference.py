@@ -1,4 +1,5 @@
-"""The inference commands: ``eval``, ``predict``, ``explain``, ``fewshot`` on a run directory or model file."""
+"""The inference commands: ``eval``, ``predict``, ``explain``, ``fewshot``, ``zeroshot`` on a run directory or
+model file."""
 
 from __future__ import annotations
 
@@ -101,6 +102,28 @@ def cmd_fewshot(args: argparse.Namespace) -> int:
           f"l2 {r['l2']:g}, features in {r['feature_seconds']:.1f} s, probes in {r['probe_seconds']:.2f} s")  # fmt: skip
     print(format_fewshot_table(r))
     print(f"wrote {r['fewshot_json']}, {r['fewshot_md']}, {r['fewshot_png']}")
+
+
+def cmd_zeroshot(args: argparse.Namespace) -> int:
+    """A dual encoder's zero-shot top-1/top-5 on a labelled dataset, or its retrieval recall on a pairs: set."""
+    from ..metrics import format_metrics_table
+    from ..zeroshot import zeroshot
+
+    result = zeroshot(args.checkpoint, dataset=args.data, data_dir=args.data_dir, split=args.split,
+                      classes=args.classes, templates=args.templates, tokenizer=args.tokenizer,
+                      batch_size=args.batch_size, device=args.device, out_json=args.out)  # fmt: skip
+    if "top1" in result:
+        print(format_metrics_table(result))
+        print(
+            f"templates: {len(result['templates'])} ({result['templates'][0]!r}{', ...' if len(result['templates']) > 1 else ''})"
+        )
+    else:
+        print(f"dataset {result['dataset']}, split {result['split']}: {result['num_images']} images, "
+              f"{result['num_captions']} captions")  # fmt: skip
+        for way in ("i2t", "t2i"):
+            figures = "  ".join(f"R@{k} {result[f'{way}_recall@{k}']:.4f}" for k in (1, 5, 10))
+            print(f"  {'image->text' if way == 'i2t' else 'text->image'}  {figures}")
+    print(f"wrote {result['zeroshot_json']}")
     return 0
 
 
@@ -145,6 +168,7 @@ def add_inference_commands(sub) -> None:
     )
     p.set_defaults(func=cmd_explain)
     _add_fewshot_command(sub)
+    _add_zeroshot_command(sub)
 
 
 def _add_fewshot_command(sub) -> None:
@@ -171,3 +195,26 @@ def _add_fewshot_command(sub) -> None:
     p.add_argument("--out", default=None, help="folder for fewshot.json/.md/.png (default: fewshot-<data>/ "
                    "beside the model)")  # fmt: skip
     p.set_defaults(func=cmd_fewshot)
+
+
+def _add_zeroshot_command(sub) -> None:
+    p = sub.add_parser("zeroshot", help="zero-shot top-1/top-5 of a CLIP / SigLIP / LiT model on a labelled dataset "
+                       "(classes written into prompt templates), or retrieval recall@1/5/10 on a pairs: set")  # fmt: skip
+    p.add_argument("checkpoint", help="contrastive run directory or model .safetensors")
+    p.add_argument(
+        "--data", default=None, help="dataset (default: the run's), or pairs:MANIFEST for retrieval"
+    )
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--split", default="test")
+    p.add_argument("--classes", nargs="+", default=None, metavar="NAME",
+                   help="class names, comma-separated or one per argument: some of the dataset's classes (only "
+                        "their images are scored) or new names for all of them, in order (default: the dataset's)")  # fmt: skip
+    p.add_argument("--templates", nargs="+", default=None, metavar="TEMPLATE",
+                   help="prompts, each with {label} (default: the run's, else CLIP's 'a photo of a {label}.' ensemble)")  # fmt: skip
+    p.add_argument("--tokenizer", default=None, help="tokenizer.json / vocab.txt (default: the run's)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--out", default=None, help="where to write the JSON (default: zeroshot-<data>.json beside the model)"
+    )
+    p.set_defaults(func=cmd_zeroshot)

@@ -45,6 +45,8 @@ def add_train_flags(p: argparse.ArgumentParser, names: Iterable[str], skip: Iter
             group.add_argument(flag, dest=name, type=json.loads, default=None, help="JSON object")
         elif hint.startswith("bool"):
             group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None)
+        elif "list" in hint:  # one or more values (templates with spaces: quote each)
+            group.add_argument(flag, dest=name, nargs="+", default=None, metavar=name.split("_")[-1].upper())
         elif "tuple" in hint:
             group.add_argument(flag, dest=name, type=float, nargs=2, default=None, metavar=("A", "B"))
         else:

@@ -53,6 +53,15 @@ class TrainConfig:
     )
     freeze_blocks: int = 0  # partial: the patch embedding and the first N blocks stay fixed
     layer_decay: float | None = None  # layer-wise lr decay: block i of L trains at lr * decay ** (L + 1 - i)
+    # contrastive image-text training (CLIP / SigLIP / LiT): which tower stays fixed (None: the model's own setting,
+    # "none" | "image" | "text"), the loss ("clip" InfoNCE | "siglip" sigmoid), caption templates for labelled images
+    # (None: vitkit.data.pairs.DEFAULT_TEMPLATES), the classes to train on (None: all), weights for each tower
+    lock: str | None = None
+    contrastive_loss: str = "clip"
+    caption_templates: list[str] | None = None
+    train_classes: list[str] | None = None
+    init_image: str | None = None  # a vitkit run / model file, or a timm / HF / JAX ViT checkpoint
+    init_text: str | None = None  # a HuggingFace BERT / MiniLM folder, or a vitkit run / model file
     # schedule
     epochs: int = 100
     batch_size: int = 128
@@ -258,12 +267,15 @@ def resolve_config(
 
 def _absolute_data_paths(cfg: TrainConfig) -> None:
     """The data a run reads, recorded as absolute paths (a run evaluated or resumed from another folder finds it):
-    ``data_dir``, the folder of ``folder:`` / ``coco:`` / ``manifest:`` datasets, a language model's text file."""
+    ``data_dir``, the folder of ``folder:`` / ``coco:`` / ``manifest:`` / ``pairs:`` datasets (a ``{split}`` manifest
+    pattern too), a language model's text file."""
     if cfg.data_dir:
         cfg.data_dir = str(Path(cfg.data_dir).expanduser().absolute())
     kind, sep, rest = str(cfg.dataset).partition(":")
-    if sep and kind in ("folder", "coco", "manifest") and rest and Path(rest).expanduser().exists():
-        cfg.dataset = f"{kind}:{Path(rest).expanduser().absolute()}"
+    where = Path(rest).expanduser()
+    if sep and kind in ("folder", "coco", "manifest", "pairs") and rest and (where.exists() or "{split}" in rest
+                                                                            and where.parent.is_dir()):  # fmt: skip
+        cfg.dataset = f"{kind}:{where.absolute()}"
     elif not sep and cfg.task == "lm" and Path(cfg.dataset).expanduser().is_file():
         cfg.dataset = str(Path(cfg.dataset).expanduser().absolute())
 
@@ -317,6 +329,10 @@ def _validate(cfg: TrainConfig) -> None:
         problems.append(f"epoch_steps must be >= 1, got {cfg.epoch_steps}")
     if not 0 < cfg.train_fraction < 1:
         problems.append(f"train_fraction must be in (0, 1), got {cfg.train_fraction}")
+    if cfg.lock not in (None, "none", "image", "text"):
+        problems.append(f"lock must be 'none', 'image' or 'text', got {cfg.lock!r}")
+    if cfg.contrastive_loss not in ("clip", "siglip"):
+        problems.append(f"contrastive_loss must be 'clip' or 'siglip', got {cfg.contrastive_loss!r}")
     if cfg.train_subset is not None and cfg.train_subset <= 0:
         problems.append(f"train_subset must be a fraction in (0, 1) or a count >= 1, got {cfg.train_subset}")
     if problems:

@@ -271,14 +271,19 @@ class CLIP(nn.Module):
 
     # ---------------------------------------------------------------- both
     def forward(
-        self, images: Tensor, input_ids: Tensor, attention_mask: Tensor | None = None
-    ) -> dict[str, Tensor]:
+        self, images: Tensor | None, input_ids: Tensor | None, attention_mask: Tensor | None = None
+    ) -> dict[str, Tensor | None]:
         """Images (B, C, H, W) and texts (B', L) -> ``{"image_embeds": (B, D), "text_embeds": (B', D)`` (both unit
         length), ``"logit_scale"``: the temperature's multiplier ``exp(logit_scale)`` (a scalar), ``"logit_bias"``:
-        SigLIP's bias or None}: what :func:`~vitkit.models.contrastive.clip_loss` / ``siglip_loss`` take."""
+        SigLIP's bias or None}: what :func:`~vitkit.models.contrastive.clip_loss` / ``siglip_loss`` take.
+
+        Either input may be None (its embeddings are then None): a training step whose texts' embeddings are
+        cached (a locked text tower) still goes through ``forward``, as DDP needs."""
         return {
-            "image_embeds": self.encode_image(images, normalize=True),
-            "text_embeds": self.encode_text(input_ids, attention_mask, normalize=True),
+            "image_embeds": None if images is None else self.encode_image(images, normalize=True),
+            "text_embeds": None
+            if input_ids is None
+            else self.encode_text(input_ids, attention_mask, normalize=True),
             "logit_scale": self.logit_scale.exp(),
             "logit_bias": self.logit_bias,
         }

@@ -10,6 +10,7 @@
 | ``detection`` | :mod:`.detection` | COCO boxes | DETR |
 | ``segmentation`` | :mod:`.segmentation` | COCO + masks | Segmenter |
 | ``lm`` | :mod:`.language_modeling` | a UTF-8 text | GPT (decoder-only, next-token prediction) |
+| ``contrastive`` | :mod:`.contrastive` | labelled images + caption templates, or image-text pairs | CLIP / SigLIP / LiT |
 
 :func:`register_task` adds one (see ``docs/architecture.md``); :func:`fit` resolves a config, builds the
 trainer for its task, trains (or resumes) and returns the summary.
@@ -35,6 +36,7 @@ from ..engine.runtime import TrainingInterrupted
 from ..engine.trainer import Trainer
 from .base import Batch, EvalSums, Task
 from .classification import ImageClassification
+from .contrastive import Contrastive
 from .detection import Detection
 from .language_modeling import LanguageModeling
 from .pretrain import MAEPretraining, MLMPretraining
@@ -67,7 +69,7 @@ def register_task(task: type[Task]) -> type[Task]:
 
 
 for _task in (ImageClassification, TextClassification, MAEPretraining, MLMPretraining, Translation, Detection,
-              Segmentation, LanguageModeling):  # fmt: skip
+              Segmentation, LanguageModeling, Contrastive):  # fmt: skip
     register_task(_task)
 
 

@@ -36,7 +36,7 @@ def dataset_label(dataset: Any) -> str:
     """A dataset as a run-folder name: ``digits``, ``coco:/data/canvas`` -> ``coco-canvas``, ``/a/book.txt`` ->
     ``book`` (no path separators: a run directory is one folder)."""
     kind, sep, rest = str(dataset).partition(":")
-    if sep and kind in ("folder", "coco", "manifest"):
+    if sep and kind in ("folder", "coco", "manifest", "pairs"):
         return f"{kind}-{Path(rest).stem or kind}"
     return Path(str(dataset)).stem or str(dataset)
 
