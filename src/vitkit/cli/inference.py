@@ -102,6 +102,7 @@ def cmd_fewshot(args: argparse.Namespace) -> int:
           f"l2 {r['l2']:g}, features in {r['feature_seconds']:.1f} s, probes in {r['probe_seconds']:.2f} s")  # fmt: skip
     print(format_fewshot_table(r))
     print(f"wrote {r['fewshot_json']}, {r['fewshot_md']}, {r['fewshot_png']}")
+    return 0
 
 
 def cmd_zeroshot(args: argparse.Namespace) -> int:
