@@ -113,6 +113,10 @@ def test_vitkit_train_resume_keeps_the_runs_own_task(tmp_path, capsys):
 def test_accumulating_more_batches_than_an_epoch_holds_is_refused(tmp_path):
     with pytest.raises(ValueError, match="accum_steps=64 is more than the 11 batches of an epoch"):
         train(**TINY, accum_steps=64, epochs=1, out_dir=str(tmp_path), name="acc")
+    # too little data for one batch (the last, incomplete one is dropped) names --batch-size, not accum_steps
+    with pytest.raises(ValueError, match=r"128 training items make no full batch of batch_size=256 .* lower "
+                                         r"--batch-size to 128 or less"):  # fmt: skip
+        train(**{**TINY, "batch_size": 256}, train_subset=128, epochs=1, out_dir=str(tmp_path), name="few")
 
 
 def test_ctrl_c_says_what_is_kept_and_how_to_resume(tmp_path, capsys, monkeypatch):

@@ -19,6 +19,7 @@ __all__ = [
     "check_run_dir",
     "on_disk",
     "TrainingInterrupted",
+    "check_batches",
 ]
 
 
@@ -81,3 +82,19 @@ class TrainingInterrupted(KeyboardInterrupt):
                 else "")  # fmt: skip
         super().__init__(f"interrupted during epoch {epoch + 1}. {kept}{hint}")
         self.run_dir, self.epoch = Path(run_dir), epoch
+
+
+def check_batches(batches: int, data: object, batch_size: int, accum_steps: int) -> None:
+    """Refuse an epoch in which the optimizer would never step, naming the flag that fixes it (ValueError)."""
+    items = len(data) if hasattr(data, "__len__") else None  # type: ignore[arg-type]
+    if batches == 0:
+        size = f"{items} training items" if items is not None else "the training data"
+        raise ValueError(
+            f"{size} make no full batch of batch_size={batch_size} (an incomplete last batch is dropped): "
+            f"lower --batch-size{f' to {items} or less' if items else ''}, or give more data"
+        )
+    if accum_steps > batches:
+        raise ValueError(
+            f"accum_steps={accum_steps} is more than the {batches} batches of an epoch: the "
+            "optimizer would never step (lower accum_steps or batch_size)"
+        )

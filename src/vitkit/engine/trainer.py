@@ -46,7 +46,7 @@ from .distributed import (
 )
 from .optim import build_optimizer, inverse_sqrt_schedule, warmup_cosine_schedule
 from .progress import RunProgress
-from .runtime import check_run_dir, on_disk, rank_device, resolve_device, seed_everything
+from .runtime import check_batches, check_run_dir, on_disk, rank_device, resolve_device, seed_everything
 from .threads import threads_for_run
 
 __all__ = ["Trainer", "TrainingDivergedError", "seed_everything", "resolve_device"]
@@ -408,11 +408,7 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train for the configured epochs (from where a resume left off); returns a summary dict."""
         cfg = self.cfg
-        if cfg.accum_steps > len(self.train_loader):
-            raise ValueError(
-                f"accum_steps={cfg.accum_steps} is more than the {len(self.train_loader)} batches of an epoch: the "
-                "optimizer would never step (lower accum_steps or batch_size)"
-            )
+        check_batches(len(self.train_loader), self.train_data, cfg.batch_size, cfg.accum_steps)
         self._start_run()
         skipped = getattr(self.train_data, "num_skipped", 0) + getattr(self.val_data, "num_skipped", 0)
         if skipped and self.is_main:
