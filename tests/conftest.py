@@ -28,6 +28,16 @@ def timm():
 
 
 @pytest.fixture(scope="session")
+def open_clip():
+    from refs import import_open_clip
+
+    try:
+        return import_open_clip()
+    except Exception as e:  # pragma: no cover - depends on the environment
+        pytest.skip(f"open_clip (reference library, pip install open_clip_torch) is not importable: {e}")
+
+
+@pytest.fixture(scope="session")
 def transformers():
     from refs import import_transformers
 

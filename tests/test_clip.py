@@ -20,16 +20,6 @@ TEXT = dict(vocab_size=99, hidden_size=24, intermediate_size=48, num_hidden_laye
             max_position_embeddings=12)  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def open_clip():
-    from refs import import_open_clip
-
-    try:
-        return import_open_clip()
-    except Exception as e:  # pragma: no cover - depends on the environment
-        pytest.skip(f"open_clip (reference library, pip install open_clip_torch) is not importable: {e}")
-
-
 def _inputs(eos: int = 98):
     """3 images, 3 texts of 10 tokens with an end-of-text token at 7, 5, 9 and the second one padded after it."""
     images = torch.randn(3, 3, 16, 16)

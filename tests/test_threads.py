@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -10,12 +11,8 @@ from vitkit.engine import threads as th
 
 def test_a_request_wins_and_a_bad_one_is_refused():
     assert th.choose_threads(3, cpus=(2, "x"), busy=2.0, work_macs=1.0).threads == 3
-    try:
+    with pytest.raises(ValueError, match="threads must be >= 1, got 0"):
         th.choose_threads(0)
-    except ValueError as e:
-        assert "threads must be >= 1, got 0" in str(e)
-    else:
-        raise AssertionError("threads=0 was taken")
 
 
 def test_cores_busy_with_other_processes_are_left_to_them(monkeypatch):

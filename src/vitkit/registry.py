@@ -43,7 +43,6 @@ _FAMILIES: dict[str, type[nn.Module]] = {}
 _MODELS: dict[str, ModelEntry] = {
     name: ModelEntry(name, family, dict(cfg)) for name, (family, cfg) in MODELS.items()
 }
-_FAMILY_MODULES: dict[str, str] = dict(FAMILY_MODULES)
 # registry name -> its default published weights (timm's ``pretrained_cfg``)
 _PRETRAINED: dict[str, dict[str, Any]] = {
     name: {"architecture": name, **cfg} for name, cfg in PRETRAINED_CFGS.items()
@@ -89,17 +88,17 @@ def list_pretrained(pattern: str = "*") -> list[str]:
 
 def get_family(name: str) -> type[nn.Module]:
     """The model class registered as family ``name`` (its module is imported on first use)."""
-    if name not in _FAMILIES and name in _FAMILY_MODULES:
-        importlib.import_module(_FAMILY_MODULES[name])
+    if name not in _FAMILIES and name in FAMILY_MODULES:
+        importlib.import_module(FAMILY_MODULES[name])
     if name not in _FAMILIES:
-        known = sorted(set(_FAMILIES) | set(_FAMILY_MODULES))
+        known = sorted(set(_FAMILIES) | set(FAMILY_MODULES))
         raise ValueError(f"unknown model family {name!r}; known families: {known}")
     return _FAMILIES[name]
 
 
 def list_families() -> list[str]:
     """Every family name: the built-in ones and those registered since."""
-    return sorted(set(_FAMILIES) | set(_FAMILY_MODULES))
+    return sorted(set(_FAMILIES) | set(FAMILY_MODULES))
 
 
 def list_models(pattern: str = "*") -> list[str]:
