@@ -79,3 +79,36 @@ def test_forward_multiply_adds_of_a_batch():
     assert 0.05e9 < macs < th.SMALL_WORK_MACS  # 64 images of 8x8 through a 0.14M-parameter ViT
     big = nn.Linear(4096, 4096)
     assert th.forward_macs(big, 64) == 4096 * 4097 * 64  # past the bound: parameters x batch, not counted
+
+
+def test_the_multiply_add_estimate_counts_products_as_pytorch_does():
+    import vitkit
+    from vitkit.models.examples import example_inputs
+    from vitkit.profiling import estimate_macs, forward_flops
+
+    lin = nn.Sequential(nn.Linear(6, 5), nn.GELU(), nn.Linear(5, 3))
+    assert estimate_macs(lin, torch.randn(4, 6)) == 4 * (6 * 5 + 5 * 3)
+    conv = nn.Conv2d(3, 8, 3, padding=1, groups=1)
+    assert estimate_macs(conv, torch.randn(1, 3, 5, 5)) == 8 * 5 * 5 * 3 * 9
+    q = torch.randn(2, 4, 7, 16)
+    attn = type(
+        "A", (nn.Module,), {"forward": lambda self, x: nn.functional.scaled_dot_product_attention(x, x, x)}
+    )
+    assert estimate_macs(attn(), q) == 2 * 4 * 7 * 7 * (16 + 16)
+    for name in ("vit_digits", "vitc_mnist", "bert_tiny"):
+        model = vitkit.create_model(name).eval()
+        x = example_inputs(model)
+        # PyTorch's counter skips the CPU attention kernel: the estimate may be a little above, never far
+        assert 1.0 <= estimate_macs(model, x) / (forward_flops(model, x) / 2) < 1.2, name
+
+
+def test_counting_the_work_imports_no_compiler():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, vitkit; from vitkit.engine.threads import forward_macs;"
+        "forward_macs(vitkit.create_model('vit_digits'), 64); print('torch._dynamo' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"  # importing TorchDynamo costs ~2 s of every training run's start

@@ -162,6 +162,10 @@ def test_cli_train_eval_predict_end_to_end(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "val top-1" in out and "run directory" in out
     run = tmp_path / "cli"
+    files, following = out.strip().splitlines()[-2:]  # the run ends naming its files and the next commands
+    for name in ("model.safetensors", "curves.png", "confusion_matrix.png", "eval.json", "metrics.jsonl"):
+        assert name in files.split("files: ")[1].split(", ")
+    assert following == f"next: vitkit eval {run} · vitkit predict {run} IMAGE · vitkit serve {run}"
     assert cli_main(["eval", str(run)]) == 0
     assert "top1" in capsys.readouterr().out.lower().replace("-", "")
     from PIL import Image
@@ -233,9 +237,9 @@ def test_a_recipes_warmup_keeps_its_fraction_of_a_shortened_run(caplog):
 
     with caplog.at_level(logging.INFO, logger="vitkit.engine.config"):
         cfg = resolve_config("digits", epochs=2)
-    assert cfg.warmup_epochs == pytest.approx(5 * 2 / 150)
-    assert "warmup scaled to 0.0667 epochs: the recipe's 5 of 150 epochs" in caplog.text
-    assert resolve_config("digits").warmup_epochs == 5  # the recipe as written
+    assert cfg.warmup_epochs == pytest.approx(4 * 2 / 110)
+    assert "warmup scaled to 0.0727 epochs: the recipe's 4 of 110 epochs" in caplog.text
+    assert resolve_config("digits").warmup_epochs == 4  # the recipe as written
     assert resolve_config("digits", epochs=2, warmup_epochs=1).warmup_epochs == 1  # the user's own is kept
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="vitkit.engine.config"):

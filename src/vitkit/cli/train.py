@@ -80,11 +80,28 @@ def run_training(parser: argparse.ArgumentParser, argv: Sequence[str], fixed_tas
     params = summary.get("encoder_params", summary["params"])
     print(f"epochs: {summary['epochs']}  {task.report(summary)}  time: "
           f"{summary['elapsed_s']:.1f}s  params: {params / 1e6:.3f}M")  # fmt: skip
-    if task.name in ("mae", "mlm"):
-        extra = f"  reconstructions: {run}/reconstructions.png" if task.name == "mae" else ""
-        print(f"encoder: {run}/encoder.safetensors{extra}")
-        print(f"next: vitkit finetune --from {run} --data DATASET")
+    print_run_files(task.name, run)
     return 0
+
+
+# What a user does next with a finished run of each task (the generic commands work for every family)
+_NEXT = {
+    "classification": "vitkit eval {run} · vitkit predict {run} IMAGE · vitkit serve {run}",
+    "detection": "vitkit eval {run} · vitkit predict {run} IMAGE · vitkit serve {run}",
+    "segmentation": "vitkit eval {run} · vitkit predict {run} IMAGE · vitkit serve {run}",
+    "mae": "vitkit finetune --from {run} --data DATASET",
+    "mlm": "vitkit finetune --from {run} --data DATASET",
+    "contrastive": "vitkit zeroshot {run} --data DATASET · vitkit fewshot {run} --data DATASET",
+}
+
+
+def print_run_files(task: str, run: str | os.PathLike) -> None:
+    """The last lines of a run: the files it wrote, and the commands that use them."""
+    from pathlib import Path
+
+    files = sorted(p.name for p in Path(run).iterdir() if p.is_file() and not p.name.startswith("."))
+    print(f"files: {', '.join(files)}")
+    print(f"next: {_NEXT.get(task, 'vitkit eval {run}').format(run=run)}")
 
 
 def _task_from_argv(argv: Sequence[str]) -> str | None:

@@ -117,10 +117,12 @@ class TrainConfig:
 
 
 RECIPES: dict[str, dict[str, Any]] = {
-    # scikit-learn's 8x8 digits, 1,437 training images: a small ViT on 2x2 patches with shift augmentation
+    # scikit-learn's 8x8 digits, 1,437 training images: a small ViT on 2x2 patches with shift augmentation; 110
+    # epochs of ~1.2 s on one core, evaluated and checkpointed every 5 (each evaluation costs ~5% of an epoch)
     "digits": dict(
-        model="vit_digits", dataset="digits", epochs=150, batch_size=64, lr=2e-3, warmup_epochs=5,
-        weight_decay=0.05, label_smoothing=0.1, drop_path=0.1, pad_crop=1, ema_decay=None,
+        model="vit_digits", dataset="digits", epochs=110, batch_size=64, lr=2e-3, warmup_epochs=4,
+        weight_decay=0.05, label_smoothing=0.1, drop_path=0.1, pad_crop=1, ema_decay=None, eval_every=5,
+        save_every=5,
     ),
     "mnist": dict(
         model="vitc_mnist", dataset="mnist", epochs=10, batch_size=128, lr=2e-3, warmup_epochs=1,
@@ -281,8 +283,8 @@ def _absolute_data_paths(cfg: TrainConfig) -> None:
 
 
 def _fit_warmup(values: dict[str, Any], recipe: dict[str, Any], given: dict[str, Any]) -> None:
-    """A recipe's warmup in a run shortened by the user keeps its fraction of the run (the digits recipe's 5 of 150
-    epochs become 0.067 of 2; left as it was, the learning rate would still be rising when the run ends); a warmup
+    """A recipe's warmup in a run shortened by the user keeps its fraction of the run (the digits recipe's 4 of 110
+    epochs become 0.073 of 2; left as it was, the learning rate would still be rising when the run ends); a warmup
     the user gave, or the default one, that does not end before the run does is kept and warned about."""
     epochs = values.get("epochs", TrainConfig.epochs)
     warmup = values.get("warmup_epochs", TrainConfig.warmup_epochs)

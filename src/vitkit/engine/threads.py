@@ -153,14 +153,15 @@ def apply_threads(choice: ThreadChoice) -> None:
 
 
 def forward_macs(model, batch_size: int) -> float | None:
-    """Multiply-adds of one batch's forward pass, counted on one example input (None: no example input).
+    """Multiply-adds of one batch's forward pass, estimated on one example input (None: no example input;
+    :func:`vitkit.profiling.estimate_macs` counts the products).
 
     A model whose parameters alone reach :data:`SMALL_WORK_MACS` for the batch is not counted (a dense layer does
     at least one multiply-add per parameter and sample): its count is returned as that lower bound."""
     import torch
 
     from ..models.examples import example_inputs
-    from ..profiling import forward_flops
+    from ..profiling import estimate_macs
 
     params = sum(p.numel() for p in model.parameters())
     if params * batch_size >= SMALL_WORK_MACS:
@@ -175,7 +176,7 @@ def forward_macs(model, batch_size: int) -> float | None:
     try:
         model.eval()
         with torch.no_grad():
-            return forward_flops(model, x) / 2 * batch_size
+            return float(estimate_macs(model, x) * batch_size)
     finally:
         model.train(training)
 
