@@ -291,6 +291,28 @@ def test_lit_with_real_minilm_weights_gives_sentence_embeddings():
     assert (ours[2] - ours[3]).abs().max() > 0.1  # "ok" and "" differ: padding did not swamp the short texts
 
 
+def test_right_padding_skips_the_mask_of_a_causal_tower_and_left_padding_keeps_it():
+    """CLIP pads after the end of the text, which a causal tower never lets a token see: the attention runs without
+    a mask (SDPA's causal kernel) and gives what the masked attention gives. Left padding keeps the mask."""
+    model = _tiny(embed_dim=16)
+    _, ids, mask = _inputs()
+
+    def masked(ids, mask):  # the tower run with its padding mask, pooled as encode_text pools
+        hidden = model.text.forward_features(ids, key_padding_mask=mask == 0, is_causal=True)
+        return model.text_proj(model._pool_text(hidden, ids, mask))
+
+    with torch.no_grad():
+        assert mask[1].tolist() == [1] * 6 + [0] * 4  # right padding
+        torch.testing.assert_close(model.encode_text(ids, mask), masked(ids, mask), atol=ATOL, rtol=0)
+        left = torch.roll(ids, 4, dims=1)
+        left_mask = torch.roll(mask, 4, dims=1)
+        left[1, :4] = 0
+        ours, ref = model.encode_text(left, left_mask), masked(left, left_mask)
+        torch.testing.assert_close(ours, ref, atol=ATOL, rtol=0)
+        unmasked = model.encode_text(left, None)  # what skipping the mask would have given
+        assert (unmasked[1] - ref[1]).abs().max() > 1e-3
+
+
 def test_save_and_load_round_trip(tmp_path):
     model = _tiny(embed_dim=16, lock_text=True)
     vitkit.save(model, tmp_path / "clip.safetensors")

@@ -162,6 +162,7 @@ def test_canvases_are_deterministic_and_coco_loads(tmp_path):
     torch.testing.assert_close(ds.annotations[0]["boxes"], box_xyxy_to_cxcywh(targets[0]["boxes"]) / 64)
 
 
+@pytest.mark.slow  # 29 s of training (the suite keeps under 10 min); the run, CLI and resume are tested below
 def test_a_tiny_detector_overfits_a_handful_of_images(tmp_path):
     from vitkit.train import train_detection
 

@@ -77,7 +77,9 @@ def test_two_processes_match_one(single, tmp_path, strategy):
     assert proc.stdout.count("run directory:") == 1  # one report, from rank 0
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+@pytest.mark.parametrize(
+    "strategy", ["ddp", pytest.param("fsdp", marks=pytest.mark.slow)]
+)  # FSDP on two processes is also test_two_processes_match_one[fsdp]; its resume runs with -m slow (32 s)
 def test_two_process_checkpoint_resumes_in_one(single, tmp_path, strategy):
     # a tiny time limit stops the 2-process run after epoch 1 with a checkpoint; one process finishes epoch 2
     run, _ = _train(tmp_path, "split", "--distributed", strategy, "--time-limit-min", "1e-6", nproc=2)
@@ -132,6 +134,7 @@ def test_position_means_the_same_at_any_world_size():
     assert [y.tolist() for _, y in one] == order[1:]
 
 
+@pytest.mark.slow  # 27 s (the suite keeps under 10 min); DDP and the summed-loss division are tested elsewhere
 def test_a_language_model_trains_the_same_on_two_processes(tmp_path):
     """The lm task under torchrun: rank 0 builds the vocabulary and the token files (the other rank waits and
     reads them), every rank draws the same windows, and the result equals one process's."""

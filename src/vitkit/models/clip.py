@@ -55,6 +55,11 @@ def _text_tower(text: str, text_args: dict[str, Any] | None) -> tuple[nn.Module,
     return tower, args
 
 
+def _right_padded(padding: Tensor) -> bool:
+    """(B, L) True = padding: whether every row's padding comes after all of its tokens."""
+    return bool((padding[:, :-1] <= padding[:, 1:]).all())
+
+
 def _projection(width: int, embed_dim: int, use: bool, bias: bool, tower: str) -> nn.Module:
     """Linear(width, embed_dim) with N(0, width^-0.5) weights (open_clip), or Identity when the widths agree."""
     if not use:
@@ -239,8 +244,13 @@ class CLIP(nn.Module):
         if isinstance(self.text, BertEncoder):
             return self.text.forward_features(ids, attention_mask)
         padding = None if attention_mask is None else attention_mask == 0
-        if padding is not None and not torch.compiler.is_compiling() and not padding.any():
-            padding = None  # no mask at all: the fastest attention kernel
+        if padding is not None and not torch.compiler.is_compiling():
+            if not padding.any() or (
+                self.text_causal and self.text_pool != "last" and _right_padded(padding)
+            ):
+                # no mask at all: the fastest attention kernel. Padding after every token (CLIP's) changes
+                # nothing a causal tower computes at the tokens, and only tokens are pooled
+                padding = None
         return self.text.forward_features(ids, key_padding_mask=padding, is_causal=self.text_causal)
 
     def _pool_text(self, hidden: Tensor, ids: Tensor, attention_mask: Tensor | None) -> Tensor:
