@@ -35,7 +35,7 @@ def gather_features(x: Tensor) -> tuple[Tensor, int]:
     """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x, 0
-    from torch.distributed.nn.functional import all_gather
+    from torch.distributed._functional_collectives import all_gather_single_autograd
 
     sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(dist.get_world_size())]
     dist.all_gather(sizes, torch.tensor([x.shape[0]], device=x.device))
@@ -45,7 +45,10 @@ def gather_features(x: Tensor) -> tuple[Tensor, int]:
             f"the gathered contrastive loss needs the same batch on every rank, got local batches of {sizes}: "
             "drop the last incomplete batch (drop_last=True)"
         )
-    return torch.cat(all_gather(x.contiguous()), dim=0), dist.get_rank()
+    # PyTorch's autograd all-gather (what torch.distributed.nn.functional.all_gather, now deprecated, points to):
+    # the backward sums every rank's gradient for this rank's share
+    gathered = all_gather_single_autograd(x.contiguous(), 0, dist.group.WORLD)
+    return gathered.wait() if hasattr(gathered, "wait") else gathered, dist.get_rank()
 
 
 def _gather_ids(ids: Tensor) -> Tensor:
