@@ -28,8 +28,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_gpt import timed  # noqa: E402
-from bench_models import OutsideLoad, machine_info  # noqa: E402
+from bench_gpt import interleaved, machine_lines, peer_arguments  # noqa: E402
 
 # name: (image size, patch, vision width/layers/heads, text width/layers/heads, context, embed dim, batch)
 CONFIGS = {
@@ -127,20 +126,14 @@ def bench(name: str, args, log) -> dict:
     parity = check_parity(models, images, ids, mask)
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
     steps = {lib: train_step(lib, m.train(), images, ids, mask) for lib, m in models.items()}
-    calls = {lib: max(1, round(args.min_time / timed(fn, sync))) for lib, fn in steps.items()}  # warm-up too
-    seconds = {lib: [] for lib in steps}
-    load = OutsideLoad()
-    for _ in range(args.repeats):
-        for lib, fn in steps.items():
-            seconds[lib].append(timed(fn, sync, calls[lib]))
-    ratios = [h / v for v, h in zip(seconds["vitkit"], seconds["HF"], strict=True)]
+    seconds, ratios, load = interleaved(steps, sync, args)
     size, patch, vw, vl, vh, tw, tl, th, ctx, dim, _ = CONFIGS[name]
     pairs = images.shape[0]
     row = {
         "config": f"{name} (image {size}px/{patch}, {vl}L/{vw}; text {tl}L/{tw}, ctx {ctx}; embed {dim})",
         "batch": pairs, "vitkit pairs/s": pairs / statistics.median(seconds["vitkit"]),
         "HF pairs/s": pairs / statistics.median(seconds["HF"]), "ratio": statistics.median(ratios),
-        "min": min(ratios), "max": max(ratios), "load": load.cores(), "parity": parity,
+        "min": min(ratios), "max": max(ratios), "load": load, "parity": parity,
     }  # fmt: skip
     log(f"{row['config']}: vitkit/HF {row['ratio']:.3f} [{row['min']:.3f}-{row['max']:.3f}]  {parity}")
     return row
@@ -148,19 +141,12 @@ def bench(name: str, args, log) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cpu")
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--batch-scale", type=int, default=1, help="multiply the batches (e.g. 16 on a GPU)")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--min-time", type=float, default=1.5, help="seconds per measurement (calls are repeated)")
+    peer_arguments(p)
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    args.dtype, args.compile, args.warmup = "float32", "off", 1
-    info = machine_info(args, None)
+    info = machine_lines(args)
     rows = [bench(name, args, lambda s: print(s, file=sys.stderr, flush=True)) for name in args.configs]
-    print("\n".join(f"- {k}: {v}" for k, v in info.items() if k not in ("timm", "peak TFLOP/s for MFU")))
+    print(info)
     print(
         "\n| config | batch (pairs) | vitkit pairs/s | HF pairs/s | vitkit/HF [min-max] | outside load | parity |"
     )

@@ -120,6 +120,40 @@ def timed(fn, sync, calls: int = 1) -> float:
     return (time.perf_counter() - start) / calls
 
 
+def interleaved(steps: dict, sync, args) -> tuple[dict[str, list[float]], list[float], float | None]:
+    """Seconds per call of each library's step over ``args.repeats`` round-robin rounds (each ~``args.min_time``,
+    after a warm-up call that sizes it), the per-round ratios HF/vitkit (> 1: vitkit faster), and how many cores
+    other processes used meanwhile."""
+    calls = {lib: max(1, round(args.min_time / timed(fn, sync))) for lib, fn in steps.items()}  # warm-up too
+    seconds = {lib: [] for lib in steps}
+    load = OutsideLoad()
+    for _ in range(args.repeats):
+        for lib, fn in steps.items():
+            seconds[lib].append(timed(fn, sync, calls[lib]))
+    ratios = [h / v for v, h in zip(seconds["vitkit"], seconds["HF"], strict=True)]
+    return seconds, ratios, load.cores()
+
+
+def peer_arguments(p: argparse.ArgumentParser, repeats: int = 7) -> None:
+    """The options every vitkit-against-a-peer speed script takes."""
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--repeats", type=int, default=repeats)
+    p.add_argument(
+        "--batch-scale", type=int, default=1, help="multiply the training batches (e.g. 16 on a GPU)"
+    )
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--min-time", type=float, default=1.5, help="seconds per measurement (calls are repeated)")
+
+
+def machine_lines(args) -> str:
+    """Sets ``--threads``; the markdown lines that say what machine and software measured."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.dtype, args.compile, args.warmup = "float32", "off", 1
+    info = machine_info(args, None)
+    return "\n".join(f"- {k}: {v}" for k, v in info.items() if k not in ("timm", "peak TFLOP/s for MFU"))
+
+
 def bench(name: str, mode: str, args, log) -> dict:
     layers, heads, dim, vocab, block, train_batch, gen_batch = CONFIGS[name]
     models = build(name, args.device, 16 + args.new_tokens)
@@ -133,18 +167,12 @@ def bench(name: str, mode: str, args, log) -> dict:
         prompt = torch.randint(0, vocab, (gen_batch, 16), device=args.device)
         steps = {lib: generate_step(lib, m.eval(), prompt, args.new_tokens) for lib, m in models.items()}
         work = gen_batch * args.new_tokens
-    calls = {lib: max(1, round(args.min_time / timed(fn, sync))) for lib, fn in steps.items()}  # warm-up too
-    seconds = {lib: [] for lib in steps}
-    load = OutsideLoad()
-    for _ in range(args.repeats):
-        for lib, fn in steps.items():
-            seconds[lib].append(timed(fn, sync, calls[lib]))
-    ratios = [h / v for v, h in zip(seconds["vitkit"], seconds["HF"], strict=True)]
+    seconds, ratios, load = interleaved(steps, sync, args)
     row = {
         "config": f"{name} ({layers}L/{heads}H/{dim}, vocab {vocab}, ctx {block})",
         "mode": mode, "batch": (train_batch * args.batch_scale) if mode == "train" else gen_batch,
         "vitkit tok/s": work / statistics.median(seconds["vitkit"]), "HF tok/s": work / statistics.median(seconds["HF"]),
-        "ratio": statistics.median(ratios), "min": min(ratios), "max": max(ratios), "load": load.cores(),
+        "ratio": statistics.median(ratios), "min": min(ratios), "max": max(ratios), "load": load,
         "parity": parity,
     }  # fmt: skip
     log(f"{row['config']} {mode}: vitkit/HF {row['ratio']:.3f} [{row['min']:.3f}-{row['max']:.3f}]  {parity}")
@@ -153,24 +181,15 @@ def bench(name: str, mode: str, args, log) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cpu")
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     p.add_argument("--modes", nargs="+", default=["train", "generate"], choices=["train", "generate"])
-    p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--new-tokens", type=int, default=64)
-    p.add_argument(
-        "--batch-scale", type=int, default=1, help="multiply the training batches (e.g. 16 on a GPU)"
-    )
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--min-time", type=float, default=1.5, help="seconds per measurement (calls are repeated)")
+    peer_arguments(p)
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    args.dtype, args.compile, args.warmup = "float32", "off", 1
-    info = machine_info(args, None)
+    info = machine_lines(args)
     rows = [bench(name, mode, args, lambda s: print(s, file=sys.stderr, flush=True))
             for name in args.configs for mode in args.modes]  # fmt: skip
-    print("\n".join(f"- {k}: {v}" for k, v in info.items() if k not in ("timm", "peak TFLOP/s for MFU")))
+    print(info)
     print(
         "\n| config | mode | batch | vitkit tok/s | HF tok/s | vitkit/HF [min-max] | outside load | parity |"
     )
