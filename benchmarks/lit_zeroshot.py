@@ -15,7 +15,7 @@ Held-out classes by default, one per coarse group so the 3-way question is answe
 with a seen class near it in meaning: CIFAR-10 cat (dog seen), ship (airplane seen), truck (automobile seen);
 Fashion-MNIST Pullover (T-shirt/top, Shirt, Coat seen), Sneaker (Sandal, Ankle boot seen), Bag (nothing alike seen).
 
-    .venv/bin/python benchmarks/lit_zeroshot.py --dataset cifar10-jpeg --data-dir ../shared/data   # ~30 min, 2 cores
+    .venv/bin/python benchmarks/lit_zeroshot.py --dataset cifar10-jpeg --data-dir ../shared/data   # 58 min on one core
     .venv/bin/python benchmarks/lit_zeroshot.py --dataset fashion-mnist --data-dir ../shared/data  # ~20 min, 2 cores
     .venv/bin/python benchmarks/lit_zeroshot.py --dataset fashion-mnist --epochs 1 --train-limit 700 --test-limit 500
 """

@@ -214,3 +214,20 @@ def test_fewshot_cli_errors(digits_run, tmp_path, capsys):
     assert "positive integers" in capsys.readouterr().err
     assert cli_main(["fewshot", str(tmp_path / "nothing"), "--data", "digits"]) == 2
     assert "no model at" in capsys.readouterr().err
+
+
+def test_a_dual_encoder_run_is_probed_through_its_image_tower(tmp_path):
+    """A contrastive run's model (CLIP / LiT: no classifier, its data config lists the classes it was trained on)
+    is probed on its image embeddings; it used to stop at 'no class names ... and no num_classes'."""
+    torch.manual_seed(0)
+    model = vitkit.create_model(
+        "clip_vit_tiny_patch4_32", embed_dim=16,
+        vision_args=dict(img_size=16, patch_size=8, embed_dim=32, depth=1, num_heads=2, in_chans=1),
+        text_args=dict(vocab_size=40, block_size=8, embed_dim=24, depth=1, num_heads=2),
+    ).eval()  # fmt: skip
+    config = {"task": "contrastive", "dataset": "digits", "mean": [0.3], "std": [0.4], "img_size": [16, 16],
+              "in_chans": 1, "classes": ["zero", "one"], "templates": ["a {label}"]}  # fmt: skip
+    vitkit.save(model, tmp_path / "model.safetensors", data_config=config)
+    r = fewshot_eval(tmp_path, "digits", shots=[2], seeds=2, pool_limit=200, test_limit=50, plot=False)
+    assert r["feature_dim"] == 16 and len(r["classes"]) == 10  # the dataset's classes, not the run's
+    assert len(r["accuracy"]["2"]["per_seed"]) == 2

@@ -316,7 +316,7 @@ def _input_config(model: nn.Module, backbone: nn.Module, source: str) -> dict[st
     from .predict import resolve_data_config
 
     recorded = {k: v for k, v in (getattr(model, "data_config", None) or {}).items() if k != "classes"}
-    return resolve_data_config(backbone, recorded or None, source=source)
+    return resolve_data_config(backbone, recorded or None, source=source, need_classes=False)
 
 
 def _splits(name: str, data_dir, in_chans: int, pool_limit: int | None, test_limit: int | None,

@@ -96,15 +96,18 @@ def _per_channel(values: Any, channels: int, what: str) -> list[float]:
 
 
 def resolve_data_config(
-    model: nn.Module, data_config: dict[str, Any] | None = None, strict: bool = False, source: str = "model"
-) -> dict[str, Any]:
+    model: nn.Module, data_config: dict[str, Any] | None = None, strict: bool = False, source: str = "model",
+    need_classes: bool = True,
+) -> dict[str, Any]:  # fmt: skip
     """A complete data config for ``model``: ``data_config`` (default ``model.data_config``) with gaps filled.
 
     Keys: ``dataset`` (may be None), ``classes``, ``mean``, ``std``, ``img_size`` ([H, W]), ``in_chans``.
     Missing entries come from the model's config (``img_size``, ``in_chans``, ``num_classes`` ->
     classes ``"0".."n-1"``) and, for mean/std, the known statistics of ``dataset`` or 0.5 / 0.5. With no
     data config at all: :class:`MissingDataConfigError` if ``strict``, else a warning and those defaults.
-    Raises ValueError where the config contradicts the model (class count, channels).
+    ``need_classes=False`` (a caller that only prepares images, e.g. a few-shot probe of a dual encoder): ``classes``
+    is None and no class names are looked for. Raises ValueError where the config contradicts the model (class
+    count, channels).
     """
     if data_config is None:
         data_config = getattr(model, "data_config", None)
@@ -126,7 +129,7 @@ def resolve_data_config(
 
     in_chans = _resolve_channels(dc, in_chans_m, source)
     size = _resolve_size(dc, size_m, dynamic, source)
-    classes = _resolve_classes(dc, num_classes, source)
+    classes = _resolve_classes(dc, num_classes, source) if need_classes else None
     stats = _known_stats(dc.get("dataset"), in_chans)
     mean = dc.get("mean")
     std = dc.get("std")
