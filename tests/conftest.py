@@ -17,34 +17,29 @@ def _seed():
     torch.manual_seed(0)
 
 
-@pytest.fixture(scope="session")
-def timm():
-    from refs import import_timm
+def _reference(name: str, what: str):
+    """The reference library ``refs.import_<name>()`` gives, or a skip that names it and why it failed."""
+    import refs
 
     try:
-        return import_timm()
+        return getattr(refs, f"import_{name}")()
     except Exception as e:  # pragma: no cover - depends on the environment
-        pytest.skip(f"timm (reference library) is not importable: {e}")
+        pytest.skip(f"{what} is not importable: {e}")
+
+
+@pytest.fixture(scope="session")
+def timm():
+    return _reference("timm", "timm (reference library)")
 
 
 @pytest.fixture(scope="session")
 def open_clip():
-    from refs import import_open_clip
-
-    try:
-        return import_open_clip()
-    except Exception as e:  # pragma: no cover - depends on the environment
-        pytest.skip(f"open_clip (reference library, pip install open_clip_torch) is not importable: {e}")
+    return _reference("open_clip", "open_clip (reference library, pip install open_clip_torch)")
 
 
 @pytest.fixture(scope="session")
 def transformers():
-    from refs import import_transformers
-
-    try:
-        return import_transformers()
-    except Exception as e:  # pragma: no cover
-        pytest.skip(f"transformers (reference library) is not importable: {e}")
+    return _reference("transformers", "transformers (reference library)")
 
 
 @pytest.fixture(scope="session")

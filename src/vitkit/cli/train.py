@@ -85,12 +85,11 @@ def run_training(parser: argparse.ArgumentParser, argv: Sequence[str], fixed_tas
 
 
 # What a user does next with a finished run of each task (the generic commands work for every family)
+_IMAGE_NEXT = "vitkit eval {run} · vitkit predict {run} IMAGE · vitkit serve {run}"
+_PRETRAIN_NEXT = "vitkit finetune --from {run} --data DATASET"
 _NEXT = {
-    "classification": "vitkit eval {run} · vitkit predict {run} IMAGE · vitkit serve {run}",
-    "detection": "vitkit eval {run} · vitkit predict {run} IMAGE · vitkit serve {run}",
-    "segmentation": "vitkit eval {run} · vitkit predict {run} IMAGE · vitkit serve {run}",
-    "mae": "vitkit finetune --from {run} --data DATASET",
-    "mlm": "vitkit finetune --from {run} --data DATASET",
+    **dict.fromkeys(("classification", "detection", "segmentation"), _IMAGE_NEXT),
+    **dict.fromkeys(("mae", "mlm"), _PRETRAIN_NEXT),
     "contrastive": "vitkit zeroshot {run} --data DATASET · vitkit fewshot {run} --data DATASET",
 }
 

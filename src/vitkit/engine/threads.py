@@ -158,8 +158,6 @@ def forward_macs(model, batch_size: int) -> float | None:
 
     A model whose parameters alone reach :data:`SMALL_WORK_MACS` for the batch is not counted (a dense layer does
     at least one multiply-add per parameter and sample): its count is returned as that lower bound."""
-    import torch
-
     from ..models.examples import example_inputs
     from ..profiling import estimate_macs
 
@@ -174,9 +172,8 @@ def forward_macs(model, batch_size: int) -> float | None:
     x = tuple(t.to(device) for t in x)
     training = model.training
     try:
-        model.eval()
-        with torch.no_grad():
-            return float(estimate_macs(model, x) * batch_size)
+        model.eval()  # estimate_macs runs it under inference mode
+        return float(estimate_macs(model, x) * batch_size)
     finally:
         model.train(training)
 
