@@ -243,3 +243,18 @@ def test_grad_checkpointing_gives_the_same_loss_and_gradients_and_bias_false_has
     linears = [m for m in plain.modules() if isinstance(m, torch.nn.Linear)]
     assert linears and all(m.bias is None for m in linears)
     assert plain(x).shape == (2, 17, 50)
+
+
+@pytest.mark.parametrize("rope", [False, True])
+def test_features_at_one_position_per_row_equal_the_full_hidden_states_there(rope):
+    """``forward_features(at=...)`` (CLIP's end-of-text pooling) runs the last block for one token per row and
+    returns what the full pass gives at those positions; with a cache it is refused."""
+    torch.manual_seed(0)
+    model = GPT(vocab_size=50, block_size=12, embed_dim=32, depth=2, num_heads=4,
+                pos_embed="rope" if rope else "learned").eval()  # fmt: skip
+    ids = torch.randint(0, 50, (3, 9))
+    at = torch.tensor([8, 2, 5])
+    full = model.forward_features(ids)[torch.arange(3), at]
+    torch.testing.assert_close(model.forward_features(ids, at=at), full, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="cache"):
+        model.forward_features(ids, at=at, cache=model.new_cache())

@@ -264,3 +264,36 @@ def test_fully_masked_rows_give_what_sdpa_gives(mask):
     b, w = layer(x, attn_mask=m4, need_weights=True)
     torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)  # need_weights no longer changes the output
     assert w[:, :, 2].abs().max() == 0
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+@pytest.mark.parametrize("case", ["plain", "causal", "causal+padding", "padding", "rope", "qk_norm"])
+def test_forward_at_is_forward_at_those_positions_with_the_same_gradients(norm_first, case):
+    """``EncoderBlock.forward_at`` (the last block of a model pooled at one token) gives the rows of ``forward`` at
+    the chosen positions, and the same gradients for the input and every parameter."""
+    from vitkit.layers.rope import RotaryEmbedding
+
+    torch.manual_seed(0)
+    B, L, C = 3, 7, 16
+    block = EncoderBlock(C, 4, norm_first=norm_first, qk_norm=case == "qk_norm", init_values=0.5)
+    x = torch.randn(B, L, C, requires_grad=True)
+    index = torch.tensor([6, 0, 3])
+    is_causal = case.startswith("causal") or case == "rope"
+    padding = None
+    if "padding" in case:
+        padding = torch.zeros(B, L, dtype=torch.bool)
+        padding[0, :2] = padding[2, 5:] = True  # left padding in row 0, padding after the chosen token in row 2
+    rope = RotaryEmbedding(C // 4, L)(torch.arange(L)) if case == "rope" else None
+    weights = torch.randn(B, 1, C)
+
+    full = block(x, None, padding, is_causal, None, rope)[torch.arange(B), index][:, None]
+    (full * weights).sum().backward()
+    grads = [x.grad.clone()] + [p.grad.clone() for p in block.parameters()]
+    x.grad = None
+    block.zero_grad()
+    at = block.forward_at(x, index, padding, is_causal, rope)
+    (at * weights).sum().backward()
+    assert at.shape == (B, 1, C)
+    torch.testing.assert_close(at, full, atol=1e-6, rtol=1e-5)
+    for got, want in zip([x.grad] + [p.grad for p in block.parameters()], grads, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)

@@ -258,3 +258,22 @@ def test_set_input_size_keeps_a_sincos_table_in_the_model_dtype():
     assert model.pos_embed.dtype == torch.float64
     with torch.no_grad():
         assert model(torch.randn(1, 1, 32, 32, dtype=torch.float64)).dtype == torch.float64
+
+
+@pytest.mark.parametrize("global_pool", ["token", "avg", "map"])
+def test_forward_pooled_equals_the_pre_logits_of_the_full_pass(global_pool):
+    """``forward_pooled`` (CLIP's image tower: with class-token pooling the last block computes the class token
+    only) gives ``forward_head(forward_features(x), pre_logits=True)`` and the same gradients."""
+    torch.manual_seed(0)
+    model = VisionTransformer(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=4, num_classes=5,
+                              global_pool=global_pool, pre_norm=True, class_token=global_pool == "token")  # fmt: skip
+    x, weights = torch.randn(3, 3, 16, 16), torch.randn(3, 32)
+    want = model.forward_head(model.forward_features(x), pre_logits=True)
+    (want * weights).sum().backward()
+    grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    model.zero_grad()
+    got = model.forward_pooled(x)
+    (got * weights).sum().backward()
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+    for g, w in zip([p.grad for p in model.parameters() if p.grad is not None], grads, strict=True):
+        torch.testing.assert_close(g, w, atol=1e-6, rtol=1e-5)

@@ -201,6 +201,36 @@ class Attention(_AttentionBase):
         return self._attend(q, k, v, attn_mask, key_padding_mask, is_causal, need_weights)
 
 
+    def forward_at(
+        self,
+        x: Tensor,
+        index: Tensor,
+        key_padding_mask: Tensor | None = None,
+        is_causal: bool = False,
+        rope: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
+        """The output of :meth:`forward` at one position per row only: x (B, L, C), index (B,) -> (B, 1, C).
+
+        Keys and values come from every position as usual (a causal query at ``index[b]`` sees keys up to it);
+        only the query, the output projection and what follows are computed for one token: what a model pooled
+        at one token (CLIP's class / end-of-text token) needs from its last block. ``rope`` as in :meth:`forward`,
+        the tables of all ``L`` positions."""
+        B, L, C = x.shape
+        rows = torch.arange(B, device=x.device)
+        bias = self.qkv.bias
+        q = F.linear(x[rows, index][:, None], self.qkv.weight[:C], None if bias is None else bias[:C])
+        kv = F.linear(x, self.qkv.weight[C:], None if bias is None else bias[C:])
+        q = q.reshape(B, 1, self.num_heads, self.head_dim).transpose(1, 2)
+        k, v = kv.reshape(B, L, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        if rope is not None:
+            cos, sin = (t.expand(B, -1, -1, -1)[rows, :, index][:, :, None] for t in rope)
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, *rope)
+        mask = None
+        if is_causal:  # (B, 1, 1, L): True = may attend
+            mask = (torch.arange(L, device=x.device) <= index[:, None])[:, None, None, :]
+        return self._attend(q, k, v, mask, key_padding_mask, False, False)
+
+
 class CrossAttention(_AttentionBase):
     """Multi-head attention from queries ``x`` to a separate ``memory`` sequence (encoder-decoder attention)."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from .attention import Attention, CrossAttention
@@ -75,6 +76,29 @@ class EncoderBlock(nn.Module):
             return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
         x = self.norm1(x + self.drop_path1(self.ls1(attn(x))))
         return self.norm2(x + self.drop_path2(self.ls2(self.mlp(x))))
+
+    def forward_at(
+        self,
+        x: Tensor,
+        index: Tensor,
+        key_padding_mask: Tensor | None = None,
+        is_causal: bool = False,
+        rope: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
+        """The block's output at one position per row: x (B, L, C), index (B,) long -> (B, 1, C), equal to
+        ``forward(x, ...)[rows, index]`` (:meth:`Attention.forward_at`: keys and values from every position). A
+        model pooled at one token runs its last block this way: about ``1/L`` of that block's query, projection
+        and MLP work."""
+        at = x[torch.arange(x.shape[0], device=x.device), index][:, None]
+
+        def attn(h: Tensor) -> Tensor:
+            return self.attn.forward_at(h, index, key_padding_mask, is_causal, rope)
+
+        if self.norm_first:
+            at = at + self.drop_path1(self.ls1(attn(self.norm1(x))))
+            return at + self.drop_path2(self.ls2(self.mlp(self.norm2(at))))
+        at = self.norm1(at + self.drop_path1(self.ls1(attn(x))))
+        return self.norm2(at + self.drop_path2(self.ls2(self.mlp(at))))
 
 
 Block = EncoderBlock

@@ -213,7 +213,7 @@ class CLIP(nn.Module):
     def encode_image(self, images: Tensor, normalize: bool = False) -> Tensor:
         """Images (B, C, H, W) -> embeddings (B, embed_dim); unit length with ``normalize``."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.lock_image):
-            x = self.visual_proj(self.visual(images))
+            x = self.visual_proj(self.visual.forward_pooled(images))
         return F.normalize(x, dim=-1) if normalize else x
 
     def encode_text(
@@ -235,12 +235,35 @@ class CLIP(nn.Module):
                 f"input_ids must be integer (batch, length), got {input_ids.dtype} {tuple(input_ids.shape)}"
             )
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.lock_text):
-            x = self.text_proj(
-                self._pool_text(self._text_hidden(input_ids, attention_mask), input_ids, attention_mask)
-            )
+            at = self._pool_position(input_ids)
+            if at is not None and isinstance(self.text, GPT):  # its last block computes that token only
+                x = self._text_hidden(input_ids, attention_mask, at)
+            else:
+                x = self._pool_text(self._text_hidden(input_ids, attention_mask), input_ids, attention_mask)
+            x = self.text_proj(x)
         return F.normalize(x, dim=-1) if normalize else x
 
-    def _text_hidden(self, ids: Tensor, attention_mask: Tensor | None) -> Tensor:
+    def _pool_position(self, ids: Tensor) -> Tensor | None:
+        """(B,) the position each text is pooled at, or None for a pooling over several positions (mean, pooler).
+
+        Raises:
+            ValueError: ``text_pool="eos"`` and a text without ``eos_token_id``."""
+        if self.text_pool not in ("argmax", "eos", "first", "last"):
+            return None
+        if self.text_pool == "argmax":
+            return ids.argmax(dim=-1)
+        if self.text_pool == "eos":
+            found = ids == self.eos_token_id
+            if not torch.compiler.is_compiling() and not found.any(dim=-1).all():
+                missing = (~found.any(dim=-1)).nonzero().flatten().tolist()
+                raise ValueError(
+                    f"text_pool='eos': texts {missing} hold no end-of-text token ({self.eos_token_id})"
+                )
+            return found.int().argmax(dim=-1)
+        return torch.full((ids.shape[0],), 0 if self.text_pool == "first" else ids.shape[1] - 1, device=ids.device)
+
+    def _text_hidden(self, ids: Tensor, attention_mask: Tensor | None, at: Tensor | None = None) -> Tensor:
+        """The text tower's hidden states (B, L, D), or (B, D) at positions ``at`` (a GPT-shaped tower)."""
         if isinstance(self.text, BertEncoder):
             return self.text.forward_features(ids, attention_mask)
         padding = None if attention_mask is None else attention_mask == 0
@@ -251,25 +274,13 @@ class CLIP(nn.Module):
                 # no mask at all: the fastest attention kernel. Padding after every token (CLIP's) changes
                 # nothing a causal tower computes at the tokens, and only tokens are pooled
                 padding = None
-        return self.text.forward_features(ids, key_padding_mask=padding, is_causal=self.text_causal)
+        return self.text.forward_features(ids, key_padding_mask=padding, is_causal=self.text_causal, at=at)
 
     def _pool_text(self, hidden: Tensor, ids: Tensor, attention_mask: Tensor | None) -> Tensor:
         """Hidden states (B, L, D) -> (B, D) by ``text_pool``."""
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
-        if self.text_pool == "argmax":
-            return hidden[rows, ids.argmax(dim=-1)]
-        if self.text_pool == "eos":
-            found = ids == self.eos_token_id
-            if not torch.compiler.is_compiling() and not found.any(dim=-1).all():
-                missing = (~found.any(dim=-1)).nonzero().flatten().tolist()
-                raise ValueError(
-                    f"text_pool='eos': texts {missing} hold no end-of-text token ({self.eos_token_id})"
-                )
-            return hidden[rows, found.int().argmax(dim=-1)]
-        if self.text_pool == "first":
-            return hidden[:, 0]
-        if self.text_pool == "last":
-            return hidden[:, -1]
+        at = self._pool_position(ids)
+        if at is not None:
+            return hidden[torch.arange(hidden.shape[0], device=hidden.device), at]
         if self.text_pool == "pooler":
             return self.text.pool(hidden)
         if attention_mask is None and isinstance(self.text, BertEncoder):

@@ -162,10 +162,15 @@ class GPT(nn.Module):
         key_padding_mask: Tensor | None = None,
         cache: KVCache | None = None,
         is_causal: bool = True,
+        at: Tensor | None = None,
     ) -> Tensor:
         """Token ids (B, L) -> hidden states after the final LayerNorm (B, L, embed_dim); arguments as
         :meth:`forward`. ``is_causal=False`` lets every token see the whole sequence: the same stack used as a
-        bidirectional text encoder (SigLIP's text tower, :mod:`vitkit.models.clip`)."""
+        bidirectional text encoder (SigLIP's text tower, :mod:`vitkit.models.clip`). ``at`` (B,) long: only the
+        hidden state at that position of each row, (B, embed_dim) (the last block computes that token alone,
+        :meth:`~vitkit.layers.EncoderBlock.forward_at`; CLIP's end-of-text pooling); not with ``cache``."""
+        if at is not None and cache is not None:
+            raise ValueError("forward_features: at= (one position per row) cannot be used with a cache")
         B, L = idx.shape
         start = cache[0]["k"].shape[2] if cache and "k" in cache[0] else 0
         if start + L > self.block_size:
@@ -180,10 +185,14 @@ class GPT(nn.Module):
         rope = self.rope(positions) if self.rope is not None else None
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
+            if at is not None and i == len(self.blocks) - 1:
+                return self.norm(block.forward_at(x, at, key_padding_mask, is_causal, rope))[:, 0]
             if self.grad_checkpointing and self.training and cache is None:
                 x = checkpoint(block, x, None, key_padding_mask, is_causal, None, rope, use_reentrant=False)
             else:
                 x = block(x, None, key_padding_mask, is_causal, None if cache is None else cache[i], rope)
+        if at is not None:  # no blocks
+            return self.norm(x[torch.arange(B, device=x.device), at])
         return self.norm(x)
 
     def extra_repr(self) -> str:
