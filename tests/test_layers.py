@@ -268,8 +268,8 @@ def test_fully_masked_rows_give_what_sdpa_gives(mask):
 
 @pytest.mark.parametrize("norm_first", [True, False])
 @pytest.mark.parametrize("case", ["plain", "causal", "causal+padding", "padding", "rope", "qk_norm"])
-def test_forward_at_is_forward_at_those_positions_with_the_same_gradients(norm_first, case):
-    """``EncoderBlock.forward_at`` (the last block of a model pooled at one token) gives the rows of ``forward`` at
+def test_a_block_at_one_position_per_row_is_forward_there_with_the_same_gradients(norm_first, case):
+    """``EncoderBlock(..., at=index)`` (the last block of a model pooled at one token) gives the rows of ``forward`` at
     the chosen positions, and the same gradients for the input and every parameter."""
     from vitkit.layers.rope import RotaryEmbedding
 
@@ -291,9 +291,11 @@ def test_forward_at_is_forward_at_those_positions_with_the_same_gradients(norm_f
     grads = [x.grad.clone()] + [p.grad.clone() for p in block.parameters()]
     x.grad = None
     block.zero_grad()
-    at = block.forward_at(x, index, padding, is_causal, rope)
+    at = block(x, None, padding, is_causal, None, rope, at=index)
     (at * weights).sum().backward()
     assert at.shape == (B, 1, C)
     torch.testing.assert_close(at, full, atol=1e-6, rtol=1e-5)
     for got, want in zip([x.grad] + [p.grad for p in block.parameters()], grads, strict=True):
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="at= takes no attn_mask"):
+        block.attn(x, torch.ones(L, L, dtype=torch.bool), at=index)

@@ -180,6 +180,7 @@ class Attention(_AttentionBase):
         need_weights: bool = False,
         cache: dict[str, Tensor] | None = None,
         rope: tuple[Tensor, Tensor] | None = None,
+        at: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """x: (B, L, C) -> (B, L, C); with ``need_weights`` also the (B, H, L, L) attention weights.
 
@@ -188,7 +189,13 @@ class Attention(_AttentionBase):
         ``key_padding_mask`` covers all keys, cached ones included.
         ``rope``: the (cos, sin) tables of the new positions (:class:`~vitkit.layers.rope.RotaryEmbedding`),
         applied to queries and keys before the keys are cached.
+        ``at`` (B,) long: the output at that one position of each row only, (B, 1, C) (:meth:`_forward_at`; not
+        with ``attn_mask``, ``need_weights`` or ``cache``).
         """
+        if at is not None:
+            if attn_mask is not None or need_weights or cache is not None:
+                raise ValueError("Attention: at= takes no attn_mask, need_weights or cache")
+            return self._forward_at(x, at, key_padding_mask, is_causal, rope)
         B, L, C = x.shape
         qkv = self.qkv(x).reshape(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each B, H, L, head_dim
@@ -201,14 +208,10 @@ class Attention(_AttentionBase):
         return self._attend(q, k, v, attn_mask, key_padding_mask, is_causal, need_weights)
 
 
-    def forward_at(
-        self,
-        x: Tensor,
-        index: Tensor,
-        key_padding_mask: Tensor | None = None,
-        is_causal: bool = False,
-        rope: tuple[Tensor, Tensor] | None = None,
-    ) -> Tensor:
+    def _forward_at(
+        self, x: Tensor, index: Tensor, key_padding_mask: Tensor | None, is_causal: bool,
+        rope: tuple[Tensor, Tensor] | None,
+    ) -> Tensor:  # fmt: skip
         """The output of :meth:`forward` at one position per row only: x (B, L, C), index (B,) -> (B, 1, C).
 
         Keys and values come from every position as usual (a causal query at ``index[b]`` sees keys up to it);

@@ -64,9 +64,17 @@ class EncoderBlock(nn.Module):
         is_causal: bool = False,
         cache: dict[str, Tensor] | None = None,
         rope: tuple[Tensor, Tensor] | None = None,
+        at: Tensor | None = None,
     ) -> Tensor:
         """x: (B, L, C) -> (B, L, C). ``is_causal``, ``cache`` and ``rope`` as in :class:`Attention` (a decoder-only
-        model such as GPT is a stack of causal encoder blocks)."""
+        model such as GPT is a stack of causal encoder blocks).
+
+        ``at`` (B,) long: the block's output at that one position of each row only, (B, 1, C), equal to
+        ``forward(x, ...)[rows, at]``: keys and values still come from every position, the query, projection and
+        MLP work is done for one token. A model pooled at one token (CLIP's class or end-of-text token) runs its
+        last block this way."""
+        if at is not None:
+            return self._forward_at(x, at, attn_mask, key_padding_mask, is_causal, cache, rope)
 
         def attn(h: Tensor) -> Tensor:
             return self.attn(h, attn_mask, key_padding_mask, is_causal, cache=cache, rope=rope)
@@ -77,22 +85,11 @@ class EncoderBlock(nn.Module):
         x = self.norm1(x + self.drop_path1(self.ls1(attn(x))))
         return self.norm2(x + self.drop_path2(self.ls2(self.mlp(x))))
 
-    def forward_at(
-        self,
-        x: Tensor,
-        index: Tensor,
-        key_padding_mask: Tensor | None = None,
-        is_causal: bool = False,
-        rope: tuple[Tensor, Tensor] | None = None,
-    ) -> Tensor:
-        """The block's output at one position per row: x (B, L, C), index (B,) long -> (B, 1, C), equal to
-        ``forward(x, ...)[rows, index]`` (:meth:`Attention.forward_at`: keys and values from every position). A
-        model pooled at one token runs its last block this way: about ``1/L`` of that block's query, projection
-        and MLP work."""
+    def _forward_at(self, x, index, attn_mask, key_padding_mask, is_causal, cache, rope) -> Tensor:
         at = x[torch.arange(x.shape[0], device=x.device), index][:, None]
 
         def attn(h: Tensor) -> Tensor:
-            return self.attn.forward_at(h, index, key_padding_mask, is_causal, rope)
+            return self.attn(h, attn_mask, key_padding_mask, is_causal, cache=cache, rope=rope, at=index)
 
         if self.norm_first:
             at = at + self.drop_path1(self.ls1(attn(self.norm1(x))))

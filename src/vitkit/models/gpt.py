@@ -168,7 +168,7 @@ class GPT(nn.Module):
         :meth:`forward`. ``is_causal=False`` lets every token see the whole sequence: the same stack used as a
         bidirectional text encoder (SigLIP's text tower, :mod:`vitkit.models.clip`). ``at`` (B,) long: only the
         hidden state at that position of each row, (B, embed_dim) (the last block computes that token alone,
-        :meth:`~vitkit.layers.EncoderBlock.forward_at`; CLIP's end-of-text pooling); not with ``cache``."""
+        ``EncoderBlock(..., at=)``; CLIP's end-of-text pooling); not with ``cache``."""
         if at is not None and cache is not None:
             raise ValueError("forward_features: at= (one position per row) cannot be used with a cache")
         B, L = idx.shape
@@ -186,7 +186,7 @@ class GPT(nn.Module):
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
             if at is not None and i == len(self.blocks) - 1:
-                return self.norm(block.forward_at(x, at, key_padding_mask, is_causal, rope))[:, 0]
+                return self.norm(block(x, None, key_padding_mask, is_causal, None, rope, at=at))[:, 0]
             if self.grad_checkpointing and self.training and cache is None:
                 x = checkpoint(block, x, None, key_padding_mask, is_causal, None, rope, use_reentrant=False)
             else:

@@ -343,7 +343,7 @@ class VisionTransformer(nn.Module):
     def forward_pooled(self, x: Tensor) -> Tensor:
         """Images (B, C, H, W) -> pooled features (B, num_features): ``forward_head(forward_features(x),
         pre_logits=True)``. With class-token pooling the last block computes the class token only (its keys and
-        values still come from every token, :meth:`~vitkit.layers.EncoderBlock.forward_at`): the same features
+        values still come from every token, ``EncoderBlock(..., at=)``): the same features
         for about ``1/depth`` less work (CLIP's image tower)."""
         last = self.blocks[-1] if len(self.blocks) else None
         if self.global_pool != "token" or self.distilled or self.attn_pool is not None or last is None:
@@ -351,7 +351,7 @@ class VisionTransformer(nn.Module):
         x = self.norm_pre(self._pos_embed(self.patch_embed(x)))
         for block in self.blocks[:-1]:
             x = self._run_block(block, x)
-        x = last.forward_at(x, torch.zeros(x.shape[0], dtype=torch.long, device=x.device))
+        x = last(x, at=torch.zeros(x.shape[0], dtype=torch.long, device=x.device))
         return self.forward_head(self.norm(x), pre_logits=True)
 
     def forward(self, x: Tensor) -> Tensor:
