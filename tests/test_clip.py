@@ -350,3 +350,55 @@ def test_bad_configs_and_inputs_fail_clearly():
         model.encode_text(torch.full((1, 13), 98))
     with pytest.raises(CheckpointError, match="not a CLIP / SigLIP checkpoint"):
         vitkit.load_pretrained(model, {"foo.weight": torch.zeros(2)})
+
+
+TINY = {"vision_args": {"img_size": 8, "patch_size": 2, "depth": 1, "embed_dim": 32, "num_heads": 2},
+        "text_args": {"depth": 1, "embed_dim": 32, "num_heads": 2}, "embed_dim": 32}  # fmt: skip
+
+
+def _fsdp_worker(rank: int, world: int, store: str, out: str) -> None:
+    """One of two gloo processes: the same seeded SigLIP-shaped CLIP trained 3 steps under DDP and under FSDP2 (its
+    0-dim temperature and bias stay whole, their gradients averaged by hand) on this rank's half of the batch."""
+    import torch.distributed as dist
+
+    from vitkit.engine.distributed import DistEnv, wrap_model
+    from vitkit.engine.optim import build_optimizer
+
+    dist.init_process_group("gloo", store=dist.FileStore(store, world), rank=rank, world_size=world)
+    try:
+        g = torch.Generator().manual_seed(1)
+        images, ids = torch.randn(8, 3, 8, 8, generator=g), torch.randint(1, 40, (8, 6), generator=g)
+        rows = slice(rank * 4, rank * 4 + 4)
+        result = {}
+        for strategy in ("ddp", "fsdp"):
+            torch.manual_seed(0)
+            model = vitkit.create_model("clip_vit_tiny_patch4_32", **TINY, logit_bias_init=-10.0)
+            wrapped = wrap_model(model, DistEnv(rank, world), strategy, torch.device("cpu"))
+            optimizer = build_optimizer(model, 1e-2, 0.05, fused=False)  # one AdamW for both
+            for _ in range(3):
+                emb = wrapped(images[rows], ids[rows])
+                loss = siglip_loss(emb["image_embeds"], emb["text_embeds"], emb["logit_scale"],
+                                   emb["logit_bias"], gather=True)  # fmt: skip
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            result[strategy] = {n: p.detach().full_tensor() if hasattr(p, "full_tensor") else p.detach().clone()
+                                for n, p in model.named_parameters()}  # fmt: skip
+        if rank == 0:
+            torch.save(result, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_fsdp_trains_a_dual_encoder_exactly_as_ddp(tmp_path):
+    """FSDP2 shards every block of both towers; CLIP's 0-dim logit scale and bias, which it cannot shard, stay whole
+    with gradients averaged over ranks: three steps give DDP's weights exactly (same AdamW implementation)."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_fsdp_worker, args=(2, str(tmp_path / "store"), str(tmp_path / "out.pt")), nprocs=2)
+    got = torch.load(tmp_path / "out.pt")
+    ddp, fsdp = got["ddp"], got["fsdp"]
+    assert ddp.keys() == fsdp.keys() and {"logit_scale", "logit_bias"} <= ddp.keys()
+    assert ddp["logit_bias"] != -10.0  # the bias trained
+    for name in ddp:
+        torch.testing.assert_close(fsdp[name], ddp[name], atol=1e-6, rtol=0, msg=lambda m, name=name: f"{name}: {m}")

@@ -247,3 +247,27 @@ def test_train_classes_keep_the_other_classes_for_zero_shot(tmp_path):
     assert summary["train_samples"] == 576  # the digits of classes 0-3 in the training split
     data = json.loads((tmp_path / "held-out" / "eval.json").read_text())
     assert data["num_classes"] == 10 and data["zeroshot"]  # scored over every class of the validation split
+
+
+@pytest.mark.slow  # two torchrun processes, ~20 s
+@pytest.mark.parametrize("lock", ["none", "text"])
+def test_a_contrastive_run_trains_under_fsdp_on_two_processes(tmp_path, lock):
+    """``--distributed fsdp`` under torchrun: both towers sharded, the temperature kept whole; the locked text
+    tower's caption cache and the zero-shot evaluation call the towers outside ``forward`` (gathered whole for
+    it), and the saved model evaluates like the run's own last evaluation."""
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "vitkit",
+           "train", "--task", "contrastive", "--dataset", "digits", "--model-args", json.dumps(TINY),
+           "--batch-size", "128", "--lr", "2e-3", "--warmup-epochs", "1", "--epochs", "2", "--threads", "1",
+           "--lock", lock, "--distributed", "fsdp", "--no-progress", "--out-dir", str(tmp_path), "--name", "fsdp"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "fsdp" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["epochs"] == 2
+    assert main(["zeroshot", str(tmp_path / "fsdp"), "--data", "digits"]) == 0
+    got = json.loads((tmp_path / "fsdp" / "zeroshot-digits.json").read_text())
+    assert got["top1"] == pytest.approx(summary["val_zeroshot_top1"])

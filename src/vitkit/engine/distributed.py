@@ -10,7 +10,9 @@ across ranks, and lets rank 0 alone write files. Nothing here replaces a part of
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +30,7 @@ __all__ = [
     "all_reduce_any",
     "gather_objects",
     "is_sharded",
+    "unsharded",
     "full_model_state",
     "full_state_dicts",
     "load_full_state_dicts",
@@ -107,10 +110,25 @@ def wrap_model(model: nn.Module, env: DistEnv, strategy: str, device: torch.devi
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     from torch.distributed.fsdp import fully_shard
 
-    for block in getattr(model, "blocks", []):
-        fully_shard(block)
-    fully_shard(model)
+    from ..layers import DecoderBlock, EncoderBlock
+
+    for block in [m for m in model.modules() if isinstance(m, (EncoderBlock, DecoderBlock))]:
+        fully_shard(block)  # every transformer block (of every tower) a unit
+    # FSDP2 cannot shard a 0-dim parameter (CLIP's temperature, SigLIP's bias): those stay whole on every rank,
+    # their gradients averaged over ranks as FSDP averages the others'
+    scalars = {p for p in model.parameters() if p.dim() == 0}
+    fully_shard(model, ignored_params=scalars or None)
+    for p in scalars:
+        if p.requires_grad:
+            p.register_post_accumulate_grad_hook(_average_grad)
     return model
+
+
+def _average_grad(param: Tensor) -> None:
+    """Average ``param.grad`` over ranks in place (a running sum of micro-batch gradients that are already
+    averaged stays averaged: the mean of equal values is that value)."""
+    dist.all_reduce(param.grad)
+    param.grad.div_(dist.get_world_size())
 
 
 def all_reduce_sum(*values: Tensor | float, device: torch.device) -> list[float]:
@@ -145,6 +163,21 @@ def is_sharded(model: nn.Module) -> bool:
     from torch.distributed.fsdp import FSDPModule
 
     return isinstance(model, FSDPModule)
+
+
+@contextlib.contextmanager
+def unsharded(model: nn.Module) -> Iterator[nn.Module]:
+    """For the duration, an FSDP2-sharded model's own (root) parameters gathered whole, so that a method other
+    than ``forward`` can be called (``CLIP.encode_text``: FSDP gathers a unit's parameters only around its
+    ``forward``; the blocks inside still gather their own as they run). Nothing to do for a model not sharded."""
+    if not is_sharded(model):
+        yield model
+        return
+    model.unshard()
+    try:
+        yield model
+    finally:
+        model.reshard()
 
 
 def _full_options(model: nn.Module):

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..engine.distributed import is_sharded, unsharded
 from .base import Batch, Task, dataset_label
 from .inputs import AUGMENT_OPTIONS, ImageInput, shared_across_ranks
 from .zeroshot import encode_texts, retrieval_recall, topk_hits
@@ -83,8 +84,6 @@ class Contrastive(Task):
 
     def __init__(self, cfg, device, dist) -> None:
         super().__init__(cfg, device, dist)
-        if dist.enabled and cfg.distributed == "fsdp":
-            raise ValueError("the contrastive task runs under DDP, not FSDP (use --distributed ddp)")
         self.pairs = str(cfg.dataset).lower().startswith("pairs:")
         if self.pairs:
             self.selection = ("val_mean_recall@1", "max")
@@ -254,10 +253,15 @@ class Contrastive(Task):
         if self._text_cache is None:
             self._text_cache = torch.zeros(len(self.captions), clip.embed_dim, device=self.device)
             self._cached = torch.zeros(len(self.captions), dtype=torch.bool, device=self.device)
-        missing = index[~self._cached[index]].unique()
+        if is_sharded(clip):  # FSDP gathers weights in collectives: every rank encodes every caption, at once
+            missing = (~self._cached).nonzero().flatten()
+        else:
+            missing = index[~self._cached[index]].unique()
         if len(missing):
-            embeds = clip.encode_text(*self._rows(missing), normalize=True)
-            self._text_cache[missing] = embeds.to(self._text_cache.dtype)
+            with unsharded(clip):
+                for chunk in missing.split(1024):
+                    embeds = clip.encode_text(*self._rows(chunk), normalize=True)
+                    self._text_cache[chunk] = embeds.to(self._text_cache.dtype)
             self._cached[missing] = True
         return self._text_cache[index]
 
@@ -275,9 +279,10 @@ class Contrastive(Task):
     def _val_text(self, model: nn.Module) -> Tensor:
         """Every validation caption's unit-length embedding (computed once per evaluation)."""
         if self._eval_text is None:
-            self._eval_text = encode_texts(
-                model, self.val_captions, lambda t: self.tokenizer(t, self.max_length)
-            )
+            with unsharded(model):
+                self._eval_text = encode_texts(
+                    model, self.val_captions, lambda t: self.tokenizer(t, self.max_length)
+                )
         return self._eval_text
 
     def eval_step(self, model: nn.Module, batch: Batch, final: bool) -> tuple[dict, Any]:
