@@ -73,29 +73,17 @@ class EncoderBlock(nn.Module):
         ``forward(x, ...)[rows, at]``: keys and values still come from every position, the query, projection and
         MLP work is done for one token. A model pooled at one token (CLIP's class or end-of-text token) runs its
         last block this way."""
-        if at is not None:
-            return self._forward_at(x, at, attn_mask, key_padding_mask, is_causal, cache, rope)
 
         def attn(h: Tensor) -> Tensor:
-            return self.attn(h, attn_mask, key_padding_mask, is_causal, cache=cache, rope=rope)
+            return self.attn(h, attn_mask, key_padding_mask, is_causal, cache=cache, rope=rope, at=at)
 
+        # the residual stream: every position, or only the one at ``at`` (attention still reads all of x)
+        y = x if at is None else x[torch.arange(x.shape[0], device=x.device), at][:, None]
         if self.norm_first:
-            x = x + self.drop_path1(self.ls1(attn(self.norm1(x))))
-            return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
-        x = self.norm1(x + self.drop_path1(self.ls1(attn(x))))
-        return self.norm2(x + self.drop_path2(self.ls2(self.mlp(x))))
-
-    def _forward_at(self, x, index, attn_mask, key_padding_mask, is_causal, cache, rope) -> Tensor:
-        at = x[torch.arange(x.shape[0], device=x.device), index][:, None]
-
-        def attn(h: Tensor) -> Tensor:
-            return self.attn(h, attn_mask, key_padding_mask, is_causal, cache=cache, rope=rope, at=index)
-
-        if self.norm_first:
-            at = at + self.drop_path1(self.ls1(attn(self.norm1(x))))
-            return at + self.drop_path2(self.ls2(self.mlp(self.norm2(at))))
-        at = self.norm1(at + self.drop_path1(self.ls1(attn(x))))
-        return self.norm2(at + self.drop_path2(self.ls2(self.mlp(at))))
+            y = y + self.drop_path1(self.ls1(attn(self.norm1(x))))
+            return y + self.drop_path2(self.ls2(self.mlp(self.norm2(y))))
+        y = self.norm1(y + self.drop_path1(self.ls1(attn(x))))
+        return self.norm2(y + self.drop_path2(self.ls2(self.mlp(y))))
 
 
 Block = EncoderBlock
