@@ -11,6 +11,7 @@ the per-round ratios (vitkit/HF, > 1 = vitkit faster) with [min-max] after it.
 
     .venv/bin/python benchmarks/bench_clip.py                       # CPU: ~4 min on 2 quiet cores
     .venv/bin/python benchmarks/bench_clip.py --device cuda --batch-scale 16
+    .venv/bin/python benchmarks/bench_clip.py --configs ViT-B/32 --lengths 8:24   # short captions, padded to 77
 """
 
 from __future__ import annotations
@@ -57,15 +58,23 @@ def build(name: str, device: str, folder: Path):
     return {"vitkit": ours.to(device), "HF": hf.to(device)}
 
 
-def batch(name: str, device: str, scale: int, vocab: int):
+def end_range(name: str, lengths: str | None) -> tuple[int, int]:
+    """Where the captions' end-of-text tokens fall: ``LO:HI`` (positions LO..HI-1), default a quarter of the
+    context to its end."""
+    ctx = CONFIGS[name][8]
+    lo, hi = (ctx // 4, ctx) if lengths is None else (int(v) for v in lengths.split(":"))
+    if not 1 <= lo < hi <= ctx:
+        raise SystemExit(f"--lengths {lengths}: need 1 <= LO < HI <= {ctx} (the context)")
+    return lo, hi
+
+
+def batch(name: str, device: str, scale: int, vocab: int, ends_in: tuple[int, int]):
     size, *_, ctx, _, b = CONFIGS[name]
     b *= scale
     g = torch.Generator().manual_seed(0)
     images = torch.randn(b, 3, size, size, generator=g)
     ids = torch.randint(1, vocab - 2, (b, ctx), generator=g)
-    ends = torch.randint(
-        ctx // 4, ctx, (b,), generator=g
-    )  # captions of different lengths, padded after the end
+    ends = torch.randint(*ends_in, (b,), generator=g)  # captions of different lengths, padded to the context
     mask = (torch.arange(ctx)[None] <= ends[:, None]).long()
     ids[torch.arange(b), ends] = vocab - 1  # the end-of-text id (HF pools at the largest id for this config)
     ids = ids * mask
@@ -122,7 +131,8 @@ def bench(name: str, args, log) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         models = build(name, args.device, Path(folder))
     vocab = models["HF"].config.text_config.vocab_size
-    images, ids, mask = batch(name, args.device, args.batch_scale, vocab)
+    ends = end_range(name, args.lengths)
+    images, ids, mask = batch(name, args.device, args.batch_scale, vocab, ends)
     parity = check_parity(models, images, ids, mask)
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
     steps = {lib: train_step(lib, m.train(), images, ids, mask) for lib, m in models.items()}
@@ -130,7 +140,8 @@ def bench(name: str, args, log) -> dict:
     size, patch, vw, vl, vh, tw, tl, th, ctx, dim, _ = CONFIGS[name]
     pairs = images.shape[0]
     row = {
-        "config": f"{name} (image {size}px/{patch}, {vl}L/{vw}; text {tl}L/{tw}, ctx {ctx}; embed {dim})",
+        "config": f"{name} (image {size}px/{patch}, {vl}L/{vw}; text {tl}L/{tw}, ctx {ctx}; embed {dim}; "
+                  f"end-of-text at {ends[0]}-{ends[1] - 1})",
         "batch": pairs, "vitkit pairs/s": pairs / statistics.median(seconds["vitkit"]),
         "HF pairs/s": pairs / statistics.median(seconds["HF"]), "ratio": statistics.median(ratios),
         "min": min(ratios), "max": max(ratios), "load": load, "parity": parity,
@@ -142,6 +153,9 @@ def bench(name: str, args, log) -> dict:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    p.add_argument("--lengths", default=None, metavar="LO:HI",
+                   help="end-of-text positions drawn from LO..HI-1 (default: a quarter of the context to its end); "
+                        "captions are padded to the context after it")  # fmt: skip
     peer_arguments(p)
     args = p.parse_args(argv)
     info = machine_lines(args)

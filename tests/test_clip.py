@@ -318,6 +318,35 @@ def test_right_padding_skips_the_mask_of_a_causal_tower_and_left_padding_keeps_i
         assert (unmasked[1] - ref[1]).abs().max() > 1e-3
 
 
+def test_a_causal_tower_skips_the_positions_after_the_last_pooled_token():
+    """Captions padded to the context: the tower runs only up to the batch's last end-of-text token, and the
+    embeddings and every gradient equal those of the whole padded context."""
+    model = _tiny(embed_dim=16).train()
+    ids = torch.randint(3, 90, (3, 12))
+    for row, end in enumerate((7, 5, 4)):
+        ids[row, end] = 98
+        ids[row, end + 1:] = 0  # padded to the context after the end of the text (CLIP's tokenizer)
+    mask = (ids != 0).long()
+    lengths = []
+    hook = model.text.blocks[0].register_forward_pre_hook(lambda _, args: lengths.append(args[0].shape[1]))
+
+    def full(ids, mask):  # the tower over the whole context, pooled as encode_text pools
+        hidden = model.text.forward_features(ids, key_padding_mask=mask == 0, is_causal=True)
+        return model.text_proj(model._pool_text(hidden, ids, mask))
+
+    grads = []
+    for encode in (model.encode_text, full):
+        model.zero_grad()
+        out = encode(ids, mask)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        grads.append((out.detach(), {n: p.grad.clone() for n, p in model.text.named_parameters()}))
+    hook.remove()
+    assert lengths == [8, 12]  # the batch's last end-of-text token is at 7
+    torch.testing.assert_close(grads[0][0], grads[1][0], atol=ATOL, rtol=0)
+    for name, grad in grads[1][1].items():
+        torch.testing.assert_close(grads[0][1][name], grad, atol=ATOL, rtol=0, msg=name)
+
+
 def test_save_and_load_round_trip(tmp_path):
     model = _tiny(embed_dim=16, lock_text=True)
     vitkit.save(model, tmp_path / "clip.safetensors")

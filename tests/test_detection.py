@@ -69,6 +69,29 @@ def test_set_loss_is_low_for_perfect_predictions_and_counts_no_object():
     assert criterion({"pred_logits": wrong, "pred_boxes": pred}, target)[1]["class"] > parts["class"] + 0.5
 
 
+def test_detections_per_query_and_as_query_class_pairs():
+    """DETR's post-processing keeps each query's best real class; Deformable DETR's (``pairs``) keeps the best
+    (query, class) pairs, so a query may count under two classes. Boxes scale to each image's pixels."""
+    from vitkit.tasks.detection import detections
+
+    # 2 images x 2 queries x (2 classes + no object); probabilities by hand, logits are their logs
+    prob = torch.tensor([[[0.6, 0.3, 0.1], [0.1, 0.2, 0.7]], [[0.2, 0.5, 0.3], [0.45, 0.45, 0.1]]])
+    boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.4], [0.25, 0.25, 0.5, 0.5]]] * 2)
+    out = {"pred_logits": prob.log(), "pred_boxes": boxes}
+    first, second = detections(out, [(10, 20), (40, 40)])
+    torch.testing.assert_close(first["scores"], torch.tensor([0.6, 0.2]))
+    assert first["labels"].tolist() == [0, 1]
+    torch.testing.assert_close(first["boxes"], torch.tensor([[8.0, 3.0, 12.0, 7.0], [0.0, 0.0, 10.0, 5.0]]))
+    assert second["labels"].tolist() in ([1, 0], [1, 1]) and second["scores"][0] == pytest.approx(0.5)
+    assert len(detections(out, [(10, 20), (40, 40)], top_k=1)[0]["scores"]) == 1
+
+    pairs = detections(out, [(10, 20), (40, 40)], top_k=3, pairs=True)
+    torch.testing.assert_close(pairs[0]["scores"], torch.tensor([0.6, 0.3, 0.2]))
+    assert pairs[0]["labels"].tolist() == [0, 1, 1]  # query 0 twice: class 0, then class 1
+    torch.testing.assert_close(pairs[0]["boxes"][1], pairs[0]["boxes"][0])
+    assert len(detections(out, [(10, 20), (40, 40)], pairs=True)[1]["scores"]) == 4  # every pair of 2 x 2
+
+
 def test_detr_outputs_and_aux_losses():
     model = vitkit.create_model("detr_vit_canvas", num_classes=10, backbone_args={"img_size": 64, "patch_size": 8,
                                                                                     "depth": 1})  # fmt: skip

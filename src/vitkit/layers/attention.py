@@ -145,6 +145,11 @@ class _AttentionBase(nn.Module):
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
         self.proj_drop = nn.Dropout(proj_drop)
 
+    def _split_heads(self, t: Tensor, parts: int) -> Tensor:
+        """A projection (B, L, parts * C) -> (parts, B, H, L, head_dim): its query / key / value heads."""
+        B, L, _ = t.shape
+        return t.reshape(B, L, parts, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+
     def _attend(self, q, k, v, attn_mask, key_padding_mask, is_causal, need_weights):
         B, _, Lq, _ = q.shape
         q, k = self.q_norm(q), self.k_norm(k)
@@ -196,9 +201,7 @@ class Attention(_AttentionBase):
             if attn_mask is not None or need_weights or cache is not None:
                 raise ValueError("Attention: at= takes no attn_mask, need_weights or cache")
             return self._forward_at(x, at, key_padding_mask, is_causal, rope)
-        B, L, C = x.shape
-        qkv = self.qkv(x).reshape(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # each B, H, L, head_dim
+        q, k, v = self._split_heads(self.qkv(x), 3).unbind(0)  # each B, H, L, head_dim
         if rope is not None:
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if cache is not None:
@@ -206,7 +209,6 @@ class Attention(_AttentionBase):
                 k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
             cache["k"], cache["v"] = k, v
         return self._attend(q, k, v, attn_mask, key_padding_mask, is_causal, need_weights)
-
 
     def _forward_at(
         self, x: Tensor, index: Tensor, key_padding_mask: Tensor | None, is_causal: bool,
@@ -223,8 +225,7 @@ class Attention(_AttentionBase):
         bias = self.qkv.bias
         q = F.linear(x[rows, index][:, None], self.qkv.weight[:C], None if bias is None else bias[:C])
         kv = F.linear(x, self.qkv.weight[C:], None if bias is None else bias[C:])
-        q = q.reshape(B, 1, self.num_heads, self.head_dim).transpose(1, 2)
-        k, v = kv.reshape(B, L, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, (k, v) = self._split_heads(q, 1)[0], self._split_heads(kv, 2).unbind(0)
         if rope is not None:
             cos, sin = (t.expand(B, -1, -1, -1)[rows, :, index][:, :, None] for t in rope)
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, *rope)
@@ -257,14 +258,11 @@ class CrossAttention(_AttentionBase):
 
         ``cache``: the memory's keys/values are projected once and reused on later calls (incremental decoding).
         """
-        B, Lq, _ = x.shape
-        Lk = memory.shape[1]
-        q = self.q(x).reshape(B, Lq, self.num_heads, self.head_dim).transpose(1, 2)
+        q = self._split_heads(self.q(x), 1)[0]
         if cache is not None and "k" in cache:
             k, v = cache["k"], cache["v"]
         else:
-            kv = self.kv(memory).reshape(B, Lk, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-            k, v = kv.unbind(0)
+            k, v = self._split_heads(self.kv(memory), 2).unbind(0)
             if cache is not None:
                 cache["k"], cache["v"] = k, v
         return self._attend(q, k, v, attn_mask, key_padding_mask, False, need_weights)

@@ -237,6 +237,7 @@ class CLIP(nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.lock_text):
             at = self._pool_position(input_ids)
             if at is not None and isinstance(self.text, GPT):  # its last block computes that token only
+                input_ids, attention_mask = self._trim_after(at, input_ids, attention_mask)
                 x = self._text_hidden(input_ids, attention_mask, at)
             else:
                 x = self._pool_text(self._text_hidden(input_ids, attention_mask), input_ids, attention_mask)
@@ -261,6 +262,19 @@ class CLIP(nn.Module):
                 )
             return found.int().argmax(dim=-1)
         return torch.full((ids.shape[0],), 0 if self.text_pool == "first" else ids.shape[1] - 1, device=ids.device)
+
+    def _trim_after(
+        self, at: Tensor, ids: Tensor, attention_mask: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """Drop the positions after the last pooled one (``at``: (B,)) from a causal tower's input: no pooled
+        token sees them (exact), as a tokenizer padding to the batch's longest text would. CLIP's tokenizers pad
+        every caption to the context (77); this skips the padding every caption of the batch has."""
+        if not self.text_causal or torch.compiler.is_compiling():
+            return ids, attention_mask
+        end = int(at.max()) + 1
+        if end >= ids.shape[1]:
+            return ids, attention_mask
+        return ids[:, :end], None if attention_mask is None else attention_mask[:, :end]
 
     def _text_hidden(self, ids: Tensor, attention_mask: Tensor | None, at: Tensor | None = None) -> Tensor:
         """The text tower's hidden states (B, L, D), or (B, D) at positions ``at`` (a GPT-shaped tower)."""

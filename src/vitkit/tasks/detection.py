@@ -31,21 +31,30 @@ log = logging.getLogger(__name__)
 
 @torch.no_grad()
 def detections(
-    outputs: dict[str, Tensor], sizes: list[tuple[int, int]], top_k: int | None = None
+    outputs: dict[str, Tensor], sizes: list[tuple[int, int]], top_k: int | None = None, pairs: bool = False
 ) -> list[dict]:
-    """DETR outputs -> per image {"boxes" xyxy pixels, "scores", "labels"} (each query's best real class)."""
-    prob = outputs["pred_logits"].float().softmax(-1)[..., :-1]
-    scores, labels = prob.max(-1)
-    out = []
-    for b, (h, w) in enumerate(sizes):
-        boxes = box_cxcywh_to_xyxy(outputs["pred_boxes"][b].float()) * torch.tensor(
-            [w, h, w, h], device=prob.device
-        )
-        order = scores[b].argsort(descending=True)[:top_k]
-        out.append(
-            {"boxes": boxes[order].cpu(), "scores": scores[b, order].cpu(), "labels": labels[b, order].cpu()}
-        )
-    return out
+    """DETR outputs -> per image ``{"boxes": (N, 4) xyxy pixels, "scores": (N,), "labels": (N,)}``, best first.
+
+    ``sizes``: each image's (height, width) in pixels. By default (DETR) each query's best real class, the
+    ``top_k`` best queries (all without it). ``pairs=True`` (Deformable DETR's post-processing): the image's
+    ``top_k`` (default 100, COCO's detections per image) best (query, class) pairs, so a query may be reported
+    under several classes.
+    """
+    prob = outputs["pred_logits"].float().softmax(-1)[..., :-1]  # (B, Q, C): the last class is "no object"
+    num_classes = prob.shape[-1]
+    if pairs:
+        scores, flat = prob.flatten(1).topk(min(top_k or 100, prob[0].numel()), dim=-1)
+        queries, labels = flat // num_classes, flat % num_classes
+    else:
+        scores, labels = prob.max(-1)
+        queries = scores.argsort(dim=-1, descending=True)[:, :top_k]
+        scores, labels = scores.gather(1, queries), labels.gather(1, queries)
+    scale = torch.tensor([[w, h, w, h] for h, w in sizes], dtype=prob.dtype, device=prob.device)
+    boxes = box_cxcywh_to_xyxy(outputs["pred_boxes"].float()) * scale[:, None]
+    return [
+        {"boxes": boxes[b, queries[b]].cpu(), "scores": scores[b].cpu(), "labels": labels[b].cpu()}
+        for b in range(len(sizes))
+    ]
 
 
 def coco_map(dataset: CocoDetection, results: list[dict]) -> dict[str, float]:
