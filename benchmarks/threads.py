@@ -48,7 +48,11 @@ def run_once(epochs: int, threads: str, busy: int, out_dir: str) -> dict:
     text = out.stdout + out.stderr
     chosen = re.search(r" on cpu, (\d+) thread", text)
     top1 = re.search(r"val top-1: ([0-9.]+)", text)
-    return {"wall": wall, "chosen": chosen.group(1) if chosen else "?", "top1": float(top1.group(1)) if top1 else None}
+    return {
+        "wall": wall,
+        "chosen": chosen.group(1) if chosen else "?",
+        "top1": float(top1.group(1)) if top1 else None,
+    }
 
 
 def main() -> None:
@@ -82,7 +86,9 @@ def main() -> None:
     table = "\n".join(lines)
     print("\n" + table)
     if args.write:
-        (ROOT / "benchmarks" / "results" / "threads.md").write_text(f"# Threads beside busy processes\n\n{table}\n")
+        (ROOT / "benchmarks" / "results" / "threads.md").write_text(
+            f"# Threads beside busy processes\n\n{table}\n"
+        )
 
 
 if __name__ == "__main__":

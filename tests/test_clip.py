@@ -325,7 +325,7 @@ def test_a_causal_tower_skips_the_positions_after_the_last_pooled_token():
     ids = torch.randint(3, 90, (3, 12))
     for row, end in enumerate((7, 5, 4)):
         ids[row, end] = 98
-        ids[row, end + 1:] = 0  # padded to the context after the end of the text (CLIP's tokenizer)
+        ids[row, end + 1 :] = 0  # padded to the context after the end of the text (CLIP's tokenizer)
     mask = (ids != 0).long()
     lengths = []
     hook = model.text.blocks[0].register_forward_pre_hook(lambda _, args: lengths.append(args[0].shape[1]))
@@ -430,4 +430,6 @@ def test_fsdp_trains_a_dual_encoder_exactly_as_ddp(tmp_path):
     assert ddp.keys() == fsdp.keys() and {"logit_scale", "logit_bias"} <= ddp.keys()
     assert ddp["logit_bias"] != -10.0  # the bias trained
     for name in ddp:
-        torch.testing.assert_close(fsdp[name], ddp[name], atol=1e-6, rtol=0, msg=lambda m, name=name: f"{name}: {m}")
+        torch.testing.assert_close(
+            fsdp[name], ddp[name], atol=1e-6, rtol=0, msg=lambda m, name=name: f"{name}: {m}"
+        )

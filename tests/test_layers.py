@@ -282,7 +282,8 @@ def test_a_block_at_one_position_per_row_is_forward_there_with_the_same_gradient
     padding = None
     if "padding" in case:
         padding = torch.zeros(B, L, dtype=torch.bool)
-        padding[0, :2] = padding[2, 5:] = True  # left padding in row 0, padding after the chosen token in row 2
+        # left padding in row 0, padding after the chosen token in row 2
+        padding[0, :2] = padding[2, 5:] = True
     rope = RotaryEmbedding(C // 4, L)(torch.arange(L)) if case == "rope" else None
     weights = torch.randn(B, 1, C)
 

@@ -40,10 +40,11 @@ def test_a_short_run_learns(tmp_path):
 
 
 def _train_cmd(run_dir: Path, epochs: int) -> list[str]:
+    # --save-every 1: the recipe checkpoints every 5 epochs
     return [sys.executable, "-m", "vitkit.cli", "train", "--recipe", "digits", "--epochs", str(epochs),
             "--out-dir", str(run_dir.parent), "--name", run_dir.name, "--no-progress", "--threads", "1",
             "--model-args", json.dumps({"depth": 2, "embed_dim": 32, "num_heads": 2}), "--ema-decay", "0.9",
-            "--save-every", "1"]  # fmt: skip  (the recipe checkpoints every 5 epochs)
+            "--save-every", "1"]  # fmt: skip
 
 
 def test_resume_after_kill_is_bit_exact(tmp_path):

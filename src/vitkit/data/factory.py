@@ -118,7 +118,9 @@ def build_dataset(name: str, split: str = "train", data_dir: str | Path | None =
         kind, spec = name.split(":", 1)
         kind = kind.lower()
         if kind == "pairs":  # image-text pairs: the classes are the captions (vitkit.data.pairs)
-            kw = {k: v for k, v in kw.items() if k in ("image_size", "channels", "on_error", "prescan", "root")}
+            kw = {
+                k: v for k, v in kw.items() if k in ("image_size", "channels", "on_error", "prescan", "root")
+            }
             return pairs_dataset(_local_path(spec.replace("{split}", split), data_dir), **kw)
         if kind == "folder":
             base = _local_path(spec, data_dir)

@@ -261,7 +261,9 @@ class CLIP(nn.Module):
                     f"text_pool='eos': texts {missing} hold no end-of-text token ({self.eos_token_id})"
                 )
             return found.int().argmax(dim=-1)
-        return torch.full((ids.shape[0],), 0 if self.text_pool == "first" else ids.shape[1] - 1, device=ids.device)
+        return torch.full(
+            (ids.shape[0],), 0 if self.text_pool == "first" else ids.shape[1] - 1, device=ids.device
+        )
 
     def _trim_after(
         self, at: Tensor, ids: Tensor, attention_mask: Tensor | None

@@ -409,8 +409,6 @@ class VisionTransformer(nn.Module):
 register_family("vit", VisionTransformer)
 
 
-
-
 def build_backbone(name: str, args: dict[str, Any] | None, role: str, **overrides: Any):
     """A headless registry ViT for a larger model (MAE encoder, DETR / Segmenter backbone).
 
