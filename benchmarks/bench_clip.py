@@ -62,7 +62,10 @@ def end_range(name: str, lengths: str | None) -> tuple[int, int]:
     """Where the captions' end-of-text tokens fall: ``LO:HI`` (positions LO..HI-1), default a quarter of the
     context to its end."""
     ctx = CONFIGS[name][8]
-    lo, hi = (ctx // 4, ctx) if lengths is None else (int(v) for v in lengths.split(":"))
+    try:
+        lo, hi = (ctx // 4, ctx) if lengths is None else (int(v) for v in lengths.split(":"))
+    except ValueError:
+        raise SystemExit(f"--lengths {lengths}: expected LO:HI, two integers") from None
     if not 1 <= lo < hi <= ctx:
         raise SystemExit(f"--lengths {lengths}: need 1 <= LO < HI <= {ctx} (the context)")
     return lo, hi

@@ -318,10 +318,15 @@ def test_right_padding_skips_the_mask_of_a_causal_tower_and_left_padding_keeps_i
         assert (unmasked[1] - ref[1]).abs().max() > 1e-3
 
 
-def test_a_causal_tower_skips_the_positions_after_the_last_pooled_token():
+@pytest.mark.parametrize("pos, pool", [("learned", "argmax"), ("rope", "eos")])
+def test_a_causal_tower_skips_the_positions_after_the_last_pooled_token(pos, pool):
     """Captions padded to the context: the tower runs only up to the batch's last end-of-text token, and the
     embeddings and every gradient equal those of the whole padded context."""
-    model = _tiny(embed_dim=16).train()
+    model = _tiny(embed_dim=16, text_pool=pool, eos_token_id=98)
+    if pos == "rope":
+        model.text = vitkit.models.GPT(vocab_size=99, block_size=12, embed_dim=24, depth=2, num_heads=4,
+                                       pos_embed="rope")  # fmt: skip
+    model.train()
     ids = torch.randint(3, 90, (3, 12))
     for row, end in enumerate((7, 5, 4)):
         ids[row, end] = 98

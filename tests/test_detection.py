@@ -78,18 +78,23 @@ def test_detections_per_query_and_as_query_class_pairs():
     prob = torch.tensor([[[0.6, 0.3, 0.1], [0.1, 0.2, 0.7]], [[0.2, 0.5, 0.3], [0.45, 0.45, 0.1]]])
     boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.4], [0.25, 0.25, 0.5, 0.5]]] * 2)
     out = {"pred_logits": prob.log(), "pred_boxes": boxes}
-    first, second = detections(out, [(10, 20), (40, 40)])
+    first, second = detections(out, [(10, 20), (40, 30)])
     torch.testing.assert_close(first["scores"], torch.tensor([0.6, 0.2]))
     assert first["labels"].tolist() == [0, 1]
     torch.testing.assert_close(first["boxes"], torch.tensor([[8.0, 3.0, 12.0, 7.0], [0.0, 0.0, 10.0, 5.0]]))
     assert second["labels"].tolist() in ([1, 0], [1, 1]) and second["scores"][0] == pytest.approx(0.5)
-    assert len(detections(out, [(10, 20), (40, 40)], top_k=1)[0]["scores"]) == 1
+    torch.testing.assert_close(second["boxes"][0], torch.tensor([12.0, 12.0, 18.0, 28.0]))  # 30 wide, 40 high
+    assert (
+        detections(out, []) == []
+        and detections(out, [(10, 20), (40, 30)], top_k=0, pairs=True)[0]["scores"].numel() == 0
+    )
+    assert len(detections(out, [(10, 20), (40, 30)], top_k=1)[0]["scores"]) == 1
 
-    pairs = detections(out, [(10, 20), (40, 40)], top_k=3, pairs=True)
+    pairs = detections(out, [(10, 20), (40, 30)], top_k=3, pairs=True)
     torch.testing.assert_close(pairs[0]["scores"], torch.tensor([0.6, 0.3, 0.2]))
     assert pairs[0]["labels"].tolist() == [0, 1, 1]  # query 0 twice: class 0, then class 1
     torch.testing.assert_close(pairs[0]["boxes"][1], pairs[0]["boxes"][0])
-    assert len(detections(out, [(10, 20), (40, 40)], pairs=True)[1]["scores"]) == 4  # every pair of 2 x 2
+    assert len(detections(out, [(10, 20), (40, 30)], pairs=True)[1]["scores"]) == 4  # every pair of 2 x 2
 
 
 def test_detr_outputs_and_aux_losses():

@@ -271,8 +271,9 @@ class CLIP(nn.Module):
         """Drop the positions after the last pooled one (``at``: (B,)) from a causal tower's input: no pooled
         token sees them (exact), as a tokenizer padding to the batch's longest text would. CLIP's tokenizers pad
         every caption to the context (77); this skips the padding every caption of the batch has."""
-        if not self.text_causal or torch.compiler.is_compiling():
-            return ids, attention_mask
+        if (not self.text_causal or at.numel() == 0 or ids.shape[1] > self.text.block_size
+                or torch.compiler.is_compiling() or torch.jit.is_tracing()):  # fmt: skip
+            return ids, attention_mask  # (a text longer than the context is refused by the tower, by name)
         end = int(at.max()) + 1
         if end >= ids.shape[1]:
             return ids, attention_mask

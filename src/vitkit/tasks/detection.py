@@ -41,9 +41,11 @@ def detections(
     under several classes.
     """
     prob = outputs["pred_logits"].float().softmax(-1)[..., :-1]  # (B, Q, C): the last class is "no object"
+    if not sizes:
+        return []
     num_classes = prob.shape[-1]
     if pairs:
-        scores, flat = prob.flatten(1).topk(min(top_k or 100, prob[0].numel()), dim=-1)
+        scores, flat = prob.flatten(1).topk(min(100 if top_k is None else top_k, prob[0].numel()), dim=-1)
         queries, labels = flat // num_classes, flat % num_classes
     else:
         scores, labels = prob.max(-1)
@@ -52,7 +54,11 @@ def detections(
     scale = torch.tensor([[w, h, w, h] for h, w in sizes], dtype=prob.dtype, device=prob.device)
     boxes = box_cxcywh_to_xyxy(outputs["pred_boxes"].float()) * scale[:, None]
     return [
-        {"boxes": boxes[b, queries[b]].cpu(), "scores": scores[b].cpu(), "labels": labels[b].cpu()}
+        {
+            "boxes": boxes[b, queries[b]].cpu(),
+            "scores": scores[b].cpu().clone(),
+            "labels": labels[b].cpu().clone(),
+        }
         for b in range(len(sizes))
     ]
 
