@@ -382,6 +382,16 @@ def test_bad_configs_and_inputs_fail_clearly():
         model.encode_text(torch.zeros(2, 5))
     with pytest.raises(ValueError, match="longer than the model's context of 12"):
         model.encode_text(torch.full((1, 13), 98))
+    ids = torch.tensor([[5, 6, 98, 0], [5, 98, 0, 0]])
+    with pytest.raises(
+        ValueError, match=r"attention_mask must have the shape of input_ids \(2, 4\), got \(2, 3\)"
+    ):
+        model.encode_text(ids, torch.ones(2, 3, dtype=torch.long))
+    with pytest.raises(
+        ValueError, match=r"pools texts \[0\] at a position their attention_mask marks as padding"
+    ):
+        model.encode_text(ids, torch.tensor([[1, 1, 0, 0], [1, 1, 0, 0]]))
+    assert model.encode_text(ids[:0]).shape == (0, model.text_proj.out_features)  # an empty batch
     with pytest.raises(CheckpointError, match="not a CLIP / SigLIP checkpoint"):
         vitkit.load_pretrained(model, {"foo.weight": torch.zeros(2)})
 

@@ -84,10 +84,14 @@ def test_detections_per_query_and_as_query_class_pairs():
     torch.testing.assert_close(first["boxes"], torch.tensor([[8.0, 3.0, 12.0, 7.0], [0.0, 0.0, 10.0, 5.0]]))
     assert second["labels"].tolist() in ([1, 0], [1, 1]) and second["scores"][0] == pytest.approx(0.5)
     torch.testing.assert_close(second["boxes"][0], torch.tensor([12.0, 12.0, 18.0, 28.0]))  # 30 wide, 40 high
-    assert (
-        detections(out, []) == []
-        and detections(out, [(10, 20), (40, 30)], top_k=0, pairs=True)[0]["scores"].numel() == 0
-    )
+    assert detections(out, [(10, 20), (40, 30)], top_k=0, pairs=True)[0]["scores"].numel() == 0
+    assert detections({k: v[:0] for k, v in out.items()}, []) == []
+    same = detections(out, torch.tensor([[10, 20], [40, 30]]))  # sizes as a (B, 2) tensor
+    torch.testing.assert_close(same[1]["boxes"], second["boxes"])
+    with pytest.raises(ValueError, match="1 image sizes for a batch of 2"):
+        detections(out, [(10, 20)])
+    with pytest.raises(ValueError, match="top_k must be >= 0"):
+        detections(out, [(10, 20), (40, 30)], top_k=-1, pairs=True)
     assert len(detections(out, [(10, 20), (40, 30)], top_k=1)[0]["scores"]) == 1
 
     pairs = detections(out, [(10, 20), (40, 30)], top_k=3, pairs=True)

@@ -164,7 +164,7 @@ class _AttentionBase(nn.Module):
             need_weights=need_weights,
             fused=self.fused_attn,
         )
-        x = x.transpose(1, 2).reshape(B, Lq, -1)  # B, Lq, C
+        x = x.transpose(1, 2).reshape(B, Lq, x.shape[1] * x.shape[3])  # B, Lq, C (also for an empty batch)
         x = self.proj_drop(self.proj(x))
         return (x, weights) if need_weights else x
 

@@ -234,8 +234,14 @@ class CLIP(nn.Module):
             raise TypeError(
                 f"input_ids must be integer (batch, length), got {input_ids.dtype} {tuple(input_ids.shape)}"
             )
+        if attention_mask is not None and attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
+                f"got {tuple(attention_mask.shape)}"
+            )
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.lock_text):
             at = self._pool_position(input_ids)
+            self._check_pooled_tokens(at, attention_mask)
             if at is not None and isinstance(self.text, GPT):  # its last block computes that token only
                 input_ids, attention_mask = self._trim_after(at, input_ids, attention_mask)
                 x = self._text_hidden(input_ids, attention_mask, at)
@@ -265,6 +271,19 @@ class CLIP(nn.Module):
             (ids.shape[0],), 0 if self.text_pool == "first" else ids.shape[1] - 1, device=ids.device
         )
 
+    def _check_pooled_tokens(self, at: Tensor | None, attention_mask: Tensor | None) -> None:
+        """Refuse a text pooled at an end-of-text token its ``attention_mask`` marks as padding (its vector would
+        be a padding token's). SigLIP's ``"last"`` pools the last position whatever the mask says, as it does."""
+        if (self.text_pool not in ("argmax", "eos") or at is None or attention_mask is None
+                or torch.compiler.is_compiling() or torch.jit.is_tracing()):  # fmt: skip
+            return
+        padded = attention_mask[torch.arange(len(at), device=at.device), at] == 0
+        if padded.any():
+            raise ValueError(
+                f"text_pool={self.text_pool!r} pools texts {padded.nonzero().flatten().tolist()} at a position "
+                f"their attention_mask marks as padding: the mask must cover the end-of-text token"
+            )
+
     def _trim_after(
         self, at: Tensor, ids: Tensor, attention_mask: Tensor | None
     ) -> tuple[Tensor, Tensor | None]:
@@ -284,7 +303,7 @@ class CLIP(nn.Module):
         if isinstance(self.text, BertEncoder):
             return self.text.forward_features(ids, attention_mask)
         padding = None if attention_mask is None else attention_mask == 0
-        if padding is not None and not torch.compiler.is_compiling():
+        if padding is not None and not torch.compiler.is_compiling() and not torch.jit.is_tracing():
             if not padding.any() or (
                 self.text_causal and self.text_pool != "last" and _right_padded(padding)
             ):

@@ -35,13 +35,20 @@ def detections(
 ) -> list[dict]:
     """DETR outputs -> per image ``{"boxes": (N, 4) xyxy pixels, "scores": (N,), "labels": (N,)}``, best first.
 
-    ``sizes``: each image's (height, width) in pixels. By default (DETR) each query's best real class, the
-    ``top_k`` best queries (all without it). ``pairs=True`` (Deformable DETR's post-processing): the image's
+    ``sizes``: each image's (height, width) in pixels (a list or a (B, 2) tensor). By default (DETR) each
+    query's best real class, the ``top_k`` best queries (all without it). ``pairs=True`` (Deformable DETR's post-processing): the image's
     ``top_k`` (default 100, COCO's detections per image) best (query, class) pairs, so a query may be reported
     under several classes.
+
+    Raises:
+        ValueError: as many ``sizes`` as images are needed; a negative ``top_k``.
     """
     prob = outputs["pred_logits"].float().softmax(-1)[..., :-1]  # (B, Q, C): the last class is "no object"
-    if not sizes:
+    if len(sizes) != prob.shape[0]:
+        raise ValueError(f"detections: {len(sizes)} image sizes for a batch of {prob.shape[0]}")
+    if top_k is not None and top_k < 0:
+        raise ValueError(f"detections: top_k must be >= 0, got {top_k}")
+    if not len(sizes):
         return []
     num_classes = prob.shape[-1]
     if pairs:
@@ -51,7 +58,8 @@ def detections(
         scores, labels = prob.max(-1)
         queries = scores.argsort(dim=-1, descending=True)[:, :top_k]
         scores, labels = scores.gather(1, queries), labels.gather(1, queries)
-    scale = torch.tensor([[w, h, w, h] for h, w in sizes], dtype=prob.dtype, device=prob.device)
+    scale = torch.tensor([[w, h, w, h] for h, w in torch.as_tensor(sizes).tolist()], dtype=prob.dtype,
+                         device=prob.device)  # fmt: skip
     boxes = box_cxcywh_to_xyxy(outputs["pred_boxes"].float()) * scale[:, None]
     return [
         {
