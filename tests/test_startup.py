@@ -41,6 +41,20 @@ def test_import_vitkit_is_lazy_and_create_model_loads_the_family():
     assert out.stdout.split() == ["False", "VisionTransformer", "True"], out.stdout + out.stderr
 
 
+def test_subpackages_load_on_first_use_and_unknown_names_fail():
+    out = subprocess.run(
+        [sys.executable, "-c", "import sys, vitkit; print('torch' in sys.modules); "
+         "print(vitkit.models.clip.CLIP.__name__, vitkit.tasks.detection.detections.__name__, vitkit.engine.trainer.Trainer.__name__)\n"
+         "try:\n    vitkit.no_such_module\nexcept AttributeError as e:\n    print(e)"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.stdout.splitlines() == [
+        "False",
+        "CLIP detections Trainer",
+        "module 'vitkit' has no attribute 'no_such_module'",
+    ], out.stdout + out.stderr
+
+
 def test_every_catalog_family_is_registered_by_its_module():
     families = {family for family, _ in catalog.MODELS.values()}
     assert families <= set(catalog.FAMILY_MODULES), families - set(catalog.FAMILY_MODULES)

@@ -3,10 +3,12 @@
 Everything is imported on first use: ``import vitkit`` (and the ``vitkit`` command's start-up) imports no
 PyTorch; ``vitkit.create_model``, ``vitkit.load`` ... and the jobs ``vitkit.train(...)``,
 ``vitkit.evaluate(...)``, ``vitkit.predict(...)`` and ``vitkit.fewshot(...)`` (the Python mirror of the CLI) load
-their modules when asked.
+their modules when asked, as do the subpackages (``vitkit.models.clip.CLIP``, ``vitkit.tasks.detection``).
 """
 
 import importlib
+
+from ._lazy import submodule
 
 __version__ = "0.1.0"
 
@@ -27,7 +29,7 @@ def __getattr__(name: str):
         return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
     if name in _JOBS:  # each is a callable module: vitkit.train(...) == vitkit.train.train(...)
         return importlib.import_module(f".{name}", __name__)
-    raise AttributeError(f"module 'vitkit' has no attribute {name!r}")
+    return submodule(__name__, name)  # a subpackage or module: vitkit.models, ...; else AttributeError
 
 
 def __dir__() -> list[str]:

@@ -6,6 +6,8 @@ The names are imported on first use, so that the ``vitkit`` command's parser (wh
 
 import importlib
 
+from .._lazy import submodule
+
 #: how attention heads are fused per layer in rollout (Abnar & Zuidema 2020)
 HEAD_FUSIONS = ("mean", "max", "min")
 #: ``rollout`` (Abnar & Zuidema 2020) or ``grad-rollout`` (gradient-weighted, Chefer et al. 2021)
@@ -23,4 +25,4 @@ __all__ = ["HEAD_FUSIONS", "METHODS", *_EXPORTS]
 def __getattr__(name: str):
     if name in _EXPORTS:
         return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module 'vitkit.explain' has no attribute {name!r}")
+    return submodule(__name__, name)  # its modules too; else AttributeError

@@ -6,6 +6,8 @@ its catalog, costs nothing; :func:`vitkit.create_model` imports the family it bu
 
 import importlib
 
+from .._lazy import submodule
+
 _CLASSES = {
     "BertEncoder": "bert",
     "CLIP": "clip",
@@ -27,4 +29,4 @@ __all__ = sorted(_CLASSES)
 def __getattr__(name: str):
     if name in _CLASSES:
         return getattr(importlib.import_module(f".{_CLASSES[name]}", __name__), name)
-    raise AttributeError(f"module 'vitkit.models' has no attribute {name!r}")
+    return submodule(__name__, name)  # its modules too; else AttributeError
