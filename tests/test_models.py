@@ -277,3 +277,47 @@ def test_forward_pooled_equals_the_pre_logits_of_the_full_pass(global_pool):
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
     for g, w in zip([p.grad for p in model.parameters() if p.grad is not None], grads, strict=True):
         torch.testing.assert_close(g, w, atol=1e-6, rtol=1e-5)
+
+
+class _Call(torch.nn.Module):
+    """A module whose forward is ``call(model, *inputs)`` (what torch.jit.trace records)."""
+
+    def __init__(self, model, call):
+        super().__init__()
+        self.model, self.call = model, call
+
+    def forward(self, *inputs):
+        return self.call(self.model, *inputs)
+
+
+def _traced_case(case: str):
+    """(module, example inputs without padding, the same with padding) of a model that drops an unneeded mask."""
+    ids = torch.randint(5, 90, (2, 8))
+    if case == "bert":
+        bert = vitkit.create_model("bert_tiny", vocab_size=100).eval()
+        padded = ids.clone()
+        padded[1, 5:] = bert.pad_token_id
+        return _Call(bert, lambda m, x: m.forward_features(x)), (ids,), (padded,)
+    if case == "seq2seq":
+        seq = vitkit.create_model("transformer_tiny", vocab_size=100).eval()
+        tgt = ids.clone()
+        tgt[1, 5:] = seq.pad_id
+        return _Call(seq, lambda m, s, t: m(s, t)), (ids, ids), (ids, tgt)
+    clip = vitkit.create_model("clip_vit_tiny_patch4_32", text_args=dict(vocab_size=100, block_size=8)).eval()
+    ids[:, -1] = 99  # the end-of-text token (the largest id) last; row 1 padded on the left
+    mask = torch.ones_like(ids)
+    mask[1, :3], ids[1, :3] = 0, 0
+    return _Call(clip, lambda m, x, k: m.encode_text(x, k)), (ids, torch.ones_like(ids)), (ids, mask)
+
+
+@pytest.mark.parametrize("case", ["bert", "seq2seq", "clip"])
+def test_a_traced_model_keeps_the_masks_its_example_did_not_need(case):
+    """Dropping a padding mask that masks nothing is a branch on values: torch.jit.trace must not record it (a
+    model traced on unpadded ids would then ignore the padding of every later input)."""
+    import warnings
+
+    module, example, padded = _traced_case(case)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace(module, example, check_trace=False)
+        torch.testing.assert_close(traced(*padded), module(*padded), atol=1e-5, rtol=0)

@@ -1,6 +1,6 @@
 """Reusable Transformer building blocks (attention, MLP, patch/position embeddings, blocks)."""
 
-from .attention import Attention, CrossAttention, merge_masks, scaled_dot_product
+from .attention import Attention, CrossAttention, may_inspect_values, merge_masks, scaled_dot_product
 from .blocks import Block, DecoderBlock, EncoderBlock
 from .drop import DropPath, LayerScale, drop_path
 from .mlp import Mlp, QuickGELU, get_act_layer
@@ -11,6 +11,7 @@ from .pos_embed import resample_abs_pos_embed, sincos_1d, sincos_2d, sincos_2d_p
 __all__ = [
     "Attention",
     "CrossAttention",
+    "may_inspect_values",
     "merge_masks",
     "scaled_dot_product",
     "Block",

@@ -22,7 +22,14 @@ from torch import Tensor, nn
 
 from .rope import apply_rotary
 
-__all__ = ["Attention", "CrossAttention", "scaled_dot_product", "merge_masks"]
+__all__ = ["Attention", "CrossAttention", "scaled_dot_product", "merge_masks", "may_inspect_values"]
+
+
+def may_inspect_values() -> bool:
+    """Whether a forward may branch on tensor values (drop a padding mask that masks nothing, cut a batch short):
+    not while ``torch.compile`` / ``torch.export`` capture a graph or ``torch.jit.trace`` records one, which would
+    keep the branch taken with the example input for every later input."""
+    return not (torch.compiler.is_compiling() or torch.jit.is_tracing())
 
 
 def merge_masks(

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..layers import EncoderBlock
+from ..layers import EncoderBlock, may_inspect_values
 from ..registry import create_model, register_family
 from ._checks import check_args
 from ._head import new_head
@@ -158,9 +158,7 @@ class BertEncoder(nn.Module):
             )
         x = self.embeddings(input_ids, token_type_ids)
         padding = input_ids == self.pad_token_id if attention_mask is None else attention_mask == 0
-        if (
-            not torch.compiler.is_compiling() and not padding.any()
-        ):  # (a graph keeps the mask: no data branch)
+        if may_inspect_values() and not padding.any():  # (a graph keeps the mask: no data branch)
             padding = None  # no mask at all: the fastest attention kernel
         for block in self.blocks:
             x = block(x, key_padding_mask=padding)

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..layers import may_inspect_values
 from ..registry import create_model, model_config, register_family
 from ._checks import check_args
 from .bert import BertEncoder
@@ -274,8 +275,12 @@ class CLIP(nn.Module):
     def _check_pooled_tokens(self, at: Tensor | None, attention_mask: Tensor | None) -> None:
         """Refuse a text pooled at an end-of-text token its ``attention_mask`` marks as padding (its vector would
         be a padding token's). SigLIP's ``"last"`` pools the last position whatever the mask says, as it does."""
-        if (self.text_pool not in ("argmax", "eos") or at is None or attention_mask is None
-                or torch.compiler.is_compiling() or torch.jit.is_tracing()):  # fmt: skip
+        if (
+            self.text_pool not in ("argmax", "eos")
+            or at is None
+            or attention_mask is None
+            or not may_inspect_values()
+        ):
             return
         padded = attention_mask[torch.arange(len(at), device=at.device), at] == 0
         if padded.any():
@@ -291,7 +296,7 @@ class CLIP(nn.Module):
         token sees them (exact), as a tokenizer padding to the batch's longest text would. CLIP's tokenizers pad
         every caption to the context (77); this skips the padding every caption of the batch has."""
         if (not self.text_causal or at.numel() == 0 or ids.shape[1] > self.text.block_size
-                or torch.compiler.is_compiling() or torch.jit.is_tracing()):  # fmt: skip
+                or not may_inspect_values()):  # fmt: skip
             return ids, attention_mask  # (a text longer than the context is refused by the tower, by name)
         end = int(at.max()) + 1
         if end >= ids.shape[1]:
@@ -303,7 +308,7 @@ class CLIP(nn.Module):
         if isinstance(self.text, BertEncoder):
             return self.text.forward_features(ids, attention_mask)
         padding = None if attention_mask is None else attention_mask == 0
-        if padding is not None and not torch.compiler.is_compiling() and not torch.jit.is_tracing():
+        if padding is not None and may_inspect_values():
             if not padding.any() or (
                 self.text_causal and self.text_pool != "last" and _right_padded(padding)
             ):

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..layers import DecoderBlock, EncoderBlock, sincos_1d
+from ..layers import DecoderBlock, EncoderBlock, may_inspect_values, sincos_1d
 from ..registry import register_family
 from ._checks import check_args
 
@@ -123,7 +123,7 @@ class Seq2SeqTransformer(nn.Module):
         first), ``tgt`` holds only the new positions, starting at position ``start``."""
         x = self._embed(tgt, start)
         tgt_padding = None if cache is not None else (tgt == self.pad_id)
-        if tgt_padding is not None and not torch.compiler.is_compiling() and not tgt_padding.any():
+        if tgt_padding is not None and may_inspect_values() and not tgt_padding.any():
             tgt_padding = None
         for i, block in enumerate(self.decoder):
             x = block(
