@@ -27,9 +27,9 @@ __all__ = [*_EXPORTS, *_JOBS]
 def __getattr__(name: str):
     if name in _EXPORTS:
         return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    if name in _JOBS:  # each is a callable module: vitkit.train(...) == vitkit.train.train(...)
-        return importlib.import_module(f".{name}", __name__)
-    return submodule(__name__, name)  # a subpackage or module: vitkit.models, ...; else AttributeError
+    # a subpackage or module (vitkit.models, ...; the jobs are callable modules: vitkit.train(...) ==
+    # vitkit.train.train(...)); else AttributeError
+    return submodule(__name__, name)
 
 
 def __dir__() -> list[str]:

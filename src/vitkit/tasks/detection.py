@@ -36,9 +36,9 @@ def detections(
     """DETR outputs -> per image ``{"boxes": (N, 4) xyxy pixels, "scores": (N,), "labels": (N,)}``, best first.
 
     ``sizes``: each image's (height, width) in pixels (a list or a (B, 2) tensor). By default (DETR) each
-    query's best real class, the ``top_k`` best queries (all without it). ``pairs=True`` (Deformable DETR's post-processing): the image's
-    ``top_k`` (default 100, COCO's detections per image) best (query, class) pairs, so a query may be reported
-    under several classes.
+    query's best real class, the ``top_k`` best queries (all without it). ``pairs=True`` (Deformable DETR's
+    post-processing): the image's ``top_k`` (default 100, COCO's detections per image) best (query, class)
+    pairs, so a query may be reported under several classes.
 
     Raises:
         ValueError: as many ``sizes`` as images are needed; a negative ``top_k``.
@@ -64,7 +64,7 @@ def detections(
     return [
         {
             "boxes": boxes[b, queries[b]].cpu(),
-            "scores": scores[b].cpu().clone(),
+            "scores": scores[b].cpu().clone(),  # own storage: the results are pickled across ranks per image
             "labels": labels[b].cpu().clone(),
         }
         for b in range(len(sizes))
