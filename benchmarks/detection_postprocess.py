@@ -28,7 +28,9 @@ sys.path.insert(0, str(ROOT / "src"))
 import vitkit  # noqa: E402
 from vitkit.data.canvas import CocoDetection  # noqa: E402
 from vitkit.models.detr import DETR  # noqa: E402
+from vitkit.tasks.dense import coco_root  # noqa: E402
 from vitkit.tasks.detection import coco_map, detections  # noqa: E402
+from vitkit.tasks.inference import model_file  # noqa: E402
 from vitkit.tasks.inputs import read_images  # noqa: E402
 
 
@@ -52,12 +54,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--top-k", type=int, default=100, help="pairs kept per image (Deformable DETR: 100)")
     args = p.parse_args(argv)
     run = Path(args.run)
-    model = vitkit.load(run / "model.safetensors" if run.is_dir() else run).eval()
+    model = vitkit.load(model_file(run)).eval()
     if not isinstance(model, DETR):
         p.error(f"{args.run} holds a {type(model).__name__}, not a detector (DETR)")
     if args.top_k < 0:
         p.error(f"--top-k must be >= 0, got {args.top_k}")
-    val = CocoDetection(Path(args.data.removeprefix("coco:")) / "val")
+    val = CocoDetection(coco_root(args.data) / "val")
     images = [val.raw[i].permute(1, 2, 0).numpy() for i in range(len(val))]
     logits, boxes = [], []
     with torch.inference_mode():
