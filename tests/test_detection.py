@@ -272,6 +272,20 @@ def test_cli_make_canvas_writes_coco(tmp_path, capsys):
     assert len(ds) == 3 and ds.classes == [str(i) for i in range(10)] and ds.raw.shape[-1] == 32
     assert main(["detect", "train", "--data", "not-coco"]) == 2
     assert "coco:DIR" in capsys.readouterr().err
+    # new training canvases beside the same held-out ones: --val-seed keeps them, --val 0 writes no split
+    rc = main(["detect", "make-canvas", "--source", "digits", "--out", str(tmp_path / "d"), "--train", "6", "--val",
+               "0", "--seed", "5", "--canvas", "32", "--scale", "1.5", "2.5"])  # fmt: skip
+    assert (
+        rc == 0 and "val: none written" in capsys.readouterr().out and not (tmp_path / "d" / "val").exists()
+    )
+    assert not torch.equal(
+        CocoDetection(tmp_path / "d" / "train").raw, CocoDetection(tmp_path / "c" / "train").raw
+    )
+    rc = main(["detect", "make-canvas", "--source", "digits", "--out", str(tmp_path / "e"), "--train", "0", "--val",
+               "3", "--seed", "5", "--val-seed", "1", "--canvas", "32", "--scale", "1.5", "2.5"])  # fmt: skip
+    assert rc == 0 and torch.equal(CocoDetection(tmp_path / "e" / "val").raw, ds.raw)
+    with pytest.raises(SystemExit):
+        main(["detect", "make-canvas", "--out", str(tmp_path / "f"), "--val", "-1"])
 
 
 def test_set_loss_box_terms_divide_by_the_given_object_count():

@@ -147,3 +147,27 @@ def test_losses_check_their_arguments_and_stay_finite():
     targets = [{"labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])}] * 2
     _, parts = crit({k: v.detach() for k, v in outputs.items()}, targets)
     assert math.isfinite(parts["class"]) and parts["class"] > 0
+
+
+@pytest.mark.parametrize(
+    "name, call",
+    [
+        ("bert_tiny", lambda m, ids: m(ids)),
+        ("gpt_nano", lambda m, ids: m(ids)),
+        ("transformer_tiny", lambda m, ids: m(ids, ids)),
+    ],
+)
+def test_token_ids_outside_the_vocabulary_are_named(name, call):
+    """A tokenizer larger than the model's vocabulary: a ValueError with the ids' range and the table's size, not
+    torch's bare ``IndexError: index out of range in self``; in-range ids are untouched."""
+    model = vitkit.create_model(name, vocab_size=50).eval()
+    ids = torch.tensor([[1, 2, 49]])
+    with torch.no_grad():
+        assert torch.isfinite(call(model, ids)).all()
+        with pytest.raises(ValueError, match=r"token ids run from 1 to 50; the model has 50 \(ids 0 to 49\)"):
+            call(model, torch.tensor([[1, 2, 50]]))
+        with pytest.raises(ValueError, match="token ids run from -1 to 2"):
+            call(model, torch.tensor([[-1, 2, 2]]))
+    if name == "bert_tiny":
+        with pytest.raises(ValueError, match=r"token type ids run from 0 to 2; the model has 2"):
+            model(ids, token_type_ids=torch.tensor([[0, 1, 2]]))

@@ -133,3 +133,46 @@ def test_backbone_starts_from_a_vitkit_vit(tmp_path, family):
     cfg.init_from = str(tmp_path / "rgb.safetensors")
     with pytest.raises(ValueError, match="3-channel images, the data has 1"):
         build_trainer(cfg)
+
+
+@pytest.mark.parametrize("family", ["segmenter_vit_canvas", "detr_vit_canvas"])
+def test_a_dense_model_continues_from_a_run_of_its_own_task(tmp_path, family):
+    """``init_from`` a detector (detection) or a segmenter (segmentation): every weight and the architecture come
+    from it; other classes or image sizes, or model_args that change the architecture, are refused by name."""
+    from vitkit.data.canvas import write_coco
+    from vitkit.engine.config import resolve_config
+    from vitkit.tasks import build_trainer
+
+    images, targets, masks = _blob_canvases(4)
+    for split in ("train", "val"):
+        write_coco(tmp_path / "data" / split, images, targets, ["square", "bar", "slab"], masks)
+    task = "segmentation" if family.startswith("segmenter") else "detection"
+    base = dict(task=task, dataset=f"coco:{tmp_path / 'data'}", model=family, epochs=1, threads=1,
+                out_dir=str(tmp_path), progress=False)  # fmt: skip
+    source = build_trainer(resolve_config(None, None, **base, model_args={"decoder_depth": 1})).model
+    torch.manual_seed(1)
+    for p in source.parameters():  # weights no fresh model has
+        p.data.normal_()
+    vitkit.save(source, tmp_path / "trained.safetensors")
+    extra = {"cls_loss_coef": 2.0} if task == "detection" else {}  # DETR's class term, weighted
+    cfg = resolve_config(None, None, **base, **extra, init_from=str(tmp_path / "trained.safetensors"))
+    trainer = build_trainer(cfg)
+    model = trainer.model
+    if extra:
+        assert trainer.task.criterion.weights == {"class": 2.0, "bbox": 5.0, "giou": 2.0}
+    else:
+        with pytest.raises(ValueError, match="does not take cls_loss_coef"):
+            build_trainer(resolve_config(None, None, **base, cls_loss_coef=2.0))
+    assert model.config["decoder_depth"] == 1  # the file's architecture, not the registry default
+    mine, theirs = model.state_dict(), source.state_dict()
+    assert mine.keys() == theirs.keys() and all(
+        torch.equal(mine[k], theirs[k].to(mine[k].dtype)) for k in mine
+    )
+    with pytest.raises(ValueError, match="change the architecture"):
+        build_trainer(
+            resolve_config(None, None, **base, init_from=cfg.init_from, model_args={"decoder_depth": 2})
+        )
+    wider = vitkit.create_model(family, num_classes=source.config["num_classes"] + 2, in_chans=1, img_size=32)
+    vitkit.save(wider, tmp_path / "wider.safetensors")
+    with pytest.raises(ValueError, match=r"trained for classes \d+; .* has \d+"):
+        build_trainer(resolve_config(None, None, **base, init_from=str(tmp_path / "wider.safetensors")))

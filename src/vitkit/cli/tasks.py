@@ -75,9 +75,18 @@ def _make_canvas(rest: list[str]) -> int:
     p.add_argument("--canvas", type=int, default=64)
     p.add_argument("--objects", type=int, nargs=2, default=(1, 4), metavar=("MIN", "MAX"))
     p.add_argument("--scale", type=float, nargs=2, default=(0.5, 1.2), metavar=("MIN", "MAX"))
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the training canvases")
+    p.add_argument("--val-seed", type=int, default=None,
+                   help="seed of the validation canvases (default: --seed + 1); keep it to draw new training "
+                        "canvases beside the same held-out ones")  # fmt: skip
     a = p.parse_args(rest)
-    for split, n, seed in (("train", a.train, a.seed), ("val", a.val, a.seed + 1)):
+    if min(a.train, a.val) < 0:
+        p.error(f"--train and --val count canvases (>= 0), got {a.train} and {a.val}")
+    val_seed = a.seed + 1 if a.val_seed is None else a.val_seed
+    for split, n, seed in (("train", a.train, a.seed), ("val", a.val, val_seed)):
+        if n == 0:
+            print(f"{split}: none written (--{split} 0)")
+            continue
         source = build_dataset(a.source, "train" if split == "train" else "test", data_dir=a.data_dir)
         images, targets, masks = make_canvases(source.raw, source.targets, n, a.canvas, tuple(a.objects),
                                                tuple(a.scale), seed=seed)  # fmt: skip

@@ -45,7 +45,8 @@ def train_parser(
         p.add_argument("--from", "--init-from", dest="init_from", default=None, metavar="RUN_OR_WEIGHTS",
                        help="start from a vitkit run or model file (or, for classification, a timm / HF / JAX "
                             "checkpoint or an hf-hub:org/name Hub id, with --model naming the architecture; for "
-                            "text, a HuggingFace BERT folder or hf-hub: id)")  # fmt: skip
+                            "text, a HuggingFace BERT folder or hf-hub: id; for detection / segmentation, a ViT "
+                            "run for the backbone, or a run of the same task for every weight)")  # fmt: skip
     recipes = [n for n, r in RECIPES.items() if r.get("task", "classification") == task_name]
     p.add_argument(
         "--recipe", default=None, help=f"named recipe: {', '.join(recipes) or 'none for this task'}"

@@ -62,6 +62,8 @@ class TrainConfig:
     train_classes: list[str] | None = None
     init_image: str | None = None  # a vitkit run / model file, or a timm / HF / JAX ViT checkpoint
     init_text: str | None = None  # a HuggingFace BERT / MiniLM folder, or a vitkit run / model file
+    # detection: weight of the class term of DETR's set loss (cross-entropy; the L1 and GIoU terms weigh 5 and 2)
+    cls_loss_coef: float = 1.0
     # schedule
     epochs: int = 100
     batch_size: int = 128
@@ -333,6 +335,8 @@ def _validate(cfg: TrainConfig) -> None:
         problems.append(f"train_fraction must be in (0, 1), got {cfg.train_fraction}")
     if cfg.lock not in (None, "none", "image", "text"):
         problems.append(f"lock must be 'none', 'image' or 'text', got {cfg.lock!r}")
+    if not cfg.cls_loss_coef > 0:
+        problems.append(f"cls_loss_coef must be > 0, got {cfg.cls_loss_coef}")
     if cfg.contrastive_loss not in ("clip", "siglip"):
         problems.append(f"contrastive_loss must be 'clip' or 'siglip', got {cfg.contrastive_loss!r}")
     if cfg.train_subset is not None and cfg.train_subset <= 0:

@@ -7,6 +7,7 @@ from .mlp import Mlp, QuickGELU, get_act_layer
 from .patch_embed import PatchEmbed, to_2tuple
 from .pool import AttentionPoolLatent
 from .pos_embed import resample_abs_pos_embed, sincos_1d, sincos_2d, sincos_2d_points
+from .token_embed import TokenEmbedding
 
 __all__ = [
     "Attention",
@@ -30,4 +31,5 @@ __all__ = [
     "sincos_1d",
     "sincos_2d",
     "sincos_2d_points",
+    "TokenEmbedding",
 ]

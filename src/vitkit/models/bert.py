@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..layers import EncoderBlock, may_inspect_values
+from ..layers import EncoderBlock, TokenEmbedding, may_inspect_values
 from ..registry import create_model, register_family
 from ._checks import check_args
 from ._head import new_head
@@ -37,9 +37,11 @@ class TextEmbeddings(nn.Module):
         drop: float,
     ) -> None:  # fmt: skip
         super().__init__()
-        self.word = nn.Embedding(vocab_size, dim, padding_idx=pad_token_id)
+        self.word = TokenEmbedding(vocab_size, dim, padding_idx=pad_token_id)
         self.position = nn.Embedding(max_len, dim)
-        self.token_type = nn.Embedding(type_vocab_size, dim) if type_vocab_size > 0 else None
+        self.token_type = (
+            TokenEmbedding(type_vocab_size, dim, what="token type ids") if type_vocab_size > 0 else None
+        )
         self.norm = nn.LayerNorm(dim, eps=norm_eps)
         self.drop = nn.Dropout(drop)
 

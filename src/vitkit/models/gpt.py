@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ..layers import EncoderBlock
+from ..layers import EncoderBlock, TokenEmbedding
 from ..layers.rope import RotaryEmbedding
 from ..registry import register_family
 from ._checks import check_args
@@ -80,7 +80,7 @@ class GPT(nn.Module):
             embed_dim,
             depth,
         )
-        self.token_embed = nn.Embedding(vocab_size, embed_dim)
+        self.token_embed = TokenEmbedding(vocab_size, embed_dim)
         self.pos_embed = nn.Embedding(block_size, embed_dim) if pos_embed == "learned" else None
         self.rope = RotaryEmbedding(embed_dim // num_heads, block_size) if pos_embed == "rope" else None
         self.drop = nn.Dropout(drop_rate)

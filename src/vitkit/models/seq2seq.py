@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..layers import DecoderBlock, EncoderBlock, may_inspect_values, sincos_1d
+from ..layers import DecoderBlock, EncoderBlock, TokenEmbedding, may_inspect_values, sincos_1d
 from ..registry import register_family
 from ._checks import check_args
 
@@ -75,7 +75,7 @@ class Seq2SeqTransformer(nn.Module):
                 raise ValueError(f"Seq2SeqTransformer: {name} ({token}) must be < vocab_size ({vocab_size})")
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
         self.embed_dim, self.max_len = embed_dim, max_len
-        self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_id)
+        self.embed = TokenEmbedding(vocab_size, embed_dim, padding_idx=pad_id)
         self.register_buffer("pos_embed", sincos_1d(max_len, embed_dim), persistent=False)
         self.drop = nn.Dropout(drop_rate)
         kw = dict(mlp_ratio=mlp_dim / embed_dim, proj_drop=drop_rate, attn_drop=attn_drop_rate, act_layer=act_layer,

@@ -20,7 +20,7 @@ from ..registry import create_model
 from ..weights import load_pretrained
 from ..weights.pretrained import recorded_grid
 from .base import Batch, Task
-from .finetune import pretrained_backbone
+from .finetune import pretrained_backbone, trained_model
 from .inputs import ImageInput
 
 __all__ = ["DenseTask", "coco_root"]
@@ -70,6 +70,9 @@ class DenseTask(Task):
                                 **cfg.model_args}  # fmt: skip
         state = None
         if cfg.init_from:
+            trained = trained_model(cfg.init_from, self.model_type)
+            if trained is not None:
+                return self._continue(trained, in_chans, h)
             args["backbone"], args["backbone_args"], state = pretrained_backbone(cfg.init_from, in_chans)
         model = create_model(cfg.model, **args)
         if not isinstance(model, self.model_type):
@@ -81,6 +84,31 @@ class DenseTask(Task):
                 model.backbone, state, ignore_head=True, old_grid=recorded_grid(args["backbone_args"])
             )
             log.info("%s backbone (%s) from %s", self.name, args["backbone"], cfg.init_from)
+        return model
+
+    def _continue(self, trained: nn.Module, in_chans: int, img_size: int) -> nn.Module:
+        """A copy of ``trained`` (this task's model from ``init_from``: same architecture, every weight), with
+        ``cfg.model_args`` applied (e.g. a dropout rate); refuses other classes, channels or image sizes by name."""
+        config = dict(trained.config)
+        source = self.cfg.init_from
+        have = {"classes": config["num_classes"], "channels": config["backbone_args"].get("in_chans"),
+                "image size": config["backbone_args"].get("img_size")}  # fmt: skip
+        need = {"classes": len(self.classes), "channels": in_chans, "image size": img_size}
+        for what, value in have.items():
+            if value != need[what]:
+                raise ValueError(
+                    f"{self.name}: {source} was trained for {what} {value}; {self.cfg.dataset} has {need[what]} "
+                    f"(start from its backbone instead: a ViT run)"
+                )
+        model = create_model(trained.model_name, **{**config, **self.cfg.model_args})
+        try:
+            model.load_state_dict(trained.state_dict())
+        except RuntimeError as e:
+            raise ValueError(
+                f"{self.name}: model_args {self.cfg.model_args} change the architecture of {source}: {e}"
+            ) from None
+        log.info("%s: every weight from %s (%s)", self.name, source, trained.model_name)
+        self.cfg.model = trained.model_name  # the architecture the weights came with (config.yaml says so)
         return model
 
     def setup(self, model: nn.Module) -> None:

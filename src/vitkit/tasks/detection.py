@@ -99,6 +99,7 @@ class Detection(DenseTask):
     """DETR training; ``cfg.dataset`` is ``coco:DIR`` (``DIR/train``, ``DIR/val``), ``cfg.model`` a ``detr`` model."""
 
     name = "detection"
+    options = DenseTask.options | {"cls_loss_coef"}
     dataset_type = CocoDetection
     model_type = DETR
     example_model = "detr_vit_canvas"
@@ -108,7 +109,7 @@ class Detection(DenseTask):
 
     def setup(self, model: nn.Module) -> None:
         super().setup(model)
-        self.criterion = SetCriterion(len(self.classes)).to(self.device)
+        self.criterion = SetCriterion(len(self.classes), weight_class=self.cfg.cls_loss_coef).to(self.device)
 
     def _targets(self, dataset: CocoDetection, index: Tensor) -> list[dict[str, Tensor]]:
         return [{k: v.to(self.device) for k, v in dataset.annotations[i].items()} for i in index.tolist()]

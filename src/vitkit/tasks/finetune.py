@@ -30,6 +30,7 @@ __all__ = [
     "resolve_source",
     "build_from_pretrained",
     "pretrained_backbone",
+    "trained_model",
     "apply_mode",
     "ProbeHead",
     "fold_probe_heads",
@@ -127,6 +128,22 @@ def _check_channels(path: Path, config: dict[str, Any], in_chans: int) -> None:
         raise ValueError(
             f"{path} was trained on {config.get('in_chans', 3)}-channel images, the data has {in_chans}"
         )
+
+
+def trained_model(path: str | Path, model_type: type[nn.Module]) -> nn.Module | None:
+    """The whole ``model_type`` model (e.g. a DETR) saved in a vitkit run or model file, to train on from every
+    weight; ``None`` when ``path`` holds something else (a ViT, to start a backbone from)."""
+    path = resolve_source(path)
+    if path.suffix != ".safetensors":
+        return None
+    try:
+        meta = read_metadata(path)
+    except CheckpointError:
+        return None
+    if meta.get("format") != "vitkit":
+        return None
+    model = load(path)
+    return model if isinstance(model, model_type) else None
 
 
 def pretrained_backbone(
