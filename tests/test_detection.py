@@ -192,6 +192,8 @@ def test_canvases_are_deterministic_and_coco_loads(tmp_path):
     assert image.shape == (1, 64, 64) and index == 0 and torch.equal(ds.raw[0], images[0])
     assert torch.equal(ds.annotations[0]["labels"], targets[0]["labels"])
     torch.testing.assert_close(ds.annotations[0]["boxes"], box_xyxy_to_cxcywh(targets[0]["boxes"]) / 64)
+    empty = write_coco(tmp_path / "empty", images[:0], [], ["a", "b", "c", "d"], masks[:0])  # a valid, empty set
+    assert len(COCO(str(empty)).getImgIds()) == 0
 
 
 @pytest.mark.slow  # 29 s of training (the suite keeps under 10 min); the run, CLI and resume are tested below

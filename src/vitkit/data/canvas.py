@@ -99,7 +99,7 @@ def write_coco(
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     if masks is not None:
-        top = max(int(m.max()) for m in masks)
+        top = max((int(m.max()) for m in masks), default=0)  # no images: an empty, valid set
         if top > min(255, len(classes)):
             raise ValueError(f"mask values run to {top}; there are {len(classes)} classes")
         (out / "masks").mkdir(exist_ok=True)
