@@ -136,9 +136,9 @@ def test_backbone_starts_from_a_vitkit_vit(tmp_path, family):
 
 
 @pytest.mark.parametrize("family", ["segmenter_vit_canvas", "detr_vit_canvas"])
-def test_a_dense_model_continues_from_a_run_of_its_own_task(tmp_path, family):
-    """``init_from`` a detector (detection) or a segmenter (segmentation): every weight and the architecture come
-    from it; other classes or image sizes, or model_args that change the architecture, are refused by name."""
+def test_a_dense_model_continues_from_a_run_of_its_own_task(tmp_path, monkeypatch, family):
+    """``init_from`` a detector (detection) or a segmenter (segmentation): every weight, the architecture and the
+    normalisation come from it; other classes, sizes or architecture-changing model_args are refused by name."""
     from vitkit.data.canvas import write_coco
     from vitkit.engine.config import resolve_config
     from vitkit.tasks import build_trainer
@@ -149,13 +149,23 @@ def test_a_dense_model_continues_from_a_run_of_its_own_task(tmp_path, family):
     task = "segmentation" if family.startswith("segmenter") else "detection"
     base = dict(task=task, dataset=f"coco:{tmp_path / 'data'}", model=family, epochs=1, threads=1,
                 out_dir=str(tmp_path), progress=False)  # fmt: skip
-    source = build_trainer(resolve_config(None, None, **base, model_args={"decoder_depth": 1})).model
+    first = build_trainer(resolve_config(None, None, **base, model_args={"decoder_depth": 1}))
+    source, classes = first.model, first.task.classes
     torch.manual_seed(1)
     for p in source.parameters():  # weights no fresh model has
         p.data.normal_()
+    source.data_config = {
+        "classes": classes,
+        "mean": [0.25],
+        "std": [0.5],
+        "img_size": [32, 32],
+        "in_chans": 1,
+    }
     vitkit.save(source, tmp_path / "trained.safetensors")
     extra = {"cls_loss_coef": 2.0} if task == "detection" else {}  # DETR's class term, weighted
-    cfg = resolve_config(None, None, **base, **extra, init_from=str(tmp_path / "trained.safetensors"))
+    monkeypatch.chdir(tmp_path)
+    cfg = resolve_config(None, None, **base, **extra, init_from="trained.safetensors")
+    assert cfg.init_from == str(tmp_path / "trained.safetensors")  # resumable from another folder
     trainer = build_trainer(cfg)
     model = trainer.model
     if extra:
@@ -164,15 +174,28 @@ def test_a_dense_model_continues_from_a_run_of_its_own_task(tmp_path, family):
         with pytest.raises(ValueError, match="does not take cls_loss_coef"):
             build_trainer(resolve_config(None, None, **base, cls_loss_coef=2.0))
     assert model.config["decoder_depth"] == 1  # the file's architecture, not the registry default
+    assert trainer.task.images.mean == [0.25] and trainer.task.images.std == [
+        0.5
+    ]  # not this data's statistics
     mine, theirs = model.state_dict(), source.state_dict()
-    assert mine.keys() == theirs.keys() and all(
-        torch.equal(mine[k], theirs[k].to(mine[k].dtype)) for k in mine
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    again = build_trainer(
+        resolve_config(None, None, **base, init_from=cfg.init_from, model_args={"drop_rate": 0.3})
     )
-    with pytest.raises(ValueError, match="change the architecture"):
-        build_trainer(
-            resolve_config(None, None, **base, init_from=cfg.init_from, model_args={"decoder_depth": 2})
-        )
+    assert again.model.config["drop_rate"] == 0.3 and torch.equal(
+        again.model.state_dict()[next(iter(mine))], mine[next(iter(mine))]
+    )
+    heads = "num_heads" if task == "detection" else "decoder_heads"  # same tensor shapes, another model
+    for change in ({"decoder_depth": 2}, {heads: source.config[heads] // 2}):
+        with pytest.raises(
+            ValueError, match=rf"model_args \['{next(iter(change))}'\] would change the architecture"
+        ):
+            build_trainer(resolve_config(None, None, **base, init_from=cfg.init_from, model_args=change))
     wider = vitkit.create_model(family, num_classes=source.config["num_classes"] + 2, in_chans=1, img_size=32)
     vitkit.save(wider, tmp_path / "wider.safetensors")
     with pytest.raises(ValueError, match=r"trained for classes \d+; .* has \d+"):
         build_trainer(resolve_config(None, None, **base, init_from=str(tmp_path / "wider.safetensors")))
+    source.data_config = {**source.data_config, "classes": classes[::-1]}  # same number, other order
+    vitkit.save(source, tmp_path / "reordered.safetensors")
+    with pytest.raises(ValueError, match=r"trained for classes \[.*\]; .* has \["):
+        build_trainer(resolve_config(None, None, **base, init_from=str(tmp_path / "reordered.safetensors")))

@@ -271,10 +271,15 @@ def resolve_config(
 
 def _absolute_data_paths(cfg: TrainConfig) -> None:
     """The data a run reads, recorded as absolute paths (a run evaluated or resumed from another folder finds it):
-    ``data_dir``, the folder of ``folder:`` / ``coco:`` / ``manifest:`` / ``pairs:`` datasets (a ``{split}`` manifest
-    pattern too), a language model's text file."""
+    ``data_dir``, local weights to start from (``init_from``, ``init_image``, ``init_text``), the folder of
+    ``folder:`` / ``coco:`` / ``manifest:`` / ``pairs:`` datasets (a ``{split}`` manifest pattern too), a language
+    model's text file."""
     if cfg.data_dir:
         cfg.data_dir = str(Path(cfg.data_dir).expanduser().absolute())
+    for name in ("init_from", "init_image", "init_text"):  # local weights (not a Hub id or a registry name)
+        value = getattr(cfg, name)
+        if value and Path(value).expanduser().exists():
+            setattr(cfg, name, str(Path(value).expanduser().absolute()))
     kind, sep, rest = str(cfg.dataset).partition(":")
     where = Path(rest).expanduser()
     if sep and kind in ("folder", "coco", "manifest", "pairs") and rest and (where.exists() or "{split}" in rest

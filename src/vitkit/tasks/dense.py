@@ -86,29 +86,46 @@ class DenseTask(Task):
             log.info("%s backbone (%s) from %s", self.name, args["backbone"], cfg.init_from)
         return model
 
+    # what --model-args may change in a model trained on from every weight: rates, not the architecture
+    CONTINUE_ARGS: ClassVar[frozenset[str]] = frozenset({"drop_rate"})
+
     def _continue(self, trained: nn.Module, in_chans: int, img_size: int) -> nn.Module:
-        """A copy of ``trained`` (this task's model from ``init_from``: same architecture, every weight), with
-        ``cfg.model_args`` applied (e.g. a dropout rate); refuses other classes, channels or image sizes by name."""
-        config = dict(trained.config)
-        source = self.cfg.init_from
-        have = {"classes": config["num_classes"], "channels": config["backbone_args"].get("in_chans"),
+        """A copy of ``trained`` (this task's model from ``init_from``: its architecture, every weight, the mean/std
+        it was trained with), ``cfg.model_args`` applied where they change a rate (``CONTINUE_ARGS``).
+
+        Raises:
+            ValueError: other classes (names, or their number), channels or image size than the data here, or a
+                model argument that changes the architecture; each named.
+        """
+        config, source = dict(trained.config), self.cfg.init_from
+        recorded = getattr(trained, "data_config", None) or {}
+        have = {"classes": recorded.get("classes") or config["num_classes"],
+                "channels": config["backbone_args"].get("in_chans"),
                 "image size": config["backbone_args"].get("img_size")}  # fmt: skip
-        need = {"classes": len(self.classes), "channels": in_chans, "image size": img_size}
+        need = {"classes": self.classes if recorded.get("classes") else len(self.classes), "channels": in_chans,
+                "image size": img_size}  # fmt: skip
         for what, value in have.items():
             if value != need[what]:
                 raise ValueError(
                     f"{self.name}: {source} was trained for {what} {value}; {self.cfg.dataset} has {need[what]} "
                     f"(start from its backbone instead: a ViT run)"
                 )
-        model = create_model(trained.model_name, **{**config, **self.cfg.model_args})
-        try:
-            model.load_state_dict(trained.state_dict())
-        except RuntimeError as e:
+        changed = sorted(k for k, v in self.cfg.model_args.items() if config.get(k, object()) != v)
+        if set(changed) - self.CONTINUE_ARGS:
             raise ValueError(
-                f"{self.name}: model_args {self.cfg.model_args} change the architecture of {source}: {e}"
-            ) from None
-        log.info("%s: every weight from %s (%s)", self.name, source, trained.model_name)
-        self.cfg.model = trained.model_name  # the architecture the weights came with (config.yaml says so)
+                f"{self.name}: model_args {changed} would change the architecture of {source}; training on from "
+                f"every weight may change only {sorted(self.CONTINUE_ARGS)}"
+            )
+        model = type(trained)(**{**config, **self.cfg.model_args})
+        model.load_state_dict(trained.state_dict())
+        if (
+            recorded.get("mean") is not None
+        ):  # normalise as the weights were trained, not with this data's stats
+            model.pretrained_cfg = {"mean": recorded["mean"], "std": recorded["std"]}
+        name = getattr(trained, "model_name", "") or type(trained).__name__
+        if getattr(trained, "model_name", ""):  # the architecture the weights came with, in config.yaml too
+            model.model_name = self.cfg.model = name
+        log.info("%s: every weight from %s (%s)", self.name, source, name)
         return model
 
     def setup(self, model: nn.Module) -> None:

@@ -23,6 +23,7 @@ from ..registry import create_model, get_family, get_pretrained_cfg
 from ..weights import load_pretrained
 from ..weights.files import CheckpointError, read_metadata
 from ..weights.hub import is_hub_id, resolve_pretrained, set_pretrained_cfg
+from ..weights.qstate import is_plain
 from ..weights.rebuild import load
 
 __all__ = [
@@ -143,7 +144,13 @@ def trained_model(path: str | Path, model_type: type[nn.Module]) -> nn.Module | 
     if meta.get("format") != "vitkit":
         return None
     model = load(path)
-    return model if isinstance(model, model_type) else None
+    if not isinstance(model, model_type):
+        return None
+    if meta.get("structure_edits") or not is_plain(model.state_dict()):
+        raise ValueError(
+            f"{path} is a compressed model (pruned or int8); train on from the model it came from"
+        )
+    return model
 
 
 def pretrained_backbone(
