@@ -192,7 +192,22 @@ def test_canvases_are_deterministic_and_coco_loads(tmp_path):
     assert image.shape == (1, 64, 64) and index == 0 and torch.equal(ds.raw[0], images[0])
     assert torch.equal(ds.annotations[0]["labels"], targets[0]["labels"])
     torch.testing.assert_close(ds.annotations[0]["boxes"], box_xyxy_to_cxcywh(targets[0]["boxes"]) / 64)
-    empty = write_coco(tmp_path / "empty", images[:0], [], ["a", "b", "c", "d"], masks[:0])  # a valid, empty set
+    empty = write_coco(
+        tmp_path / "empty", images[:0], [], ["a", "b", "c", "d"], masks[:0]
+    )  # a valid, empty set
+    # distorted items: other pixels, deterministic per seed, boxes still tight around what shows; 0 = the same stream
+    assert torch.equal(make_canvases(items, labels, num_images=6, canvas=64, seed=3, distort=0.0)[0], images)
+    bent, bent_targets, bent_masks = make_canvases(
+        items, labels, num_images=6, canvas=64, seed=3, distort=1.0
+    )
+    assert not torch.equal(bent, images)
+    assert torch.equal(bent, make_canvases(items, labels, num_images=6, canvas=64, seed=3, distort=1.0)[0])
+    for t, m in zip(bent_targets, bent_masks, strict=True):
+        for box, label in zip(t["boxes"].long().tolist(), t["labels"].tolist(), strict=True):
+            inside = m[box[1] : box[3], box[0] : box[2]] == label + 1  # tight: each edge shows the object
+            assert inside[0].any() and inside[-1].any() and inside[:, 0].any() and inside[:, -1].any()
+    with pytest.raises(ValueError, match="distort must be >= 0"):
+        make_canvases(items, labels, num_images=1, distort=-1.0)
     assert len(COCO(str(empty)).getImgIds()) == 0
 
 
@@ -286,6 +301,14 @@ def test_cli_make_canvas_writes_coco(tmp_path, capsys):
     rc = main(["detect", "make-canvas", "--source", "digits", "--out", str(tmp_path / "e"), "--train", "0", "--val",
                "3", "--seed", "5", "--val-seed", "1", "--canvas", "32", "--scale", "1.5", "2.5"])  # fmt: skip
     assert rc == 0 and torch.equal(CocoDetection(tmp_path / "e" / "val").raw, ds.raw)
+    rc = main(["detect", "make-canvas", "--source", "digits", "--out", str(tmp_path / "g"), "--train", "6", "--val",
+               "3", "--distort", "1", "--canvas", "32", "--scale", "1.5", "2.5"])  # fmt: skip
+    assert rc == 0 and torch.equal(
+        CocoDetection(tmp_path / "g" / "val").raw, ds.raw
+    )  # held-out: never distorted
+    assert not torch.equal(
+        CocoDetection(tmp_path / "g" / "train").raw, CocoDetection(tmp_path / "c" / "train").raw
+    )
     with pytest.raises(SystemExit):
         main(["detect", "make-canvas", "--out", str(tmp_path / "f"), "--val", "-1"])
 

@@ -75,6 +75,9 @@ def _make_canvas(rest: list[str]) -> int:
     p.add_argument("--canvas", type=int, default=64)
     p.add_argument("--objects", type=int, nargs=2, default=(1, 4), metavar=("MIN", "MAX"))
     p.add_argument("--scale", type=float, nargs=2, default=(0.5, 1.2), metavar=("MIN", "MAX"))
+    p.add_argument("--distort", type=float, default=0.0,
+                   help="random affine distortion of each training item (1: up to 15 degrees of rotation, 0.3 of "
+                        "shear, 15%% of stretch); the validation canvases are never distorted")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed of the training canvases")
     p.add_argument("--val-seed", type=int, default=None,
                    help="seed of the validation canvases (default: --seed + 1); keep it to draw new training "
@@ -82,6 +85,8 @@ def _make_canvas(rest: list[str]) -> int:
     a = p.parse_args(rest)
     if min(a.train, a.val) < 0:
         p.error(f"--train and --val count canvases (>= 0), got {a.train} and {a.val}")
+    if a.distort < 0:
+        p.error(f"--distort must be >= 0, got {a.distort}")
     val_seed = a.seed + 1 if a.val_seed is None else a.val_seed
     for split, n, seed in (("train", a.train, a.seed), ("val", a.val, val_seed)):
         if n == 0:
@@ -89,7 +94,8 @@ def _make_canvas(rest: list[str]) -> int:
             continue
         source = build_dataset(a.source, "train" if split == "train" else "test", data_dir=a.data_dir)
         images, targets, masks = make_canvases(source.raw, source.targets, n, a.canvas, tuple(a.objects),
-                                               tuple(a.scale), seed=seed)  # fmt: skip
+                                               tuple(a.scale), seed=seed,
+                                               distort=a.distort if split == "train" else 0.0)  # fmt: skip
         path = write_coco(Path(a.out) / split, images, targets, source.classes, masks)
         print(f"{split}: {n} canvases, {sum(len(t['labels']) for t in targets)} objects -> {path}")
     return 0

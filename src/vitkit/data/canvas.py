@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from .images import DecodedImage, decode_image, majority_channels, orient_boxes
 
-__all__ = ["make_canvases", "write_coco", "CocoDetection"]
+__all__ = ["make_canvases", "distort_item", "write_coco", "CocoDetection"]
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +39,20 @@ def make_canvases(
     scale: tuple[float, float] = (0.5, 1.2),
     seed: int = 0,
     threshold: float = 0.1,
+    distort: float = 0.0,
 ) -> tuple[Tensor, list[dict[str, Tensor]], Tensor]:
     """(images (N, 1, canvas, canvas) uint8, targets [{"boxes" xyxy pixels, "labels"}], masks (N, canvas, canvas)).
 
     ``items`` (M, 1, h, w) uint8 or float in [0, 1]; each object is an item scaled by a factor in ``scale``.
+    ``distort`` > 0 first gives each item a random affine distortion (:func:`distort_item`; the classic MNIST
+    augmentation, Simard et al. 2003, without the elastic part), so that a training set holds new shapes, not only
+    new placements of the same items; 0 draws no random number for it (the canvases of a seed stay the same).
+
+    Raises:
+        ValueError: a negative ``distort``.
     """
+    if distort < 0:
+        raise ValueError(f"make_canvases: distort must be >= 0, got {distort}")
     g = torch.Generator().manual_seed(int(seed))
     items = items.float() / 255 if items.dtype == torch.uint8 else items.float()
     images = torch.zeros(num_images, 1, canvas, canvas)
@@ -56,8 +65,9 @@ def make_canvases(
             i = int(torch.randint(len(items), (1,), generator=g))
             f = scale[0] + (scale[1] - scale[0]) * float(torch.rand(1, generator=g))
             size = max(6, min(canvas, round(items.shape[-1] * f)))
+            source = distort_item(items[i : i + 1], distort, g) if distort else items[i : i + 1]
             item = F.interpolate(
-                items[i : i + 1], size=(size, size), mode="bilinear", antialias=True, align_corners=False
+                source, size=(size, size), mode="bilinear", antialias=True, align_corners=False
             )[0, 0]
             y = int(torch.randint(canvas - size + 1, (1,), generator=g))
             x = int(torch.randint(canvas - size + 1, (1,), generator=g))
@@ -82,6 +92,19 @@ def make_canvases(
         targets.append({"boxes": torch.tensor(final, dtype=torch.float32).reshape(-1, 4),
                         "labels": torch.tensor(kept, dtype=torch.long)})  # fmt: skip
     return (images * 255).round().to(torch.uint8), targets, masks
+
+
+def distort_item(item: Tensor, strength: float, generator: torch.Generator) -> Tensor:
+    """``item`` (1, C, h, w) float under a random affine map about its centre: a rotation of up to 15 degrees, a
+    shear of up to 0.3 and a stretch of up to 15% along each axis, all times ``strength`` (bilinear, zeros outside)."""
+    u = (torch.rand(4, generator=generator) * 2 - 1) * strength  # uniform in [-strength, strength]
+    angle, shear = math.radians(15.0) * float(u[0]), 0.3 * float(u[1])
+    rotate = torch.tensor([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    # affine_grid maps output to input coordinates: the inverse stretch makes the item larger for u > 0
+    stretch = torch.diag(1 / (1 + 0.15 * u[2:]))
+    theta = torch.cat([rotate @ torch.tensor([[1.0, shear], [0.0, 1.0]]) @ stretch, torch.zeros(2, 1)], 1)
+    grid = F.affine_grid(theta[None], list(item.shape), align_corners=False)
+    return F.grid_sample(item, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 def write_coco(
