@@ -56,15 +56,20 @@ def resolve_source(path: str | Path) -> Path:
     return path
 
 
-def _vitkit_source(path: Path) -> tuple[nn.Module, dict[str, Any]] | None:
-    """(source model, its config) when ``path`` is a vitkit model file; an MAE model gives its encoder."""
+def _vitkit_metadata(path: Path) -> dict[str, str] | None:
+    """The metadata of a file :func:`vitkit.save` wrote; None for any other file (e.g. a timm checkpoint)."""
     if path.suffix != ".safetensors":
         return None
     try:
         meta = read_metadata(path)
     except CheckpointError:
         return None
-    if meta.get("format") != "vitkit":
+    return meta if meta.get("format") == "vitkit" else None
+
+
+def _vitkit_source(path: Path) -> tuple[nn.Module, dict[str, Any]] | None:
+    """(source model, its config) when ``path`` is a vitkit model file; an MAE model gives its encoder."""
+    if _vitkit_metadata(path) is None:
         return None
     source = load(path)
     if isinstance(source, MaskedAutoencoder):
@@ -135,13 +140,8 @@ def trained_model(path: str | Path, model_type: type[nn.Module]) -> nn.Module | 
     """The whole ``model_type`` model (e.g. a DETR) saved in a vitkit run or model file, to train on from every
     weight; ``None`` when ``path`` holds something else (a ViT, to start a backbone from)."""
     path = resolve_source(path)
-    if path.suffix != ".safetensors":
-        return None
-    try:
-        meta = read_metadata(path)
-    except CheckpointError:
-        return None
-    if meta.get("format") != "vitkit":
+    meta = _vitkit_metadata(path)
+    if meta is None:
         return None
     model = load(path)
     if not isinstance(model, model_type):
