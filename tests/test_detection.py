@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 
 import pytest
 import torch
@@ -208,6 +209,9 @@ def test_canvases_are_deterministic_and_coco_loads(tmp_path):
             assert inside[0].any() and inside[-1].any() and inside[:, 0].any() and inside[:, -1].any()
     with pytest.raises(ValueError, match="distort must be >= 0"):
         make_canvases(items, labels, num_images=1, distort=-1.0)
+    for bad in ({"canvas": 0}, {"objects": (3, 1)}, {"scale": (2.0, 1.0)}):
+        with pytest.raises(ValueError, match=re.escape(f"got {next(iter(bad.values()))}")):
+            make_canvases(items, labels, num_images=1, **bad)
     assert len(COCO(str(empty)).getImgIds()) == 0
 
 

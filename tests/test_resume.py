@@ -64,6 +64,24 @@ def test_a_resume_changes_only_what_it_may(tmp_path, capsys):
     assert cfg["epochs"] == 2 and cfg["lr"] == TINY["lr"]
 
 
+def test_a_resume_reads_given_paths_as_the_run_recorded_them(tmp_path, monkeypatch):
+    """The run records its data and weights as absolute paths; the same paths given relative are no change."""
+    from vitkit.engine.config import resume_config
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "w.safetensors").write_bytes(b"")
+    saved = {
+        "dataset": f"folder:{tmp_path / 'data'}",
+        "init_from": str(tmp_path / "w.safetensors"),
+        "epochs": 1,
+    }
+    monkeypatch.chdir(tmp_path)
+    cfg = resume_config(saved, dataset="folder:data", init_from="w.safetensors", epochs=2)
+    assert cfg.dataset == saved["dataset"] and cfg.init_from == saved["init_from"] and cfg.epochs == 2
+    with pytest.raises(ValueError, match="cannot change init_from"):
+        resume_config(saved, init_from="other.safetensors")
+
+
 def test_a_new_run_never_writes_into_an_old_runs_folder(tmp_path, capsys):
     train(**TINY, epochs=1, out_dir=str(tmp_path), name="run")
     lines = (tmp_path / "run" / "metrics.jsonl").read_text()

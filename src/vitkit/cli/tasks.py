@@ -68,13 +68,15 @@ def _make_canvas(rest: list[str]) -> int:
     p = argparse.ArgumentParser(prog="vitkit detect make-canvas",
                                 description="multi-object canvases of real dataset items, in COCO format")  # fmt: skip
     p.add_argument("--source", default="fashion-mnist", help="dataset whose items are placed (train/test)")
-    p.add_argument("--data-dir", default=None)
+    p.add_argument("--data-dir", default=None, help="folder holding the source dataset (e.g. ../shared/data)")
     p.add_argument("--out", required=True, help="output folder (gets train/ and val/)")
     p.add_argument("--train", type=int, default=5000, help="training canvases (items from the train split)")
     p.add_argument("--val", type=int, default=500, help="validation canvases (items from the test split)")
-    p.add_argument("--canvas", type=int, default=64)
-    p.add_argument("--objects", type=int, nargs=2, default=(1, 4), metavar=("MIN", "MAX"))
-    p.add_argument("--scale", type=float, nargs=2, default=(0.5, 1.2), metavar=("MIN", "MAX"))
+    p.add_argument("--canvas", type=int, default=64, help="canvas side in pixels (default 64)")
+    p.add_argument("--objects", type=int, nargs=2, default=(1, 4), metavar=("MIN", "MAX"),
+                   help="items per canvas, drawn uniformly (default 1 4)")  # fmt: skip
+    p.add_argument("--scale", type=float, nargs=2, default=(0.5, 1.2), metavar=("MIN", "MAX"),
+                   help="each item's size as a factor of its own (default 0.5 1.2)")  # fmt: skip
     p.add_argument("--distort", type=float, default=0.0,
                    help="random affine distortion of each training item (1: up to 15 degrees of rotation, 0.3 of "
                         "shear, 15%% of stretch); the validation canvases are never distorted")  # fmt: skip

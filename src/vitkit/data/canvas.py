@@ -53,6 +53,11 @@ def make_canvases(
     """
     if distort < 0:
         raise ValueError(f"make_canvases: distort must be >= 0, got {distort}")
+    if canvas < 6 or not 0 <= objects[0] <= objects[1] or not 0 < scale[0] <= scale[1]:
+        raise ValueError(
+            f"make_canvases: needs canvas >= 6 pixels (got {canvas}), 0 <= objects min <= max (got {objects}) "
+            f"and 0 < scale min <= max (got {scale})"
+        )
     g = torch.Generator().manual_seed(int(seed))
     items = items.float() / 255 if items.dtype == torch.uint8 else items.float()
     images = torch.zeros(num_images, 1, canvas, canvas)

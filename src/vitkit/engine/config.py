@@ -382,6 +382,10 @@ def resume_config(saved: dict[str, Any], **overrides: Any) -> TrainConfig:
     given = {k: (None if v is NONE else v) for k, v in overrides.items() if v is not None}
     _check_keys(given, "the resume's options")
     given = {k: tuple(v) if isinstance(v, list) else v for k, v in given.items()}
+    # paths as the run recorded them (absolute): `--data coco:DIR` or `--from runs/a` again is not a change
+    probe = dataclasses.replace(cfg, **given)
+    _absolute_data_paths(probe)
+    given = {k: getattr(probe, k) for k in given}
     refused = [f"{k} (the run has {getattr(cfg, k)!r})" for k, v in given.items()
                if k not in RESUME_OPTIONS and v != getattr(cfg, k)]  # fmt: skip
     if refused:

@@ -108,7 +108,7 @@ class DenseTask(Task):
             if value != need[what]:
                 raise ValueError(
                     f"{self.name}: {source} was trained for {what} {value}; {self.cfg.dataset} has {need[what]} "
-                    f"(start from its backbone instead: a ViT run)"
+                    f"(to start only a backbone, --from a ViT run: a classifier or an MAE run)"
                 )
         changed = sorted(k for k, v in self.cfg.model_args.items() if config.get(k, object()) != v)
         if set(changed) - self.CONTINUE_ARGS:
