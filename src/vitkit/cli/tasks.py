@@ -87,8 +87,6 @@ def _make_canvas(rest: list[str]) -> int:
     a = p.parse_args(rest)
     if min(a.train, a.val) < 0:
         p.error(f"--train and --val count canvases (>= 0), got {a.train} and {a.val}")
-    if a.distort < 0:
-        p.error(f"--distort must be >= 0, got {a.distort}")
     val_seed = a.seed + 1 if a.val_seed is None else a.val_seed
     for split, n, seed in (("train", a.train, a.seed), ("val", a.val, val_seed)):
         if n == 0:

@@ -118,14 +118,13 @@ class DenseTask(Task):
             )
         model = type(trained)(**{**config, **self.cfg.model_args})
         model.load_state_dict(trained.state_dict())
-        if (
-            recorded.get("mean") is not None
-        ):  # normalise as the weights were trained, not with this data's stats
+        # normalise as the weights were trained, not with this data's statistics
+        if recorded.get("mean") is not None:
             model.pretrained_cfg = {"mean": recorded["mean"], "std": recorded["std"]}
-        name = getattr(trained, "model_name", "") or type(trained).__name__
-        if getattr(trained, "model_name", ""):  # the architecture the weights came with, in config.yaml too
+        name = getattr(trained, "model_name", "")
+        if name:  # the architecture the weights came with, in config.yaml too
             model.model_name = self.cfg.model = name
-        log.info("%s: every weight from %s (%s)", self.name, source, name)
+        log.info("%s: every weight from %s (%s)", self.name, source, name or type(trained).__name__)
         return model
 
     def setup(self, model: nn.Module) -> None:

@@ -143,9 +143,13 @@ def trained_model(path: str | Path, model_type: type[nn.Module]) -> nn.Module | 
     meta = _vitkit_metadata(path)
     if meta is None:
         return None
-    model = load(path)
-    if not isinstance(model, model_type):
+    try:  # the family from the metadata: a ViT file is read once, by the backbone path, not loaded here too
+        family = get_family(meta.get("family") or "")
+    except ValueError:
+        family = None  # load() below names what is wrong with the file
+    if family is not None and not issubclass(family, model_type):
         return None
+    model = load(path)
     if meta.get("structure_edits") or not is_plain(model.state_dict()):
         raise ValueError(
             f"{path} is a compressed model (pruned or int8); train on from the model it came from"
