@@ -3,6 +3,8 @@
 - DETR (vitkit's training metric): each query reported once, under its most probable real class.
 - Deformable DETR: the image's 100 most probable (query, class) pairs, so a query may also count under its
   second class (COCO evaluates up to 100 detections per image).
+- With a second stage (``box_classifier``), also the decoder's own classes (DETR's scoring of ``model.decode``):
+  what the box classifier adds.
 - Boxes only (a diagnostic): DETR's detections with every class merged into one, in the predictions and the
   ground truth: what the AP would be if no box were given the wrong class.
 
@@ -61,15 +63,20 @@ def main(argv: list[str] | None = None) -> None:
         p.error(f"--top-k must be >= 0, got {args.top_k}")
     val = CocoDetection(coco_root(args.data) / "val")
     images = [val.raw[i].permute(1, 2, 0).numpy() for i in range(len(val))]
-    logits, boxes = [], []
+    logits, boxes, decoder = [], [], []
     with torch.inference_mode():
         for i in range(0, len(images), 100):
             x, _, _ = read_images(images[i : i + 100], model.data_config)
             out = model(x)
             logits.append(out["pred_logits"])
             boxes.append(out["pred_boxes"])
+            decoder.append(model.decode(x)["pred_logits"])
     outputs = {"pred_logits": torch.cat(logits), "pred_boxes": torch.cat(boxes)}
-    rows = {
+    rows = {}
+    if model.box_classifier is not None:
+        decoded = {**outputs, "pred_logits": torch.cat(decoder)}
+        rows["DETR, the decoder's classes alone (no second stage)"] = detections(decoded, val.sizes)
+    rows |= {
         "DETR: each query's best class": detections(outputs, val.sizes),
         f"Deformable DETR: top-{args.top_k} (query, class) pairs": detections(
             outputs, val.sizes, top_k=args.top_k, pairs=True

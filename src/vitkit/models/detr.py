@@ -14,6 +14,13 @@ patch centre and its content starts from that patch's token (plus a learned embe
 queries from encoder tokens. With a convolutional stem under the patch grid (``detr_vitc_canvas``) this is what
 made the MNIST-canvas detector converge on a CPU (AP50 0.26 after 4 epochs, against 0.04 for patch queries on
 the plain patch embedding and 0.01 for 16 learned queries).
+
+``box_classifier=W`` adds a second stage (:class:`~vitkit.models.box_classifier.BoxClassifier`, a CNN of width
+``W``): in eval mode each query's box is cropped from the input image and classified again, and the query's class
+distribution becomes the decoder's times the box classifier's, renormalised (a product of experts), its
+"no object" probability the decoder's. It learns from boxes given to ``forward`` (the ground truth in training).
+On MNIST canvases, where the decoder mistook digits drawn over one another, it took held-out AP50 from 0.892 to
+0.9 and more (docs/detection.md).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from torch import Tensor, nn
 from ..layers import DecoderBlock, Mlp, sincos_2d, sincos_2d_points
 from ..registry import register_family
 from ._checks import check_args
+from .box_classifier import BoxClassifier
 from .vit import build_backbone
 
 __all__ = ["DETR"]
@@ -34,7 +42,12 @@ __all__ = ["DETR"]
 
 class DETR(nn.Module):
     """Set-prediction detector. ``forward(images) -> {"pred_logits": (B, Q, C + 1), "pred_boxes": (B, Q, 4),
-    "aux_outputs": [...]}`` (the last class is "no object"; boxes cxcywh normalised to [0, 1])."""
+    "aux_outputs": [...]}`` (the last class is "no object"; boxes cxcywh normalised to [0, 1]).
+
+    With a box classifier, ``forward(images, boxes)`` (``boxes``: per image an (N_i, 4) cxcywh tensor) also gives
+    ``"box_logits"`` (sum N_i, C), its class logits for those boxes in image order; in eval mode ``pred_logits``
+    are the log-probabilities of the product of experts (module docstring), in training mode the decoder's.
+    """
 
     def __init__(
         self,
@@ -51,15 +64,18 @@ class DETR(nn.Module):
         queries: str = "learned",
         in_chans: int | None = None,
         img_size: int | None = None,
+        box_classifier: int = 0,
+        box_crop: int = 20,
     ) -> None:
         super().__init__()
         check_args(
             "DETR",
             positive={"num_queries": num_queries, "embed_dim": embed_dim, "decoder_depth": decoder_depth,
-                      "num_heads": num_heads, "mlp_ratio": mlp_ratio},
-            nonnegative={"num_classes": num_classes},
+                      "num_heads": num_heads, "mlp_ratio": mlp_ratio, "box_crop": box_crop},
+            nonnegative={"num_classes": num_classes, "box_classifier": box_classifier},
             rates={"drop_rate": drop_rate},
-            integers=("num_queries", "embed_dim", "decoder_depth", "num_heads", "num_classes"),
+            integers=("num_queries", "embed_dim", "decoder_depth", "num_heads", "num_classes", "box_classifier",
+                      "box_crop"),
             divisible=(("embed_dim", embed_dim, "num_heads", num_heads), ("embed_dim", embed_dim, "4", 4)),
         )  # fmt: skip
         self.backbone, backbone_args = build_backbone(
@@ -69,7 +85,7 @@ class DETR(nn.Module):
             "backbone": backbone, "backbone_args": backbone_args, "num_classes": num_classes,
             "num_queries": num_queries, "embed_dim": embed_dim, "decoder_depth": decoder_depth,
             "num_heads": num_heads, "mlp_ratio": mlp_ratio, "drop_rate": drop_rate, "anchors": anchors,
-            "queries": queries,
+            "queries": queries, "box_classifier": box_classifier, "box_crop": box_crop,
         }  # fmt: skip
         num_queries = self._resolve_num_queries(queries, anchors, num_queries)
         self.queries = queries
@@ -90,6 +106,11 @@ class DETR(nn.Module):
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.class_head = nn.Linear(embed_dim, num_classes + 1)
         self.box_head = Mlp(embed_dim, embed_dim, out_features=4)
+        self.box_classifier = (
+            BoxClassifier(self.backbone.patch_embed.in_chans, num_classes, box_classifier, box_crop)
+            if box_classifier
+            else None
+        )
 
     def _resolve_num_queries(self, queries: str, anchors: bool, num_queries: int) -> int:
         """Check ``queries``; patch queries put one query on every patch (recorded in the config)."""
@@ -134,7 +155,17 @@ class DETR(nn.Module):
         cx, cy = self.reference.sigmoid().unbind(-1)
         return sincos_2d_points(cy * h - 0.5, cx * w - 0.5, self.pos_embed.shape[-1])[None]
 
-    def forward(self, images: Tensor) -> dict[str, Any]:
+    def _second_stage(self, images: Tensor, out: dict[str, Tensor]) -> Tensor:
+        """(B, Q, C + 1) log-probabilities: the decoder's class distribution over real classes times the box
+        classifier's at each query's box, renormalised, under the decoder's objectness."""
+        box = self.box_classifier(images, out["pred_boxes"].detach())
+        decoder = out["pred_logits"].float()
+        objectness = decoder.log_softmax(-1)[..., :-1].logsumexp(-1, keepdim=True)  # log(1 - p(no object))
+        classes = (decoder[..., :-1].log_softmax(-1) + box.float().log_softmax(-1)).log_softmax(-1)
+        return torch.cat([classes + objectness, decoder.log_softmax(-1)[..., -1:]], -1)
+
+    def decode(self, images: Tensor) -> dict[str, Any]:
+        """The decoder's outputs alone (no second stage): ``{"pred_logits", "pred_boxes", "aux_outputs"}``."""
         memory = self.features(images)
         x = self.query_embed.expand(images.shape[0], -1, -1)
         if self.queries == "patches":  # each query starts from the patch token it sits on
@@ -145,6 +176,19 @@ class DETR(nn.Module):
             x = block(x + pos, memory, is_causal=False)
             outputs.append(self._heads(x))
         return {**outputs[-1], "aux_outputs": outputs[:-1]}
+
+    def forward(self, images: Tensor, boxes: list[Tensor] | None = None) -> dict[str, Any]:
+        result = self.decode(images)
+        if self.box_classifier is None:
+            return result
+        if boxes is not None:
+            index = torch.cat(
+                [torch.full((len(t),), i, device=images.device) for i, t in enumerate(boxes)]
+            ).long()
+            result["box_logits"] = self.box_classifier(images[index], torch.cat(list(boxes))[:, None])[:, 0]
+        if not self.training:
+            result["pred_logits"] = self._second_stage(images, result)
+        return result
 
 
 register_family("detr", DETR)

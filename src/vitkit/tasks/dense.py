@@ -88,6 +88,8 @@ class DenseTask(Task):
 
     # what --model-args may change in a model trained on from every weight: rates, not the architecture
     CONTINUE_ARGS: ClassVar[frozenset[str]] = frozenset({"drop_rate"})
+    # modules those arguments may add (their weights start from their initialisation), as state-dict key prefixes
+    ADDED_MODULES: ClassVar[tuple[str, ...]] = ()
 
     def _continue(self, trained: nn.Module, in_chans: int, img_size: int) -> nn.Module:
         """A copy of ``trained`` (this task's model from ``init_from``: its architecture, every weight, the mean/std
@@ -117,7 +119,18 @@ class DenseTask(Task):
                 f"every weight may change only {sorted(self.CONTINUE_ARGS)}"
             )
         model = type(trained)(**{**config, **self.cfg.model_args})
-        model.load_state_dict(trained.state_dict())
+        missing, unexpected = model.load_state_dict(trained.state_dict(), strict=False)
+        if unexpected or any(not k.startswith(self.ADDED_MODULES) for k in missing):
+            raise ValueError(
+                f"{self.name}: model_args {changed} leave weights of {source} without a place "
+                f"({sorted(unexpected)[:3]}) or need new ones ({sorted(missing)[:3]})"
+            )
+        if missing:
+            log.info(
+                "%s: %s new, from its initialisation",
+                self.name,
+                ", ".join(sorted({k.split(".")[0] for k in missing})),
+            )
         # normalise as the weights were trained, not with this data's statistics
         if recorded.get("mean") is not None:
             model.pretrained_cfg = {"mean": recorded["mean"], "std": recorded["std"]}

@@ -99,7 +99,7 @@ class Detection(DenseTask):
     """DETR training; ``cfg.dataset`` is ``coco:DIR`` (``DIR/train``, ``DIR/val``), ``cfg.model`` a ``detr`` model."""
 
     name = "detection"
-    options = DenseTask.options | {"cls_loss_coef"}
+    options = DenseTask.options | {"cls_loss_coef", "freeze_detector"}
     dataset_type = CocoDetection
     model_type = DETR
     example_model = "detr_vit_canvas"
@@ -107,19 +107,51 @@ class Detection(DenseTask):
     loss_label = "set loss"
     quality_curve = ("Box AP50", "validation AP50 (COCO)", "AP50", "max")
 
+    # the box classifier (second stage) learns from the ground-truth boxes, each moved as a decoder's box would be
+    # off: its centre by N(0, BOX_JITTER) of its width / height, its size times exp(N(0, BOX_JITTER))
+    BOX_JITTER = 0.08
+    BOX_LABEL_SMOOTHING = 0.1
+    CONTINUE_ARGS = DenseTask.CONTINUE_ARGS | {"box_classifier", "box_crop"}  # a second stage may be added
+    ADDED_MODULES = ("box_classifier.",)
+
     def setup(self, model: nn.Module) -> None:
         super().setup(model)
         self.criterion = SetCriterion(len(self.classes), weight_class=self.cfg.cls_loss_coef).to(self.device)
+        self.second_stage = getattr(model, "box_classifier", None) is not None
+        if self.cfg.freeze_detector:
+            if not self.second_stage:
+                raise ValueError(
+                    "freeze_detector trains only the box classifier, and this model has none "
+                    "(--model-args box_classifier=32 adds one)"
+                )
+            self.frozen_modules = [m for name, m in model.named_children() if name != "box_classifier"]
+            for name, p in model.named_parameters():
+                p.requires_grad_(name.startswith("box_classifier."))
 
     def _targets(self, dataset: CocoDetection, index: Tensor) -> list[dict[str, Tensor]]:
         return [{k: v.to(self.device) for k, v in dataset.annotations[i].items()} for i in index.tolist()]
 
+    def _jittered(self, targets: list[dict[str, Tensor]]) -> list[Tensor]:
+        out = []
+        for t in targets:
+            box = t["boxes"].float()
+            shift = torch.randn_like(box[:, :2]) * self.BOX_JITTER * box[:, 2:]
+            scale = torch.exp(torch.randn_like(box[:, 2:]) * self.BOX_JITTER)
+            out.append(torch.cat([box[:, :2] + shift, box[:, 2:] * scale], -1))
+        return out
+
     def step(self, model: nn.Module, batch: Batch) -> dict[str, Any]:
-        outputs = model(batch["inputs"])
-        return {
-            "loss": self.criterion(outputs, self._targets(self.train_data, batch["index"]))[0],
-            "output": outputs,
-        }
+        """DETR's set loss; with a box classifier, plus its cross-entropy on the jittered ground-truth boxes."""
+        targets = self._targets(self.train_data, batch["index"])
+        if not self.second_stage:
+            outputs = model(batch["inputs"])
+            return {"loss": self.criterion(outputs, targets)[0], "output": outputs}
+        outputs = model(batch["inputs"], self._jittered(targets))
+        labels = torch.cat([t["labels"] for t in targets]).to(self.device)
+        box_loss = nn.functional.cross_entropy(
+            outputs["box_logits"].float(), labels, label_smoothing=self.BOX_LABEL_SMOOTHING
+        ) if len(labels) else outputs["box_logits"].sum() * 0  # fmt: skip
+        return {"loss": self.criterion(outputs, targets)[0] + box_loss, "output": outputs}
 
     def eval_step(self, model: nn.Module, batch: Batch, final: bool) -> tuple[dict, Any]:
         index = batch["index"]
