@@ -92,8 +92,59 @@ def test_a_box_classifier_is_added_to_a_trained_detector_and_trained_alone(tmp_p
     assert all(torch.equal(after[k], theirs[k]) for k in theirs)  # the detector stays as it was
     assert sorted(set(after) - set(theirs)) == sorted(k for k in after if k.startswith("box_classifier."))
     assert any(not torch.equal(after[k], before[k]) for k in after if k.startswith("box_classifier."))
-    with pytest.raises(ValueError, match="leave weights of .* without a place"):  # dropping it loses weights
+    with pytest.raises(ValueError, match="freeze_detector keeps the detector as it is: it needs init_from"):
+        build_trainer(
+            resolve_config(None, None, **base, freeze_detector=True, model_args={"box_classifier": 4})
+        )
+    with pytest.raises(
+        ValueError, match=r"model_args \['box_classifier'\] would change the trained box_classifier"
+    ):
+        build_trainer(resolve_config(None, None, **base, init_from=str(tmp_path / "second"),
+                                     model_args={"box_classifier": 8, "box_crop": 8}))  # fmt: skip
+    with pytest.raises(
+        ValueError, match="would change the trained box_classifier"
+    ):  # dropping it loses weights
         build_trainer(resolve_config(None, None, **base, init_from=str(tmp_path / "second"),
                                      model_args={"box_classifier": 0}))  # fmt: skip
     report = export_model(tmp_path / "second", "onnx", tmp_path / "m.onnx", bench=False)
     assert max(report["max_abs_diff"].values()) <= 1e-4  # the crops (grid_sample) export too
+
+
+@pytest.mark.parametrize("family", ["detr_vitc_canvas", "detr_vit_canvas", "segmenter_vit_canvas"])
+def test_every_trainable_weight_of_a_dense_model_gets_a_gradient(family):
+    """PyTorch DDP refuses a parameter that never gets a gradient: the backbone's head parts (fc_norm), which a
+    dense model never reads, were one (torchrun training of ``detr_vitc_canvas`` failed)."""
+    from vitkit.detection import SetCriterion
+
+    args = {"box_classifier": 8} if family.startswith("detr") else {}
+    model = vitkit.create_model(family, num_classes=3, in_chans=1, img_size=64, **args).train()
+    images = torch.randn(2, 1, 64, 64)
+    if family.startswith("detr"):
+        targets = [
+            {
+                "labels": torch.tensor([1, 2]),
+                "boxes": torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.6, 0.6, 0.3, 0.2]]),
+            },
+            {
+                "labels": torch.zeros(0, dtype=torch.long),
+                "boxes": torch.zeros(0, 4),
+            },  # an image without objects
+        ]
+        out = model(images, [t["boxes"] for t in targets])
+        loss = SetCriterion(3)(out, targets)[0] + out["box_logits"].logsumexp(-1).sum()
+    else:
+        out = model(images)
+        loss = (out["pred_masks"] if isinstance(out, dict) else out).float().square().mean()
+    loss.backward()
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+    assert model.backbone.fc_norm.weight.requires_grad is False  # the head parts: kept in the state dict
+    assert "backbone.fc_norm.weight" in model.state_dict()
+
+
+def test_box_classifier_arguments_are_checked_by_name():
+    with pytest.raises(ValueError, match=r"crop_size \(DETR's box_crop\) must be >= 8 pixels, got 4"):
+        vitkit.create_model(
+            "detr_vit_canvas", num_classes=3, in_chans=1, img_size=32, box_classifier=8, box_crop=4
+        )
+    with pytest.raises(ValueError, match="box_classifier"):
+        vitkit.create_model("detr_vit_canvas", num_classes=3, in_chans=1, img_size=32, box_classifier=-1)

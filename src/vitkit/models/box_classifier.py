@@ -61,6 +61,10 @@ class BoxClassifier(nn.Module):
 
     def __init__(self, in_chans: int, num_classes: int, width: int = 32, crop_size: int = 20) -> None:
         super().__init__()
+        if crop_size < 8:  # two 2x2 poolings, and BatchNorm needs more than one value a channel
+            raise ValueError(
+                f"BoxClassifier: crop_size (DETR's box_crop) must be >= 8 pixels, got {crop_size}"
+            )
         self.crop_size = crop_size
         self.features = nn.Sequential(
             *_conv(in_chans, width), *_conv(width, 2 * width), nn.MaxPool2d(2),
@@ -69,6 +73,10 @@ class BoxClassifier(nn.Module):
         )  # fmt: skip
         self.head = nn.Linear(4 * width, num_classes)
 
+    def classify(self, crops: Tensor) -> Tensor:
+        """Crops (M, C, crop_size, crop_size) -> class logits (M, num_classes)."""
+        return self.head(self.features(crops))
+
     def forward(self, images: Tensor, boxes: Tensor) -> Tensor:
         crops = box_crops(images, boxes, self.crop_size)
-        return self.head(self.features(crops.flatten(0, 1))).unflatten(0, boxes.shape[:2])
+        return self.classify(crops.flatten(0, 1)).unflatten(0, boxes.shape[:2])

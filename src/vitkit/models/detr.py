@@ -34,10 +34,23 @@ from torch import Tensor, nn
 from ..layers import DecoderBlock, Mlp, sincos_2d, sincos_2d_points
 from ..registry import register_family
 from ._checks import check_args
-from .box_classifier import BoxClassifier
-from .vit import build_backbone
+from .box_classifier import BoxClassifier, box_crops
+from .vit import build_backbone, freeze_head
 
 __all__ = ["DETR"]
+
+
+def _check_arguments(a: dict[str, Any]) -> None:
+    """DETR's arguments (its ``__init__``'s locals), each wrong one named."""
+    check_args(
+        "DETR",
+        positive={k: a[k] for k in ("num_queries", "embed_dim", "decoder_depth", "num_heads", "mlp_ratio", "box_crop")},
+        nonnegative={k: a[k] for k in ("num_classes", "box_classifier")},
+        rates={"drop_rate": a["drop_rate"]},
+        integers=("num_queries", "embed_dim", "decoder_depth", "num_heads", "num_classes", "box_classifier",
+                  "box_crop"),
+        divisible=(("embed_dim", a["embed_dim"], "num_heads", a["num_heads"]), ("embed_dim", a["embed_dim"], "4", 4)),
+    )  # fmt: skip
 
 
 class DETR(nn.Module):
@@ -68,19 +81,11 @@ class DETR(nn.Module):
         box_crop: int = 20,
     ) -> None:
         super().__init__()
-        check_args(
-            "DETR",
-            positive={"num_queries": num_queries, "embed_dim": embed_dim, "decoder_depth": decoder_depth,
-                      "num_heads": num_heads, "mlp_ratio": mlp_ratio, "box_crop": box_crop},
-            nonnegative={"num_classes": num_classes, "box_classifier": box_classifier},
-            rates={"drop_rate": drop_rate},
-            integers=("num_queries", "embed_dim", "decoder_depth", "num_heads", "num_classes", "box_classifier",
-                      "box_crop"),
-            divisible=(("embed_dim", embed_dim, "num_heads", num_heads), ("embed_dim", embed_dim, "4", 4)),
-        )  # fmt: skip
+        _check_arguments(dict(locals()))
         self.backbone, backbone_args = build_backbone(
             backbone, backbone_args, "DETR backbone", in_chans=in_chans, img_size=img_size
         )
+        freeze_head(self.backbone)  # read through forward_features only
         self.config: dict[str, Any] = {
             "backbone": backbone, "backbone_args": backbone_args, "num_classes": num_classes,
             "num_queries": num_queries, "embed_dim": embed_dim, "decoder_depth": decoder_depth,
@@ -106,11 +111,11 @@ class DETR(nn.Module):
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.class_head = nn.Linear(embed_dim, num_classes + 1)
         self.box_head = Mlp(embed_dim, embed_dim, out_features=4)
-        self.box_classifier = (
-            BoxClassifier(self.backbone.patch_embed.in_chans, num_classes, box_classifier, box_crop)
-            if box_classifier
-            else None
-        )
+        self.box_classifier = None  # the second stage, optional
+        if box_classifier:
+            self.box_classifier = BoxClassifier(
+                self.backbone.patch_embed.in_chans, num_classes, box_classifier, box_crop
+            )
 
     def _resolve_num_queries(self, queries: str, anchors: bool, num_queries: int) -> int:
         """Check ``queries``; patch queries put one query on every patch (recorded in the config)."""
@@ -181,11 +186,16 @@ class DETR(nn.Module):
         result = self.decode(images)
         if self.box_classifier is None:
             return result
-        if boxes is not None:
-            index = torch.cat(
-                [torch.full((len(t),), i, device=images.device) for i, t in enumerate(boxes)]
-            ).long()
-            result["box_logits"] = self.box_classifier(images[index], torch.cat(list(boxes))[:, None])[:, 0]
+        if (
+            boxes is not None
+        ):  # each image's boxes padded to the most, cropped together; only the real ones classified
+            count = torch.tensor([len(t) for t in boxes], device=images.device)
+            padded = images.new_zeros(len(boxes), max(int(count.max()), 1), 4)
+            for i, t in enumerate(boxes):
+                padded[i, : len(t)] = t
+            real = torch.arange(padded.shape[1], device=images.device) < count[:, None]
+            crops = box_crops(images, padded, self.box_classifier.crop_size)[real]
+            result["box_logits"] = self.box_classifier.classify(crops)
         if not self.training:
             result["pred_logits"] = self._second_stage(images, result)
         return result

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from ..layers import EncoderBlock
 from ..registry import register_family
 from ._checks import check_args
-from .vit import build_backbone
+from .vit import build_backbone, freeze_head
 
 __all__ = ["Segmenter", "segmentation_metrics", "confusion_metrics"]
 
@@ -54,6 +54,7 @@ class Segmenter(nn.Module):
         self.backbone, backbone_args = build_backbone(
             backbone, backbone_args, "Segmenter backbone", in_chans=in_chans, img_size=img_size
         )
+        freeze_head(self.backbone)  # read through forward_features only
         self.config: dict[str, Any] = {
             "backbone": backbone, "backbone_args": backbone_args, "num_classes": num_classes, "decoder": decoder,
             "decoder_dim": decoder_dim, "decoder_depth": decoder_depth, "decoder_heads": decoder_heads,

@@ -424,6 +424,16 @@ def build_backbone(name: str, args: dict[str, Any] | None, role: str, **override
     return model, args
 
 
+def freeze_head(model: VisionTransformer) -> None:
+    """Take the gradient from the parts only ``forward_head`` reads (``fc_norm``, attention pooling, the heads): a
+    dense model (DETR, Segmenter) reads ``forward_features``, and PyTorch DDP refuses parameters that never get a
+    gradient. Their weights stay in the state dict (a backbone file keeps loading)."""
+    for name in ("fc_norm", "attn_pool", "head", "head_dist"):
+        module = getattr(model, name, None)
+        if isinstance(module, nn.Module):
+            module.requires_grad_(False)
+
+
 def vit_flops(model: VisionTransformer, img_size: tuple[int, int] | None = None) -> int:
     """Approximate forward FLOPs (2 x multiply-adds) of the encoder and head for one image."""
     h, w = img_size or model.patch_embed.img_size

@@ -118,19 +118,7 @@ class DenseTask(Task):
                 f"{self.name}: model_args {changed} would change the architecture of {source}; training on from "
                 f"every weight may change only {sorted(self.CONTINUE_ARGS)}"
             )
-        model = type(trained)(**{**config, **self.cfg.model_args})
-        missing, unexpected = model.load_state_dict(trained.state_dict(), strict=False)
-        if unexpected or any(not k.startswith(self.ADDED_MODULES) for k in missing):
-            raise ValueError(
-                f"{self.name}: model_args {changed} leave weights of {source} without a place "
-                f"({sorted(unexpected)[:3]}) or need new ones ({sorted(missing)[:3]})"
-            )
-        if missing:
-            log.info(
-                "%s: %s new, from its initialisation",
-                self.name,
-                ", ".join(sorted({k.split(".")[0] for k in missing})),
-            )
+        model = self._load_continued(trained, changed)
         # normalise as the weights were trained, not with this data's statistics
         if recorded.get("mean") is not None:
             model.pretrained_cfg = {"mean": recorded["mean"], "std": recorded["std"]}
@@ -138,6 +126,28 @@ class DenseTask(Task):
         if name:  # the architecture the weights came with, in config.yaml too
             model.model_name = self.cfg.model = name
         log.info("%s: every weight from %s (%s)", self.name, source, name or type(trained).__name__)
+        return model
+
+    def _load_continued(self, trained: nn.Module, changed: list[str]) -> nn.Module:
+        """``trained``'s architecture with ``cfg.model_args``, every weight loaded; a module those arguments add
+        (``ADDED_MODULES``) starts from its initialisation, and once trained is not changed by them."""
+        state, source = trained.state_dict(), self.cfg.init_from
+        kept = [k for k in state if k.startswith(self.ADDED_MODULES)] if self.ADDED_MODULES else []
+        if kept and set(changed) - {"drop_rate"}:
+            raise ValueError(
+                f"{self.name}: model_args {changed} would change the trained {kept[0].split('.')[0]} of {source}; "
+                "training on from every weight may change only ['drop_rate']"
+            )
+        model = type(trained)(**{**trained.config, **self.cfg.model_args})
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected or any(not k.startswith(self.ADDED_MODULES) for k in missing):
+            raise ValueError(
+                f"{self.name}: model_args {changed} leave weights of {source} without a place "
+                f"({sorted(unexpected)[:3]}) or need new ones ({sorted(missing)[:3]})"
+            )
+        if missing:
+            added = ", ".join(sorted({k.split(".")[0] for k in missing}))
+            log.info("%s: %s new, from its initialisation", self.name, added)
         return model
 
     def setup(self, model: nn.Module) -> None:

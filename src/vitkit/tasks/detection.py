@@ -111,7 +111,8 @@ class Detection(DenseTask):
     # off: its centre by N(0, BOX_JITTER) of its width / height, its size times exp(N(0, BOX_JITTER))
     BOX_JITTER = 0.08
     BOX_LABEL_SMOOTHING = 0.1
-    CONTINUE_ARGS = DenseTask.CONTINUE_ARGS | {"box_classifier", "box_crop"}  # a second stage may be added
+    # a second stage may be added to a detector without one (its arguments then change; it starts fresh)
+    CONTINUE_ARGS = DenseTask.CONTINUE_ARGS | {"box_classifier", "box_crop"}
     ADDED_MODULES = ("box_classifier.",)
 
     def setup(self, model: nn.Module) -> None:
@@ -122,7 +123,11 @@ class Detection(DenseTask):
             if not self.second_stage:
                 raise ValueError(
                     "freeze_detector trains only the box classifier, and this model has none "
-                    "(--model-args box_classifier=32 adds one)"
+                    """(--model-args '{"box_classifier": 32}' adds one)"""
+                )
+            if not self.cfg.init_from:
+                raise ValueError(
+                    "freeze_detector keeps the detector as it is: it needs init_from (a trained one)"
                 )
             self.frozen_modules = [m for name, m in model.named_children() if name != "box_classifier"]
             for name, p in model.named_parameters():
@@ -141,7 +146,8 @@ class Detection(DenseTask):
         return out
 
     def step(self, model: nn.Module, batch: Batch) -> dict[str, Any]:
-        """DETR's set loss; with a box classifier, plus its cross-entropy on the jittered ground-truth boxes."""
+        """DETR's set loss; with a box classifier, plus its cross-entropy on the jittered ground-truth boxes (alone
+        with ``freeze_detector``: the set loss would train nothing)."""
         targets = self._targets(self.train_data, batch["index"])
         if not self.second_stage:
             outputs = model(batch["inputs"])
@@ -151,6 +157,8 @@ class Detection(DenseTask):
         box_loss = nn.functional.cross_entropy(
             outputs["box_logits"].float(), labels, label_smoothing=self.BOX_LABEL_SMOOTHING
         ) if len(labels) else outputs["box_logits"].sum() * 0  # fmt: skip
+        if self.cfg.freeze_detector:
+            return {"loss": box_loss, "output": outputs}
         return {"loss": self.criterion(outputs, targets)[0] + box_loss, "output": outputs}
 
     def eval_step(self, model: nn.Module, batch: Batch, final: bool) -> tuple[dict, Any]:
