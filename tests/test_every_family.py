@@ -259,3 +259,12 @@ def test_an_mae_runs_encoder_exports_as_the_refusal_suggests(runs, tmp_path):
 
     report = export_model(runs["mae"] / "encoder.safetensors", "onnx", tmp_path / "enc.onnx", bench=False)
     assert max(report["max_abs_diff"].values()) <= 1e-4
+
+
+@pytest.mark.parametrize("name", ["detection", "segmentation", "text_classification", "lm"])
+def test_compress_names_the_task_it_does_not_apply_to(runs, name, capsys):
+    """compress reports top-1 on images: any other task was a bare ``error: 'labels'`` (a KeyError) or worse."""
+    assert main(["compress", str(runs[name]), "--method", "int8"]) == 2
+    task = name.replace("_", "-")
+    err = capsys.readouterr().err
+    assert "compress applies to image classifiers" in err and f"holds a {task} model" in err

@@ -63,6 +63,18 @@ def _calibration_batches(setup: Any, n: int) -> list[tuple[torch.Tensor, torch.T
     return batches
 
 
+def _check_task(run_dir: Path) -> None:
+    """Refuse, by name, a model of another task than image classification (read from the file's metadata)."""
+    from ..tasks.inference import task_of_file
+
+    task = task_of_file(run_dir)
+    if task not in (None, "classification"):  # the report's figure is top-1 on the run's images
+        raise ValueError(
+            f"compress applies to image classifiers (it reports top-1 on the run's images); {run_dir} holds a "
+            f"{task} model"
+        )
+
+
 def compress_run(
     run: str | os.PathLike,
     method: str,
@@ -102,6 +114,7 @@ def compress_run(
     if method == "int8" and finetune_epochs > 0:
         raise ValueError("int8 models are for inference: fine-tune before quantizing (finetune_epochs=0)")
     run_dir = Path(run).expanduser()
+    _check_task(run_dir)
     original, data_config = load_for_inference(run_dir)
     model = copy.deepcopy(original)
     out = Path(out_dir) if out_dir else run_dir.with_name(f"{run_dir.name}-{method}")
