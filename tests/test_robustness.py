@@ -113,6 +113,18 @@ def test_constructors_name_the_bad_argument(name, args, message):
         vitkit.create_model(name, **args)
 
 
+def test_an_argument_of_the_wrong_type_is_named_on_the_command_line(tmp_path, capsys):
+    """``true`` or a string for a size was a TypeError traceback from ``vitkit train`` (the CLI reports ValueErrors)."""
+    from vitkit.cli import main
+
+    with pytest.raises(TypeError, match="DETR: num_queries must be a number, got True"):  # still a TypeError
+        vitkit.create_model("detr_vit_canvas", num_queries=True)
+    argv = ["train", "--model", "vit_digits", "--model-args", '{"depth": "six"}', "--epochs", "1",
+            "--out-dir", str(tmp_path), "--no-progress"]  # fmt: skip
+    assert main(argv) == 2
+    assert "VisionTransformer: depth must be a number, got 'six'" in capsys.readouterr().err
+
+
 def test_every_model_family_checks_its_arguments():
     """Each registered family refuses a negative size at construction (not at its first forward)."""
     from vitkit import registry

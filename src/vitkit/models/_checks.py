@@ -6,12 +6,17 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["check_args"]
+__all__ = ["check_args", "ArgumentTypeError"]
+
+
+class ArgumentTypeError(TypeError, ValueError):
+    """A model argument of the wrong type (``true`` or a string for a size): a TypeError, and a ValueError as every
+    other bad argument, so the command line reports it by name like the rest."""
 
 
 def _number(owner: str, name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise TypeError(f"{owner}: {name} must be a number, got {value!r}")
+        raise ArgumentTypeError(f"{owner}: {name} must be a number, got {value!r}")
     return float(value)
 
 
