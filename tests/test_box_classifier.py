@@ -92,10 +92,21 @@ def test_a_box_classifier_is_added_to_a_trained_detector_and_trained_alone(tmp_p
     assert all(torch.equal(after[k], theirs[k]) for k in theirs)  # the detector stays as it was
     assert sorted(set(after) - set(theirs)) == sorted(k for k in after if k.startswith("box_classifier."))
     assert any(not torch.equal(after[k], before[k]) for k in after if k.startswith("box_classifier."))
-    with pytest.raises(ValueError, match="freeze_detector keeps the detector as it is: it needs init_from"):
+    with pytest.raises(
+        ValueError, match="freeze_detector keeps the detector as it is: it needs --from .* got none"
+    ):
         build_trainer(
             resolve_config(None, None, **base, freeze_detector=True, model_args={"box_classifier": 4})
         )
+    vit = vitkit.create_model("vit_mnist", in_chans=1, img_size=32, depth=1)
+    vit.data_config = {"classes": [str(i) for i in range(10)], "mean": [0.5], "std": [0.5], "img_size": [32, 32],
+                       "in_chans": 1}  # fmt: skip
+    vitkit.save(
+        vit, tmp_path / "vit.safetensors"
+    )  # a backbone only: the decoder would start (and stay) untrained
+    with pytest.raises(ValueError, match="it needs --from .* a trained detector, got .*vit.safetensors"):
+        build_trainer(resolve_config(None, None, **base, init_from=str(tmp_path / "vit.safetensors"),
+                                     freeze_detector=True, model_args={"box_classifier": 4}))  # fmt: skip
     with pytest.raises(
         ValueError, match=r"model_args \['box_classifier'\] would change the trained box_classifier"
     ):

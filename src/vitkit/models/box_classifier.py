@@ -2,8 +2,9 @@
 
 A set-prediction decoder classifies an object from the patch tokens around it; where objects overlap inside the
 same few patches (digits drawn over digits on MNIST canvases) it mistakes one for the other. As in the two-stage
-detectors (Faster R-CNN's RoI head, Ren et al. 2015), the box is cropped from the input image at full resolution
-(:func:`box_crops`, RoIAlign's bilinear sampling on a square around the box) and classified again
+detectors (Faster R-CNN's RoI head, Ren et al. 2015), the box is cropped from the input image's pixels, not
+the patch tokens (:func:`box_crops`, RoIAlign's bilinear sampling on a square around the box, resampled to a fixed
+side) and classified again
 (:class:`BoxClassifier`); :class:`~vitkit.models.detr.DETR` multiplies the two class distributions (a product of
 experts), so the box's score stays the decoder's objectness times the agreed class.
 """

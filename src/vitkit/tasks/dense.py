@@ -71,6 +71,7 @@ class DenseTask(Task):
         state = None
         if cfg.init_from:
             trained = trained_model(cfg.init_from, self.model_type)
+            self.continues_trained = trained is not None  # every weight from a model of this task
             if trained is not None:
                 return self._continue(trained, in_chans, h)
             args["backbone"], args["backbone_args"], state = pretrained_backbone(cfg.init_from, in_chans)

@@ -125,9 +125,10 @@ class Detection(DenseTask):
                     "freeze_detector trains only the box classifier, and this model has none "
                     """(--model-args '{"box_classifier": 32}' adds one)"""
                 )
-            if not self.cfg.init_from:
+            if not getattr(self, "continues_trained", False):
                 raise ValueError(
-                    "freeze_detector keeps the detector as it is: it needs init_from (a trained one)"
+                    "freeze_detector keeps the detector as it is: it needs --from (init_from) a trained detector, "
+                    f"got {self.cfg.init_from or 'none'}"
                 )
             self.frozen_modules = [m for name, m in model.named_children() if name != "box_classifier"]
             for name, p in model.named_parameters():
