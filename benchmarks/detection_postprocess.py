@@ -70,7 +70,10 @@ def main(argv: list[str] | None = None) -> None:
             out = model(x)
             logits.append(out["pred_logits"])
             boxes.append(out["pred_boxes"])
-            decoder.append(model.decode(x)["pred_logits"])
+            if (
+                model.box_classifier is not None
+            ):  # the decoder's own classes, to score without the second stage
+                decoder.append(model.decode(x)["pred_logits"])
     outputs = {"pred_logits": torch.cat(logits), "pred_boxes": torch.cat(boxes)}
     rows = {}
     if model.box_classifier is not None:

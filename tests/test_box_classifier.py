@@ -117,6 +117,14 @@ def test_a_box_classifier_is_added_to_a_trained_detector_and_trained_alone(tmp_p
     ):  # dropping it loses weights
         build_trainer(resolve_config(None, None, **base, init_from=str(tmp_path / "second"),
                                      model_args={"box_classifier": 0}))  # fmt: skip
+    from vitkit.tasks import get_task
+
+    assert (
+        get_task("detection").training_mode({"freeze_detector": True}) == "box classifier only"
+    )  # what it prints
+    assert (
+        get_task("segmentation").training_mode({"finetune_mode": "linear"}) == "full"
+    )  # takes no finetune_mode
     report = export_model(tmp_path / "second", "onnx", tmp_path / "m.onnx", bench=False)
     assert max(report["max_abs_diff"].values()) <= 1e-4  # the crops (grid_sample) export too
 

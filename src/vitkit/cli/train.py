@@ -76,11 +76,7 @@ def run_training(parser: argparse.ArgumentParser, argv: Sequence[str], fixed_tas
     task = get_task(summary.get("task", args.task_name))
     run = summary["run_dir"]
     if "init_from" in overrides:
-        if overrides.get("freeze_detector"):
-            mode = "box classifier only"
-        else:
-            mode = overrides.get("finetune_mode", "full") if "finetune_mode" in task.options else "full"
-        print(f"fine-tuned from: {overrides['init_from']}  mode: {mode}")
+        print(f"fine-tuned from: {overrides['init_from']}  mode: {task.training_mode(overrides)}")
     print(f"run directory: {run}")
     params = summary.get("encoder_params", summary["params"])
     print(f"epochs: {summary['epochs']}  {task.report(summary)}  time: "

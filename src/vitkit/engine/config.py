@@ -64,9 +64,8 @@ class TrainConfig:
     init_text: str | None = None  # a HuggingFace BERT / MiniLM folder, or a vitkit run / model file
     # detection: weight of the class term of DETR's set loss (cross-entropy; the L1 and GIoU terms weigh 5 and 2)
     cls_loss_coef: float = 1.0
-    freeze_detector: bool = (
-        False  # detection: train only the box classifier (a second stage on a trained detector)
-    )
+    # detection: train only the box classifier (a second stage on a trained detector), every other weight fixed
+    freeze_detector: bool = False
     # schedule
     epochs: int = 100
     batch_size: int = 128

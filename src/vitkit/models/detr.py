@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import pad_sequence
 
 from ..layers import DecoderBlock, Mlp, sincos_2d, sincos_2d_points
 from ..registry import register_family
@@ -165,9 +166,10 @@ class DETR(nn.Module):
         classifier's at each query's box, renormalised, under the decoder's objectness."""
         box = self.box_classifier(images, out["pred_boxes"].detach())
         decoder = out["pred_logits"].float()
-        objectness = decoder.log_softmax(-1)[..., :-1].logsumexp(-1, keepdim=True)  # log(1 - p(no object))
+        log_p = decoder.log_softmax(-1)
+        objectness = log_p[..., :-1].logsumexp(-1, keepdim=True)  # log(1 - p(no object))
         classes = (decoder[..., :-1].log_softmax(-1) + box.float().log_softmax(-1)).log_softmax(-1)
-        return torch.cat([classes + objectness, decoder.log_softmax(-1)[..., -1:]], -1)
+        return torch.cat([classes + objectness, log_p[..., -1:]], -1)
 
     def decode(self, images: Tensor) -> dict[str, Any]:
         """The decoder's outputs alone (no second stage): ``{"pred_logits", "pred_boxes", "aux_outputs"}``."""
@@ -186,13 +188,9 @@ class DETR(nn.Module):
         result = self.decode(images)
         if self.box_classifier is None:
             return result
-        if (
-            boxes is not None
-        ):  # each image's boxes padded to the most, cropped together; only the real ones classified
+        if boxes is not None:  # every image's boxes cropped together (padded); only the real ones classified
+            padded = pad_sequence([t.to(images.dtype) for t in boxes], batch_first=True)  # (B, max N_i, 4)
             count = torch.tensor([len(t) for t in boxes], device=images.device)
-            padded = images.new_zeros(len(boxes), max(int(count.max()), 1), 4)
-            for i, t in enumerate(boxes):
-                padded[i, : len(t)] = t
             real = torch.arange(padded.shape[1], device=images.device) < count[:, None]
             crops = box_crops(images, padded, self.box_classifier.crop_size)[real]
             result["box_logits"] = self.box_classifier.classify(crops)

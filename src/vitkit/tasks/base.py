@@ -168,6 +168,12 @@ class Task:
         return "\n".join(json.dumps(r) for r in results)
 
     @classmethod
+    def training_mode(cls, options: dict[str, Any]) -> str:
+        """What trains when starting from other weights (``mode:`` of the printed result): the options' own
+        ``finetune_mode`` where this task takes one, else ``full``."""
+        return options.get("finetune_mode", "full") if "finetune_mode" in cls.options else "full"
+
+    @classmethod
     def report(cls, summary: dict[str, Any]) -> str:
         """The figures of the one-line result ``vitkit`` prints after training."""
         return f"val loss: {summary['val_loss']:.4f}"

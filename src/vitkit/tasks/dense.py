@@ -50,6 +50,7 @@ class DenseTask(Task):
     dataset_type: ClassVar[type] = object
     model_type: ClassVar[type] = nn.Module
     example_model: ClassVar[str] = ""
+    continues_trained = False  # build_model took every weight from a model of this task (init_from)
 
     def build_data(self, train_data=None, val_data=None):
         root = coco_root(self.cfg.dataset)
@@ -71,7 +72,7 @@ class DenseTask(Task):
         state = None
         if cfg.init_from:
             trained = trained_model(cfg.init_from, self.model_type)
-            self.continues_trained = trained is not None  # every weight from a model of this task
+            self.continues_trained = trained is not None
             if trained is not None:
                 return self._continue(trained, in_chans, h)
             args["backbone"], args["backbone_args"], state = pretrained_backbone(cfg.init_from, in_chans)
@@ -88,7 +89,8 @@ class DenseTask(Task):
         return model
 
     # what --model-args may change in a model trained on from every weight: rates, not the architecture
-    CONTINUE_ARGS: ClassVar[frozenset[str]] = frozenset({"drop_rate"})
+    RATE_ARGS: ClassVar[frozenset[str]] = frozenset({"drop_rate"})
+    CONTINUE_ARGS: ClassVar[frozenset[str]] = RATE_ARGS
     # modules those arguments may add (their weights start from their initialisation), as state-dict key prefixes
     ADDED_MODULES: ClassVar[tuple[str, ...]] = ()
 
@@ -134,10 +136,10 @@ class DenseTask(Task):
         (``ADDED_MODULES``) starts from its initialisation, and once trained is not changed by them."""
         state, source = trained.state_dict(), self.cfg.init_from
         kept = [k for k in state if k.startswith(self.ADDED_MODULES)] if self.ADDED_MODULES else []
-        if kept and set(changed) - {"drop_rate"}:
+        if kept and set(changed) - self.RATE_ARGS:
             raise ValueError(
                 f"{self.name}: model_args {changed} would change the trained {kept[0].split('.')[0]} of {source}; "
-                "training on from every weight may change only ['drop_rate']"
+                f"training on from every weight may change only {sorted(self.RATE_ARGS)}"
             )
         model = type(trained)(**{**trained.config, **self.cfg.model_args})
         missing, unexpected = model.load_state_dict(state, strict=False)

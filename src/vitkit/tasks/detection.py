@@ -125,7 +125,7 @@ class Detection(DenseTask):
                     "freeze_detector trains only the box classifier, and this model has none "
                     """(--model-args '{"box_classifier": 32}' adds one)"""
                 )
-            if not getattr(self, "continues_trained", False):
+            if not self.continues_trained:
                 raise ValueError(
                     "freeze_detector keeps the detector as it is: it needs --from (init_from) a trained detector, "
                     f"got {self.cfg.init_from or 'none'}"
@@ -222,6 +222,10 @@ class Detection(DenseTask):
             lines.append(f"{r['path']}: {len(r['boxes'])} objects{drawn}")
             lines += [f"  {b['label']} {b['score']:.2f} at {b['box']}" for b in r["boxes"]]
         return "\n".join(lines)
+
+    @classmethod
+    def training_mode(cls, options: dict[str, Any]) -> str:
+        return "box classifier only" if options.get("freeze_detector") else "full"
 
     @classmethod
     def report(cls, summary: dict[str, Any]) -> str:
